@@ -1,0 +1,1 @@
+"""digitloop: the command line that ties the components together."""

@@ -1,0 +1,28 @@
+"""The ``digitloop`` command: one Typer app whose sub-commands come from each component.
+
+Contract for every command: with ``--json`` it prints exactly one JSON object on stdout;
+logs and progress go to stderr; a ``DigitloopError`` becomes a one-line ``error: ...`` on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from model import cli as model_cli
+
+app = typer.Typer(
+    name="digitloop",
+    help="A small, Kubernetes-native, closed-loop ML platform for hand-drawn digits.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command(help=model_cli.train.__doc__)(model_cli.train)
+app.command(help=model_cli.evaluate.__doc__)(model_cli.evaluate)
+app.command(help=model_cli.models.__doc__)(model_cli.models)
+app.add_typer(model_cli.data_app, name="data")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,71 @@
+"""Accuracy, per-class accuracy and a confusion matrix figure for a trained network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from model.network import predict_proba
+
+N_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    n: int
+    per_class: dict[str, float]
+    confusion: np.ndarray  # (10, 10): rows true label, columns predicted
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form ``digitloop evaluate --json`` prints."""
+        return {"accuracy": self.accuracy, "n": self.n, "per_class": self.per_class}
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray) -> Evaluation:
+    """Accuracy, per-class accuracy (recall) and confusion matrix of predicted labels."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    confusion = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    support = confusion.sum(axis=1)
+    per_class = {
+        str(c): float(confusion[c, c] / support[c]) for c in range(N_CLASSES) if support[c]
+    }
+    n = len(y_true)
+    accuracy = float(np.trace(confusion) / n) if n else 0.0
+    return Evaluation(accuracy=accuracy, n=n, per_class=per_class, confusion=confusion)
+
+
+def evaluate(net: nn.Module, x: np.ndarray, y: np.ndarray) -> Evaluation:
+    """Evaluate ``net`` on (N, 28, 28) uint8 images ``x`` with labels ``y``."""
+    return score(y, predict_proba(net, x).argmax(axis=1))
+
+
+def plot_confusion(confusion: np.ndarray, path: Path, title: str = "Confusion matrix") -> Path:
+    """Write the confusion matrix as a PNG (counts in each cell, rows = true label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    # Log colour scale: the diagonal would otherwise wash out the few errors that matter.
+    shown = ax.imshow(np.log1p(confusion), cmap="Blues")
+    ax.set(xticks=range(N_CLASSES), yticks=range(N_CLASSES), xlabel="predicted",
+           ylabel="true", title=title)
+    threshold = np.log1p(confusion).max() / 2
+    for i in range(N_CLASSES):
+        for j in range(N_CLASSES):
+            if confusion[i, j]:
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if np.log1p(confusion[i, j]) > threshold else "black")
+    fig.colorbar(shown, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

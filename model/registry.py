@@ -1,0 +1,227 @@
+"""The MLflow side of the model: log training runs, register versions, load them back.
+
+MLflow is the single source of truth for model versions (registered model
+``digitloop-mnist``); the ``champion`` alias is what the stable track serves and
+``challenger`` the canary. Nothing here runs at import time: :func:`connect` points
+MLflow at the configured store when a caller needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from model.errors import ModelNotFoundError
+from model.evaluate import Evaluation, plot_confusion
+from model.settings import CHAMPION_ALIAS, ModelSettings
+
+log = logging.getLogger(__name__)
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """What the registry knows of one version."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    tags: dict[str, str]
+    run_id: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "version": self.version, "aliases": self.aliases,
+                "tags": self.tags, "run_id": self.run_id}
+
+
+@dataclass
+class TrainingRecord:
+    """Everything one training run logs next to the model itself."""
+
+    params: dict[str, object]
+    history: list[dict[str, float]]
+    mnist_test: Evaluation
+    seconds: float
+    # What the network was trained on: {"mnist_train": 60000, "feedback_window": ..., ...}
+    training_data: dict[str, object]
+    parent_version: str | None = None
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+    run_name: str | None = None
+
+
+class Registry:
+    """MLflow tracking and model registry for ``digitloop-mnist``."""
+
+    def __init__(self, settings: ModelSettings | None = None) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.settings = settings or ModelSettings()
+        self.name = self.settings.registered_model
+        uri = self.settings.tracking_uri
+        if self.settings.mlflow_tracking_uri is None:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.experiment_id = self._ensure_experiment()
+
+    def _ensure_experiment(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.settings.mlflow_experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        # A tracking server stores artefacts where it is configured to; the embedded store
+        # keeps them in the data directory, never in the current working directory.
+        location = None
+        if self.settings.mlflow_tracking_uri is None:
+            location = self.settings.artifact_root.as_uri()
+        return self.client.create_experiment(self.settings.mlflow_experiment,
+                                             artifact_location=location)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def log_and_register(self, net: nn.Module, record: TrainingRecord) -> ModelVersionInfo:
+        """Log a training run with its model and register it as a new version.
+
+        The first version of the registered model becomes ``champion``.
+        """
+        import mlflow
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+        import torch
+
+        metrics = {"mnist_test_accuracy": record.mnist_test.accuracy,
+                   "train_seconds": record.seconds, **record.extra_metrics}
+        metrics.update({f"mnist_test_accuracy_class_{c}": v
+                        for c, v in record.mnist_test.per_class.items()})
+        example = np.zeros((1, 1, 28, 28), np.float32)
+        with torch.inference_mode():
+            signature = infer_signature(example, net(torch.from_numpy(example)).numpy())
+
+        with mlflow.start_run(experiment_id=self.experiment_id, run_name=record.run_name) as run:
+            mlflow.log_params(record.params)
+            for entry in record.history:
+                step = int(entry["epoch"])
+                mlflow.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=step)
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(record.training_data, "training_data.json")
+            mlflow.log_dict(record.mnist_test.as_dict(), "mnist_test_evaluation.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                png = plot_confusion(record.mnist_test.confusion, Path(tmp) / "confusion.png",
+                                     title="MNIST test: confusion matrix")
+                mlflow.log_artifact(str(png))
+            # Pickle plus our package as code keeps the loaded object a plain nn.Module
+            # (MLflow 3 would otherwise export a pt2 program). MLflow warns about pickle at
+            # every save; the pickled class is our own, so that warning is silenced here.
+            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+            logged = mlflow.pytorch.log_model(
+                net, name="model", serialization_format="pickle",
+                code_paths=[str(_PACKAGE_DIR)], signature=signature,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
+                registered_model_name=self.name, await_registration_for=60,
+            )
+            version = str(logged.registered_model_version)
+            tags = {
+                "parent_version": record.parent_version or "",
+                "training_data": json.dumps(record.training_data, sort_keys=True),
+                "mnist_test_accuracy": f"{record.mnist_test.accuracy:.6f}",
+                "run_id": run.info.run_id,
+            }
+            if "feedback_holdout_accuracy" in record.extra_metrics:
+                tags["feedback_holdout_accuracy"] = (
+                    f"{record.extra_metrics['feedback_holdout_accuracy']:.6f}")
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.name, version, key, value)
+        if self.alias_version(CHAMPION_ALIAS) is None:
+            self.set_alias(CHAMPION_ALIAS, version)
+        log.info("registered %s version %s", self.name, version)
+        return self.get(version)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.get(version)  # raises a clear error for an unknown version
+        self.client.set_registered_model_alias(self.name, alias, version)
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove ``alias``; removing an alias that is not set is not an error."""
+        if self.alias_version(alias) is not None:
+            self.client.delete_registered_model_alias(self.name, alias)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def alias_version(self, alias: str) -> str | None:
+        """The version ``alias`` points at, or None when it is not set."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def get(self, ref: str | int) -> ModelVersionInfo:
+        """Look a version up by number (``"3"``) or alias (``"champion"``).
+
+        Raises:
+            ModelNotFoundError: no such version or alias.
+        """
+        from mlflow.exceptions import MlflowException
+
+        ref = str(ref)
+        try:
+            if ref.isdigit():
+                mv = self.client.get_model_version(self.name, ref)
+            else:
+                mv = self.client.get_model_version_by_alias(self.name, ref)
+        except MlflowException as exc:
+            known = ", ".join(v.version for v in self.versions()) or "none"
+            raise ModelNotFoundError(
+                f"no version or alias {ref!r} of model {self.name!r} "
+                f"(registered versions: {known}); train one with `digitloop train`"
+            ) from exc
+        return ModelVersionInfo(name=self.name, version=str(mv.version),
+                                aliases=list(mv.aliases or []), tags=dict(mv.tags or {}),
+                                run_id=mv.run_id)
+
+    def versions(self) -> list[ModelVersionInfo]:
+        """Every registered version, oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+            # Version search leaves aliases out; the registered model has them all.
+            alias_map = self.client.get_registered_model(self.name).aliases or {}
+        except MlflowException:
+            return []
+        aliases: dict[str, list[str]] = {}
+        for alias, version in alias_map.items():
+            aliases.setdefault(str(version), []).append(alias)
+        infos = [ModelVersionInfo(name=self.name, version=str(mv.version),
+                                  aliases=sorted(aliases.get(str(mv.version), [])),
+                                  tags=dict(mv.tags or {}), run_id=mv.run_id) for mv in found]
+        return sorted(infos, key=lambda info: int(info.version))
+
+    def load(self, ref: str | int = CHAMPION_ALIAS) -> tuple[nn.Module, ModelVersionInfo]:
+        """Load a version (number or alias) as an ``nn.Module`` in eval mode on the CPU."""
+        import mlflow.pytorch
+
+        info = self.get(ref)
+        # MLflow prepends the logged code to sys.path; our package is already importable,
+        # and a stale copy ahead of it would shadow modules imported later.
+        saved_path = list(sys.path)
+        try:
+            net = mlflow.pytorch.load_model(info.uri, map_location="cpu")
+        finally:
+            sys.path[:] = saved_path
+        net.eval()
+        return net, info
