@@ -47,7 +47,8 @@ def augment(pixels: torch.Tensor, generator: torch.Generator,
         [torch.stack([cos, -sin + shear, shift], 1), torch.stack([sin, cos, shift_y], 1)], 1
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp_(0.0, 255.0)  # bilinear weights can overshoot by a rounding error
 
 
 def _random_stroke_width(pixels: torch.Tensor, generator: torch.Generator,

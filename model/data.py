@@ -74,7 +74,7 @@ def load_mnist(path: Path | str | None = None, settings: ModelSettings | None = 
 
 
 def download_mnist(
-    base_url: str, destination: Path, checksums: dict[str, str] = MNIST_FILES
+    base_url: str, destination: Path, checksums: dict[str, str] | None = None
 ) -> Path:
     """Download the official files, verify each SHA-256 and write them as one ``.npz``.
 
@@ -82,6 +82,7 @@ def download_mnist(
         ChecksumError: a file is corrupt or partial; nothing is cached.
         DownloadError: the mirror cannot be reached or answers an error; nothing is cached.
     """
+    checksums = checksums or MNIST_FILES
     arrays: dict[str, np.ndarray] = {}
     with httpx.Client(base_url=base_url, follow_redirects=True, timeout=60.0) as client:
         for key, name in _SPLITS.items():

@@ -1,0 +1,81 @@
+"""The ``digitloop`` command as a person runs it: JSON on stdout, logs on stderr, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DIGITLOOP = str(Path(sys.executable).parent / "digitloop")
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DIGITLOOP, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, check=False)
+
+
+def test_train_then_evaluate(data_dir: Path, tmp_path: Path, mnist):
+    trained = run("train", "--epochs", "1", "--limit", "3000", "--json", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads(trained.stdout)  # exactly one JSON object on stdout
+    assert summary["version"] == "1" and summary["aliases"] == ["champion"]
+    assert summary["mnist_test_accuracy"] > 0.85
+    assert "training on 3000" in trained.stderr
+    assert (data_dir / "mlflow.db").exists()
+
+    subset = tmp_path / "subset.npz"
+    np.savez(subset, x=mnist.x_test[:500], y=mnist.y_test[:500])
+    evaluated = run("evaluate", "--data", str(subset), "--model", "1", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["n"] == 500 and result["model_version"] == "1"
+    assert 0.85 < result["accuracy"] <= 1.0
+    assert set(result["per_class"]) == {str(c) for c in range(10)}
+
+    preprocessed = run("evaluate", "--data", str(subset), "--preprocess", "--json", cwd=tmp_path)
+    assert preprocessed.returncode == 0, preprocessed.stderr
+    assert abs(json.loads(preprocessed.stdout)["accuracy"] - result["accuracy"]) < 0.03
+
+    listed = run("models", "--json", cwd=tmp_path)
+    assert [v["version"] for v in json.loads(listed.stdout)["versions"]] == ["1"]
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"x": np.zeros((2, 28, 28), np.uint8)}, "missing key"),
+    ({"x": np.zeros((2, 32, 32), np.uint8), "y": np.zeros(2, np.int64)}, "shape"),
+    ({"x": np.zeros((2, 28, 28), np.float64), "y": np.zeros(2, np.int64)}, "dtype"),
+    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([1, 11])}, "0-9"),
+])
+def test_evaluate_rejects_bad_files_with_one_line_and_exit_2(data_dir, tmp_path, arrays,
+                                                            message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    result = run("evaluate", "--data", str(path), "--json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_evaluate_without_a_model_says_how_to_get_one(data_dir, tmp_path):
+    result = run("evaluate", "--json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "digitloop train" in result.stderr
+
+
+def test_styles_writes_evaluate_compatible_files(data_dir, tmp_path):
+    result = run("data", "styles", "--n", "20", "--out", str(tmp_path / "styles"), "--json",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    files = json.loads(result.stdout)["files"]
+    from model.data import load_labelled_npz
+
+    for path in files.values():
+        x, y = load_labelled_npz(path)
+        assert x.shape == (20, 28, 28) and len(y) == 20
