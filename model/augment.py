@@ -27,8 +27,9 @@ class AugmentConfig:
     thin_prob: float = 0.2
 
 
-def augment(pixels: torch.Tensor, generator: torch.Generator,
-            config: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+def augment(
+    pixels: torch.Tensor, generator: torch.Generator, config: AugmentConfig = AugmentConfig()
+) -> torch.Tensor:
     """Randomly restyle a (N, 1, 28, 28) batch of 0-255 pixels; returns a new tensor."""
     n = pixels.shape[0]
     x = _random_stroke_width(pixels, generator, config)
@@ -51,8 +52,9 @@ def augment(pixels: torch.Tensor, generator: torch.Generator,
     return out.clamp_(0.0, 255.0)  # bilinear weights can overshoot by a rounding error
 
 
-def _random_stroke_width(pixels: torch.Tensor, generator: torch.Generator,
-                         config: AugmentConfig) -> torch.Tensor:
+def _random_stroke_width(
+    pixels: torch.Tensor, generator: torch.Generator, config: AugmentConfig
+) -> torch.Tensor:
     draw = torch.rand(pixels.shape[0], generator=generator).view(-1, 1, 1, 1)
     thick = F.max_pool2d(pixels, kernel_size=3, stride=1, padding=1)
     # Thin: keep only the stroke's core by dropping the anti-aliased rim, then re-stretch.

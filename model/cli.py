@@ -28,16 +28,24 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")]
 MnistOption = Annotated[
     Path | None,
-    typer.Option("--mnist", help="MNIST .npz to use instead of DIGITLOOP_MNIST_PATH or a download.",
-                 exists=True, dir_okay=False),
+    typer.Option(
+        "--mnist",
+        help="MNIST .npz to use instead of DIGITLOOP_MNIST_PATH or a download.",
+        exists=True,
+        dir_okay=False,
+    ),
 ]
 
 
 def setup_logging(verbose: bool = False) -> None:
     """Logs to stderr through rich; MLflow's and others' chatter only when verbose."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=stderr, show_path=False)], force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_path=False)],
+        force=True,
+    )
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
@@ -63,10 +71,14 @@ def emit(result: dict[str, object], as_json: bool, table: Table | None = None) -
 
 def train(
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training data.")] = 8,
-    limit: Annotated[int | None, typer.Option(min=100, help="Train on the first N images only.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=100, help="Train on the first N images only.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=8, help="Images per step.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for weights, batches and augmentation.")] = 42,
-    no_augment: Annotated[bool, typer.Option("--no-augment", help="Train on MNIST as it is.")] = False,
+    no_augment: Annotated[
+        bool, typer.Option("--no-augment", help="Train on MNIST as it is.")
+    ] = False,
     mnist: MnistOption = None,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
@@ -80,8 +92,9 @@ def train(
         from model.train import TrainConfig
         from model.train import train as train_net
 
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
-                             augment=not no_augment)
+        config = TrainConfig(
+            epochs=epochs, batch_size=batch_size, seed=seed, augment=not no_augment
+        )
         data = load_mnist(mnist).limit(n_train=limit)
         registry = Registry()
         stderr.print(f"training on {len(data.x_train)} MNIST images for {epochs} epoch(s)")
@@ -89,15 +102,22 @@ def train(
         test = evaluate_net(result.net, data.x_test, data.y_test)
         record = TrainingRecord(
             params={**config.as_params(), "limit": limit},
-            history=result.history, mnist_test=test, seconds=result.seconds,
+            history=result.history,
+            mnist_test=test,
+            seconds=result.seconds,
             training_data={"mnist_train": len(data.x_train), "feedback": 0},
             run_name=f"train-e{epochs}",
         )
         info = registry.log_and_register(result.net, record)
 
-    summary = {"version": info.version, "aliases": info.aliases,
-               "mnist_test_accuracy": test.accuracy, "train_seconds": round(result.seconds, 1),
-               "run_id": info.run_id, "tracking_uri": registry.settings.tracking_uri}
+    summary = {
+        "version": info.version,
+        "aliases": info.aliases,
+        "mnist_test_accuracy": test.accuracy,
+        "train_seconds": round(result.seconds, 1),
+        "run_id": info.run_id,
+        "tracking_uri": registry.settings.tracking_uri,
+    }
     table = Table(title=f"registered {info.name} version {info.version}", show_header=False)
     for key, value in summary.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -105,12 +125,18 @@ def train(
 
 
 def evaluate(
-    data: Annotated[Path | None, typer.Option(
-        help="An .npz with x (N,28,28 uint8, white ink on black) and y (N labels); "
-             "default the MNIST test set.", dir_okay=False)] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="An .npz with x (N,28,28 uint8, white ink on black) and y (N labels); "
+            "default the MNIST test set.",
+            dir_okay=False,
+        ),
+    ] = None,
     model: Annotated[str, typer.Option(help="A version number or alias.")] = "champion",
-    preprocess: Annotated[bool, typer.Option(
-        "--preprocess", help="Apply the service's sketch preprocessing first.")] = False,
+    preprocess: Annotated[
+        bool, typer.Option("--preprocess", help="Apply the service's sketch preprocessing first.")
+    ] = False,
     mnist: MnistOption = None,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
@@ -118,9 +144,12 @@ def evaluate(
     """Evaluate a registered model on a labelled .npz (accuracy, per-class accuracy)."""
     setup_logging(verbose)
     with cli_errors():
+        import numpy as np
+
         from model.data import load_labelled_npz, load_mnist
         from model.errors import DatasetError
-        from model.evaluate import evaluate as evaluate_net
+        from model.evaluate import score
+        from model.network import predict_proba
         from model.preprocess import preprocess_batch
         from model.registry import Registry
 
@@ -131,14 +160,24 @@ def evaluate(
         else:
             mnist_data = load_mnist(mnist)
             x, y = mnist_data.x_test, mnist_data.y_test.astype("int64")
+        accepted = np.ones(len(x), bool)
         if preprocess:
-            x = preprocess_batch(x)
+            x, accepted = preprocess_batch(x)
         net, info = Registry().load(model)
-        result = evaluate_net(net, x, y)
+        predicted = predict_proba(net, x).argmax(axis=1)
+        # A digit the preprocessing rejects as empty counts as a wrong answer.
+        predicted[~accepted] = -1
+        result = score(y, predicted)
 
-    summary = {**result.as_dict(), "model_version": info.version}
-    table = Table(title=f"version {info.version} on {data or 'MNIST test'}: "
-                        f"accuracy {result.accuracy:.4f} (n={result.n})")
+    summary = {
+        **result.as_dict(),
+        "model_version": info.version,
+        "rejected": int((~accepted).sum()),
+    }
+    table = Table(
+        title=f"version {info.version} on {data or 'MNIST test'}: "
+        f"accuracy {result.accuracy:.4f} (n={result.n})"
+    )
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     for label, acc in result.per_class.items():
@@ -158,20 +197,28 @@ def models(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:
     for column in ("version", "aliases", "parent", "mnist_test_accuracy"):
         table.add_column(column)
     for info in versions:
-        table.add_row(info.version, ",".join(info.aliases), info.tags.get("parent_version", ""),
-                      info.tags.get("mnist_test_accuracy", ""))
+        table.add_row(
+            info.version,
+            ",".join(info.aliases),
+            info.tags.get("parent_version", ""),
+            info.tags.get("mnist_test_accuracy", ""),
+        )
     emit({"versions": [info.as_dict() for info in versions]}, as_json, table)
 
 
-data_app = typer.Typer(help="Data sets: drawn-style test sets made from MNIST.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data sets: drawn-style test sets made from MNIST.", no_args_is_help=True
+)
 
 
 @data_app.command("styles")
 def styles(
-    out: Annotated[Path, typer.Option(help="Folder to write <style>.npz files into.",
-                                      file_okay=False)] = Path(".digitloop/styles"),
-    n: Annotated[int, typer.Option(min=1, help="Digits per style, from the MNIST test set.")] = 2000,
+    out: Annotated[
+        Path, typer.Option(help="Folder to write <style>.npz files into.", file_okay=False)
+    ] = Path(".digitloop/styles"),
+    n: Annotated[
+        int, typer.Option(min=1, help="Digits per style, from the MNIST test set.")
+    ] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the random styling.")] = 0,
     mnist: MnistOption = None,
     as_json: JsonOption = False,

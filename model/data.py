@@ -57,7 +57,10 @@ class Mnist:
     def limit(self, n_train: int | None = None, n_test: int | None = None) -> Mnist:
         """The first ``n_train`` training and ``n_test`` test samples (``None`` keeps all)."""
         return Mnist(
-            self.x_train[:n_train], self.y_train[:n_train], self.x_test[:n_test], self.y_test[:n_test]
+            self.x_train[:n_train],
+            self.y_train[:n_train],
+            self.x_test[:n_test],
+            self.y_test[:n_test],
         )
 
 

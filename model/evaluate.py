@@ -30,8 +30,9 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> Evaluation:
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     confusion = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    support = confusion.sum(axis=1)
+    valid = (y_pred >= 0) & (y_pred < N_CLASSES)  # -1 marks an input with no prediction
+    np.add.at(confusion, (y_true[valid], y_pred[valid]), 1)
+    support = np.bincount(y_true, minlength=N_CLASSES)
     per_class = {
         str(c): float(confusion[c, c] / support[c]) for c in range(N_CLASSES) if support[c]
     }
@@ -55,14 +56,26 @@ def plot_confusion(confusion: np.ndarray, path: Path, title: str = "Confusion ma
     fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
     # Log colour scale: the diagonal would otherwise wash out the few errors that matter.
     shown = ax.imshow(np.log1p(confusion), cmap="Blues")
-    ax.set(xticks=range(N_CLASSES), yticks=range(N_CLASSES), xlabel="predicted",
-           ylabel="true", title=title)
+    ax.set(
+        xticks=range(N_CLASSES),
+        yticks=range(N_CLASSES),
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
     threshold = np.log1p(confusion).max() / 2
     for i in range(N_CLASSES):
         for j in range(N_CLASSES):
             if confusion[i, j]:
-                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if np.log1p(confusion[i, j]) > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if np.log1p(confusion[i, j]) > threshold else "black",
+                )
     fig.colorbar(shown, ax=ax, label="log(1 + count)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,13 +28,19 @@ class DigitNet(nn.Module):
     ``embed`` gives the penultimate layer, which the drift step compares across windows.
     """
 
-    def __init__(self, channels: tuple[int, int, int] = (32, 64, 128), hidden: int = 128,
-                 dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, int, int] = (32, 64, 128),
+        hidden: int = 128,
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__()
         c1, c2, c3 = channels
         self.features = nn.Sequential(_conv_block(1, c1), _conv_block(c1, c2), _conv_block(c2, c3))
         self.embedding = nn.Sequential(
-            nn.Flatten(), nn.Linear(c3 * 3 * 3, hidden), nn.BatchNorm1d(hidden),
+            nn.Flatten(),
+            nn.Linear(c3 * 3 * 3, hidden),
+            nn.BatchNorm1d(hidden),
             nn.ReLU(inplace=True),
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 10))

@@ -153,6 +153,18 @@ def _centre_of_mass_offset(boxed: np.ndarray) -> tuple[int, int]:
     return top, left
 
 
-def preprocess_batch(images: np.ndarray) -> np.ndarray:
-    """Apply :func:`to_mnist` to each image of a (N, H, W) array."""
-    return np.stack([to_mnist(image) for image in images]) if len(images) else images
+def preprocess_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply :func:`to_mnist` to each image of a (N, H, W) array.
+
+    Returns the (N, 28, 28) results and a boolean mask of the images it accepted; a
+    rejected (empty or near-empty) image is left blank, so one faint digit does not stop
+    the evaluation of ten thousand.
+    """
+    out = np.zeros((len(images), MNIST_SIZE, MNIST_SIZE), np.uint8)
+    accepted = np.ones(len(images), bool)
+    for i, image in enumerate(images):
+        try:
+            out[i] = to_mnist(image)
+        except EmptyDrawingError:
+            accepted[i] = False
+    return out, accepted

@@ -42,8 +42,13 @@ class ModelVersionInfo:
         return f"models:/{self.name}/{self.version}"
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "version": self.version, "aliases": self.aliases,
-                "tags": self.tags, "run_id": self.run_id}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "aliases": self.aliases,
+            "tags": self.tags,
+            "run_id": self.run_id,
+        }
 
 
 @dataclass
@@ -87,8 +92,9 @@ class Registry:
         location = None
         if self.settings.mlflow_tracking_uri is None:
             location = self.settings.artifact_root.as_uri()
-        return self.client.create_experiment(self.settings.mlflow_experiment,
-                                             artifact_location=location)
+        return self.client.create_experiment(
+            self.settings.mlflow_experiment, artifact_location=location
+        )
 
     # -- writing -------------------------------------------------------------------------
 
@@ -99,13 +105,17 @@ class Registry:
         """
         import mlflow
         import mlflow.pytorch
-        from mlflow.models import infer_signature
         import torch
+        from mlflow.models import infer_signature
 
-        metrics = {"mnist_test_accuracy": record.mnist_test.accuracy,
-                   "train_seconds": record.seconds, **record.extra_metrics}
-        metrics.update({f"mnist_test_accuracy_class_{c}": v
-                        for c, v in record.mnist_test.per_class.items()})
+        metrics = {
+            "mnist_test_accuracy": record.mnist_test.accuracy,
+            "train_seconds": record.seconds,
+            **record.extra_metrics,
+        }
+        metrics.update(
+            {f"mnist_test_accuracy_class_{c}": v for c, v in record.mnist_test.per_class.items()}
+        )
         example = np.zeros((1, 1, 28, 28), np.float32)
         with torch.inference_mode():
             signature = infer_signature(example, net(torch.from_numpy(example)).numpy())
@@ -119,18 +129,25 @@ class Registry:
             mlflow.log_dict(record.training_data, "training_data.json")
             mlflow.log_dict(record.mnist_test.as_dict(), "mnist_test_evaluation.json")
             with tempfile.TemporaryDirectory() as tmp:
-                png = plot_confusion(record.mnist_test.confusion, Path(tmp) / "confusion.png",
-                                     title="MNIST test: confusion matrix")
+                png = plot_confusion(
+                    record.mnist_test.confusion,
+                    Path(tmp) / "confusion.png",
+                    title="MNIST test: confusion matrix",
+                )
                 mlflow.log_artifact(str(png))
             # Pickle plus our package as code keeps the loaded object a plain nn.Module
             # (MLflow 3 would otherwise export a pt2 program). MLflow warns about pickle at
             # every save; the pickled class is our own, so that warning is silenced here.
             logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
             logged = mlflow.pytorch.log_model(
-                net, name="model", serialization_format="pickle",
-                code_paths=[str(_PACKAGE_DIR)], signature=signature,
+                net,
+                name="model",
+                serialization_format="pickle",
+                code_paths=[str(_PACKAGE_DIR)],
+                signature=signature,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
-                registered_model_name=self.name, await_registration_for=60,
+                registered_model_name=self.name,
+                await_registration_for=60,
             )
             version = str(logged.registered_model_version)
             tags = {
@@ -141,7 +158,8 @@ class Registry:
             }
             if "feedback_holdout_accuracy" in record.extra_metrics:
                 tags["feedback_holdout_accuracy"] = (
-                    f"{record.extra_metrics['feedback_holdout_accuracy']:.6f}")
+                    f"{record.extra_metrics['feedback_holdout_accuracy']:.6f}"
+                )
             for key, value in tags.items():
                 self.client.set_model_version_tag(self.name, version, key, value)
         if self.alias_version(CHAMPION_ALIAS) is None:
@@ -189,9 +207,13 @@ class Registry:
                 f"no version or alias {ref!r} of model {self.name!r} "
                 f"(registered versions: {known}); train one with `digitloop train`"
             ) from exc
-        return ModelVersionInfo(name=self.name, version=str(mv.version),
-                                aliases=list(mv.aliases or []), tags=dict(mv.tags or {}),
-                                run_id=mv.run_id)
+        return ModelVersionInfo(
+            name=self.name,
+            version=str(mv.version),
+            aliases=list(mv.aliases or []),
+            tags=dict(mv.tags or {}),
+            run_id=mv.run_id,
+        )
 
     def versions(self) -> list[ModelVersionInfo]:
         """Every registered version, oldest first."""
@@ -206,9 +228,16 @@ class Registry:
         aliases: dict[str, list[str]] = {}
         for alias, version in alias_map.items():
             aliases.setdefault(str(version), []).append(alias)
-        infos = [ModelVersionInfo(name=self.name, version=str(mv.version),
-                                  aliases=sorted(aliases.get(str(mv.version), [])),
-                                  tags=dict(mv.tags or {}), run_id=mv.run_id) for mv in found]
+        infos = [
+            ModelVersionInfo(
+                name=self.name,
+                version=str(mv.version),
+                aliases=sorted(aliases.get(str(mv.version), [])),
+                tags=dict(mv.tags or {}),
+                run_id=mv.run_id,
+            )
+            for mv in found
+        ]
         return sorted(infos, key=lambda info: int(info.version))
 
     def load(self, ref: str | int = CHAMPION_ALIAS) -> tuple[nn.Module, ModelVersionInfo]:

@@ -26,7 +26,8 @@ def _upscale(digit: np.ndarray) -> np.ndarray:
 
 def _downscale(big: np.ndarray) -> np.ndarray:
     small = Image.fromarray((np.clip(big, 0, 1) * 255).astype(np.uint8)).resize(
-        (28, 28), Image.Resampling.BOX)
+        (28, 28), Image.Resampling.BOX
+    )
     return np.asarray(small, dtype=np.uint8)
 
 
@@ -45,9 +46,14 @@ def thick(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def thin(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A fine pen: the stroke's skeleton with a hairline width."""
     mask = _upscale(digit) > 0.5
-    core = ndimage.binary_erosion(mask, structure=_disk(int(rng.integers(2, 4))))
-    if core.sum() < 0.1 * mask.sum():  # the pen was finer than the digit: a lighter cut
-        core = ndimage.binary_erosion(mask, structure=_disk(1))
+    core = mask
+    # Erode as far as the stroke allows: a faint digit keeps at least a third of its ink.
+    for radius in range(int(rng.integers(2, 4)), 0, -1):
+        core = ndimage.binary_erosion(mask, structure=_disk(radius))
+        if core.sum() >= mask.sum() / 3:
+            break
+    else:
+        core = mask
     return _downscale(ndimage.gaussian_filter(core.astype(np.float32), 0.8))
 
 
@@ -72,8 +78,9 @@ def wobbly(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A shaky mouse: a smooth random displacement of every stroke."""
     big = _upscale(digit)
     size = big.shape[0]
-    coarse = rng.normal(0.0, 1.0, size=(2, 6, 6)).astype(np.float32)
-    field = np.stack([ndimage.zoom(c, size / 6, order=3) for c in coarse]) * 1.6 * UPSCALE
+    # A smooth field (4x4 control points) moving strokes by about 0.7 px at 28x28.
+    coarse = rng.normal(0.0, 1.0, size=(2, 4, 4)).astype(np.float32)
+    field = np.stack([ndimage.zoom(c, size / 4, order=3) for c in coarse]) * 0.7 * UPSCALE
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     warped = ndimage.map_coordinates(big, [yy + field[0], xx + field[1]], order=1)
     return _downscale(warped)

@@ -59,18 +59,31 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train(x: np.ndarray, y: np.ndarray, config: TrainConfig = TrainConfig(),
-          x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-          console: Console | None = None) -> TrainResult:
+def train(
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    console: Console | None = None,
+) -> TrainResult:
     """Train a new network from scratch on (N, 28, 28) uint8 images ``x`` and labels ``y``."""
     seed_everything(config.seed)
     return fit(DigitNet(), x, y, config, x_val=x_val, y_val=y_val, console=console)
 
 
-def fine_tune(parent: nn.Module, x_base: np.ndarray, y_base: np.ndarray,
-              x_extra: np.ndarray, y_extra: np.ndarray, config: TrainConfig,
-              extra_share: float = 0.3, console: Console | None = None,
-              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> TrainResult:
+def fine_tune(
+    parent: nn.Module,
+    x_base: np.ndarray,
+    y_base: np.ndarray,
+    x_extra: np.ndarray,
+    y_extra: np.ndarray,
+    config: TrainConfig,
+    extra_share: float = 0.3,
+    console: Console | None = None,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> TrainResult:
     """Fine-tune a copy of ``parent`` on base data (MNIST) plus extra labelled samples.
 
     The extra samples are few next to MNIST, so each epoch draws them with replacement to
@@ -89,14 +102,19 @@ def fine_tune(parent: nn.Module, x_base: np.ndarray, y_base: np.ndarray,
         weights[:] = 1.0 / len(x)
     seed_everything(config.seed)
     net = copy.deepcopy(parent)
-    return fit(net, x, y, config, sample_weights=weights, x_val=x_val, y_val=y_val,
-               console=console)
+    return fit(net, x, y, config, sample_weights=weights, x_val=x_val, y_val=y_val, console=console)
 
 
-def fit(net: DigitNet, x: np.ndarray, y: np.ndarray, config: TrainConfig,
-        sample_weights: np.ndarray | None = None,
-        x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-        console: Console | None = None) -> TrainResult:
+def fit(
+    net: DigitNet,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    sample_weights: np.ndarray | None = None,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    console: Console | None = None,
+) -> TrainResult:
     """The training loop shared by :func:`train` and :func:`fine_tune`."""
     if len(x) == 0:
         raise ValueError("no training samples")
@@ -106,17 +124,20 @@ def fit(net: DigitNet, x: np.ndarray, y: np.ndarray, config: TrainConfig,
     images, labels = to_tensor(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
     weights = None if sample_weights is None else torch.from_numpy(sample_weights)
     steps_per_epoch = max(1, -(-len(x) // config.batch_size))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.max_lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch)
+        optimizer, max_lr=config.max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
 
     with _progress(console) as progress:
-        task = progress.add_task("training", total=config.epochs * steps_per_epoch,
-                                 loss=float("nan"), acc=float("nan"))
+        task = progress.add_task(
+            "training", total=config.epochs * steps_per_epoch, loss=float("nan"), acc=float("nan")
+        )
         for epoch in range(1, config.epochs + 1):
             net.train()
             if weights is None:
@@ -139,12 +160,18 @@ def fit(net: DigitNet, x: np.ndarray, y: np.ndarray, config: TrainConfig,
                 seen += len(idx)
                 correct += int((logits.argmax(1) == target).sum())
                 loss_sum += loss.item() * len(idx)
-                progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen,
-                                description=f"epoch {epoch}/{config.epochs}")
+                progress.update(
+                    task,
+                    advance=1,
+                    loss=loss_sum / seen,
+                    acc=correct / seen,
+                    description=f"epoch {epoch}/{config.epochs}",
+                )
             record = {"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": correct / seen}
             if x_val is not None and y_val is not None and len(x_val):
                 record["val_accuracy"] = float(
-                    (predict_proba(net, x_val).argmax(1) == y_val).mean())
+                    (predict_proba(net, x_val).argmax(1) == y_val).mean()
+                )
             history.append(record)
             log.debug("epoch %d: %s", epoch, record)
     net.eval()
@@ -153,7 +180,11 @@ def fit(net: DigitNet, x: np.ndarray, y: np.ndarray, config: TrainConfig,
 
 def _progress(console: Console | None) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}"),
-        TimeElapsedColumn(), console=console or Console(stderr=True), transient=False,
+        TimeElapsedColumn(),
+        console=console or Console(stderr=True),
+        transient=False,
     )

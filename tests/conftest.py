@@ -16,7 +16,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tests never download: they use the shared copy of MNIST (override for another checkout).
-MNIST_PATH = Path(os.environ.get("DIGITLOOP_TEST_MNIST", REPO_ROOT.parent / "shared/data/mnist.npz"))
+MNIST_PATH = Path(
+    os.environ.get("DIGITLOOP_TEST_MNIST", REPO_ROOT.parent / "shared/data/mnist.npz")
+)
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -82,10 +84,23 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = (root / "server.log").open("w")
     process = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -101,5 +116,9 @@ def tiny_split(mnist, n_train: int, n_test: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     train_idx = rng.choice(len(mnist.x_train), n_train, replace=False)
     test_idx = rng.choice(len(mnist.x_test), n_test, replace=False)
-    return (mnist.x_train[train_idx], mnist.y_train[train_idx].astype(np.int64),
-            mnist.x_test[test_idx], mnist.y_test[test_idx].astype(np.int64))
+    return (
+        mnist.x_train[train_idx],
+        mnist.y_train[train_idx].astype(np.int64),
+        mnist.x_test[test_idx],
+        mnist.y_test[test_idx].astype(np.int64),
+    )

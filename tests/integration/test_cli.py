@@ -16,8 +16,9 @@ DIGITLOOP = str(Path(sys.executable).parent / "digitloop")
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DIGITLOOP, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [DIGITLOOP, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
+    )
 
 
 def test_train_then_evaluate(data_dir: Path, tmp_path: Path, mnist):
@@ -46,14 +47,16 @@ def test_train_then_evaluate(data_dir: Path, tmp_path: Path, mnist):
     assert [v["version"] for v in json.loads(listed.stdout)["versions"]] == ["1"]
 
 
-@pytest.mark.parametrize(("arrays", "message"), [
-    ({"x": np.zeros((2, 28, 28), np.uint8)}, "missing key"),
-    ({"x": np.zeros((2, 32, 32), np.uint8), "y": np.zeros(2, np.int64)}, "shape"),
-    ({"x": np.zeros((2, 28, 28), np.float64), "y": np.zeros(2, np.int64)}, "dtype"),
-    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([1, 11])}, "0-9"),
-])
-def test_evaluate_rejects_bad_files_with_one_line_and_exit_2(data_dir, tmp_path, arrays,
-                                                            message):
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((2, 28, 28), np.uint8)}, "missing key"),
+        ({"x": np.zeros((2, 32, 32), np.uint8), "y": np.zeros(2, np.int64)}, "shape"),
+        ({"x": np.zeros((2, 28, 28), np.float64), "y": np.zeros(2, np.int64)}, "dtype"),
+        ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([1, 11])}, "0-9"),
+    ],
+)
+def test_evaluate_rejects_bad_files_with_one_line_and_exit_2(data_dir, tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
     result = run("evaluate", "--data", str(path), "--json", cwd=tmp_path)
@@ -70,8 +73,9 @@ def test_evaluate_without_a_model_says_how_to_get_one(data_dir, tmp_path):
 
 
 def test_styles_writes_evaluate_compatible_files(data_dir, tmp_path):
-    result = run("data", "styles", "--n", "20", "--out", str(tmp_path / "styles"), "--json",
-                 cwd=tmp_path)
+    result = run(
+        "data", "styles", "--n", "20", "--out", str(tmp_path / "styles"), "--json", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     files = json.loads(result.stdout)["files"]
     from model.data import load_labelled_npz

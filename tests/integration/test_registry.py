@@ -21,9 +21,13 @@ CONFIG = TrainConfig(epochs=1, batch_size=64, augment=False, seed=5)
 
 
 def record_for(result, x_test, y_test, **extra) -> TrainingRecord:
-    return TrainingRecord(params=CONFIG.as_params(), history=result.history,
-                          mnist_test=evaluate(result.net, x_test, y_test),
-                          seconds=result.seconds, **extra)
+    return TrainingRecord(
+        params=CONFIG.as_params(),
+        history=result.history,
+        mnist_test=evaluate(result.net, x_test, y_test),
+        seconds=result.seconds,
+        **extra,
+    )
 
 
 @pytest.fixture(params=["embedded", "server"])
@@ -32,8 +36,9 @@ def registry(request, data_dir, tmp_path) -> Registry:
         url = request.getfixturevalue("mlflow_server")
         # Each test gets its own experiment and model name on the shared server.
         name = f"digitloop-test-{request.node.name.replace('[', '-').rstrip(']')}"
-        settings = ModelSettings(mlflow_tracking_uri=url, registered_model=name,
-                                 mlflow_experiment=name)
+        settings = ModelSettings(
+            mlflow_tracking_uri=url, registered_model=name, mlflow_experiment=name
+        )
     else:
         settings = ModelSettings()
     return Registry(settings)
@@ -42,8 +47,10 @@ def registry(request, data_dir, tmp_path) -> Registry:
 def test_first_version_is_champion_and_loads_back_identical(registry: Registry, mnist):
     x, y, x_test, y_test = tiny_split(mnist, 1500, 300)
     result = train(x, y, CONFIG)
-    info = registry.log_and_register(result.net, record_for(
-        result, x_test, y_test, training_data={"mnist_train": len(x), "feedback": 0}))
+    info = registry.log_and_register(
+        result.net,
+        record_for(result, x_test, y_test, training_data={"mnist_train": len(x), "feedback": 0}),
+    )
 
     assert info.version == "1" and info.aliases == ["champion"]
     assert json.loads(info.tags["training_data"]) == {"mnist_train": 1500, "feedback": 0}
@@ -59,7 +66,8 @@ def test_first_version_is_champion_and_loads_back_identical(registry: Registry, 
 
     run = registry.client.get_run(info.run_id)
     assert run.data.metrics["mnist_test_accuracy"] == pytest.approx(
-        float(info.tags["mnist_test_accuracy"]), abs=1e-6)
+        float(info.tags["mnist_test_accuracy"]), abs=1e-6
+    )
     artifacts = {a.path for a in registry.client.list_artifacts(info.run_id)}
     assert {"confusion.png", "training_data.json", "mnist_test_evaluation.json"} <= artifacts
 
@@ -67,15 +75,23 @@ def test_first_version_is_champion_and_loads_back_identical(registry: Registry, 
 def test_fine_tuned_child_is_registered_with_its_parent(registry: Registry, mnist):
     x, y, x_test, y_test = tiny_split(mnist, 1000, 200)
     parent = train(x, y, CONFIG)
-    registry.log_and_register(parent.net, record_for(
-        parent, x_test, y_test, training_data={"mnist_train": len(x)}))
+    registry.log_and_register(
+        parent.net, record_for(parent, x_test, y_test, training_data={"mnist_train": len(x)})
+    )
     parent_net, parent_info = registry.load("champion")
 
     child = fine_tune(parent_net, x, y, x_test[:50], y_test[:50], CONFIG)
-    info = registry.log_and_register(child.net, record_for(
-        child, x_test, y_test, parent_version=parent_info.version,
-        training_data={"mnist_train": len(x), "feedback": 50, "feedback_window": "test"},
-        extra_metrics={"feedback_holdout_accuracy": 0.5}))
+    info = registry.log_and_register(
+        child.net,
+        record_for(
+            child,
+            x_test,
+            y_test,
+            parent_version=parent_info.version,
+            training_data={"mnist_train": len(x), "feedback": 50, "feedback_window": "test"},
+            extra_metrics={"feedback_holdout_accuracy": 0.5},
+        ),
+    )
 
     assert info.version == "2"
     assert info.aliases == []  # a new version does not take over: the pipeline decides

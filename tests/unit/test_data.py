@@ -25,7 +25,8 @@ from model.settings import ModelSettings
 
 def idx_bytes(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape)
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
     return header + array.astype(np.uint8).tobytes()
 
 
@@ -34,10 +35,12 @@ def mirror(tmp_path: Path, mnist) -> Iterator[tuple[str, dict[str, str], Path]]:
     """A loopback HTTP mirror serving a small MNIST in the official IDX .gz format."""
     root = tmp_path / "mirror"
     root.mkdir()
-    arrays = {"train-images-idx3-ubyte.gz": mnist.x_train[:300],
-              "train-labels-idx1-ubyte.gz": mnist.y_train[:300],
-              "t10k-images-idx3-ubyte.gz": mnist.x_test[:100],
-              "t10k-labels-idx1-ubyte.gz": mnist.y_test[:100]}
+    arrays = {
+        "train-images-idx3-ubyte.gz": mnist.x_train[:300],
+        "train-labels-idx1-ubyte.gz": mnist.y_train[:300],
+        "t10k-images-idx3-ubyte.gz": mnist.x_test[:100],
+        "t10k-labels-idx1-ubyte.gz": mnist.y_test[:100],
+    }
     checksums = {}
     for name, array in arrays.items():
         payload = gzip.compress(idx_bytes(array))
@@ -56,9 +59,14 @@ def mirror(tmp_path: Path, mnist) -> Iterator[tuple[str, dict[str, str], Path]]:
 
 
 def test_official_checksum_table_names_the_four_files():
-    assert sorted(MNIST_FILES) == sorted([
-        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+    assert sorted(MNIST_FILES) == sorted(
+        [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        ]
+    )
     assert all(len(digest) == 64 for digest in MNIST_FILES.values())
 
 
@@ -76,7 +84,7 @@ def test_corrupt_download_is_refused_and_not_cached(mirror, tmp_path: Path):
     payload = (root / "t10k-images-idx3-ubyte.gz").read_bytes()
     (root / "t10k-images-idx3-ubyte.gz").write_bytes(payload[: len(payload) // 2])  # partial
     cache = tmp_path / "cache" / "mnist.npz"
-    with pytest.raises(ChecksumError, match="t10k-images-idx3-ubyte.gz.*not cached"):
+    with pytest.raises(ChecksumError, match=r"t10k-images-idx3-ubyte\.gz.*not cached"):
         download_mnist(url, cache, checksums)
     assert not cache.exists()
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
@@ -100,21 +108,25 @@ def test_load_mnist_downloads_once_into_the_data_dir(mirror, tmp_path: Path, mon
 
 
 def test_configured_path_wins_and_nothing_downloads(mnist_path: Path, tmp_path: Path):
-    settings = ModelSettings(data_dir=tmp_path, mnist_path=mnist_path,
-                             mnist_base_url="http://127.0.0.1:9/")
+    settings = ModelSettings(
+        data_dir=tmp_path, mnist_path=mnist_path, mnist_base_url="http://127.0.0.1:9/"
+    )
     data = load_mnist(settings=settings)
     assert data.x_train.shape == (60000, 28, 28) and data.x_test.shape == (10000, 28, 28)
     assert not (tmp_path / "mnist").exists()
 
 
-@pytest.mark.parametrize(("arrays", "message"), [
-    ({"x": np.zeros((2, 28, 28), np.uint8)}, "missing key"),
-    ({"x": np.zeros((2, 28, 27), np.uint8), "y": np.zeros(2, np.int64)}, "shape"),
-    ({"x": np.zeros((2, 28, 28), np.float32), "y": np.zeros(2, np.int64)}, "dtype"),
-    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.zeros(3, np.int64)}, "y has shape"),
-    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([0, 10])}, "labels must be 0-9"),
-    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([0.0, 1.0])}, "integer labels"),
-])
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((2, 28, 28), np.uint8)}, "missing key"),
+        ({"x": np.zeros((2, 28, 27), np.uint8), "y": np.zeros(2, np.int64)}, "shape"),
+        ({"x": np.zeros((2, 28, 28), np.float32), "y": np.zeros(2, np.int64)}, "dtype"),
+        ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.zeros(3, np.int64)}, "y has shape"),
+        ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([0, 10])}, "labels must be 0-9"),
+        ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([0.0, 1.0])}, "integer labels"),
+    ],
+)
 def test_bad_labelled_files_are_refused_with_the_reason(tmp_path: Path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
@@ -125,7 +137,7 @@ def test_bad_labelled_files_are_refused_with_the_reason(tmp_path: Path, arrays, 
 def test_a_file_that_is_not_npz_is_refused(tmp_path: Path):
     path = tmp_path / "bad.npz"
     path.write_text("hello")
-    with pytest.raises(DatasetError, match="not a readable .npz"):
+    with pytest.raises(DatasetError, match=r"not a readable \.npz"):
         load_labelled_npz(path)
 
 

@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from model.errors import EmptyDrawingError, InvalidImageError
-from model.preprocess import decode_image, ink_map, to_mnist
+from model.preprocess import decode_image, ink_map, preprocess_batch, to_mnist
 
 
-def draw_seven(size: int = 280, width: int = 18, offset: tuple[int, int] = (0, 0),
-               scale: float = 1.0) -> np.ndarray:
+def draw_seven(
+    size: int = 280, width: int = 18, offset: tuple[int, int] = (0, 0), scale: float = 1.0
+) -> np.ndarray:
     """A '7' drawn black on white with a marker, like the sketchpad does."""
     image = Image.new("L", (size, size), 255)
     pen = ImageDraw.Draw(image)
@@ -24,8 +25,12 @@ def draw_seven(size: int = 280, width: int = 18, offset: tuple[int, int] = (0, 0
     def p(x: float, y: float) -> tuple[float, float]:
         return (x * scale + dx, y * scale + dy)
 
-    pen.line([p(60, 60), p(200, 60), p(110, 230)], fill=0, width=max(1, round(width * scale)),
-             joint="curve")
+    pen.line(
+        [p(60, 60), p(200, 60), p(110, 230)],
+        fill=0,
+        width=max(1, round(width * scale)),
+        joint="curve",
+    )
     return np.asarray(image)
 
 
@@ -39,8 +44,10 @@ def aligned_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 def aligned_overlap(a: np.ndarray, b: np.ndarray, level: int = 64) -> float:
     """Intersection over union of the inked pixels, best over +-1 px shifts."""
+
     def iou(p: np.ndarray, q: np.ndarray) -> float:
         return ((p > level) & (q > level)).sum() / max(1, ((p > level) | (q > level)).sum())
+
     return max(iou(np.roll(a, shift, axis=(0, 1)), b) for shift in SHIFTS)
 
 
@@ -126,9 +133,14 @@ def test_float_arrays_in_unit_range_are_accepted():
     np.testing.assert_array_equal(to_mnist(drawn), to_mnist(draw_seven()))
 
 
-@pytest.mark.parametrize("image", [np.full((280, 280), 255, np.uint8),
-                                   np.zeros((280, 280), np.uint8),
-                                   np.zeros((280, 280, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((280, 280), 255, np.uint8),
+        np.zeros((280, 280), np.uint8),
+        np.zeros((280, 280, 4), np.uint8),
+    ],
+)
 def test_empty_canvas_raises_empty_drawing(image):
     with pytest.raises(EmptyDrawingError, match="empty"):
         to_mnist(image)
@@ -141,8 +153,15 @@ def test_a_stray_dot_is_too_little_ink():
         to_mnist(image)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((5,), np.uint8), np.zeros((4, 4, 2), np.uint8),
-                                 np.zeros((0, 10), np.uint8), np.array([["a"]])])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((5,), np.uint8),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((0, 10), np.uint8),
+        np.array([["a"]]),
+    ],
+)
 def test_wrong_layouts_raise_invalid_image(bad):
     with pytest.raises(InvalidImageError):
         to_mnist(bad)
@@ -167,3 +186,12 @@ def test_decode_rejects_non_images(payload):
 def test_ink_map_is_in_unit_range():
     ink = ink_map(draw_seven())
     assert ink.dtype == np.float32 and ink.min() >= 0 and ink.max() <= 1
+
+
+def test_preprocess_batch_marks_rejected_images_instead_of_failing():
+    images = np.zeros((3, 28, 28), np.uint8)
+    images[0, 5:20, 12:15] = 255
+    images[2, 4:24, 10:18] = 255
+    out, accepted = preprocess_batch(images)
+    assert accepted.tolist() == [True, False, True]
+    assert out.shape == (3, 28, 28) and out[1].sum() == 0 and out[0].max() == 255

@@ -40,12 +40,30 @@ def test_augment_keeps_shape_range_and_is_seeded(mnist):
 
 def test_thicken_adds_ink_and_thin_removes_it(mnist):
     batch = to_tensor(mnist.x_train[:32])
-    thick = augment(batch, torch.Generator().manual_seed(0),
-                    AugmentConfig(max_rotation_deg=0, scale_range=(1, 1), max_shear=0,
-                                  max_shift_px=0, thicken_prob=1.0, thin_prob=0.0))
-    thin = augment(batch, torch.Generator().manual_seed(0),
-                   AugmentConfig(max_rotation_deg=0, scale_range=(1, 1), max_shear=0,
-                                 max_shift_px=0, thicken_prob=0.0, thin_prob=1.0))
+    thick = augment(
+        batch,
+        torch.Generator().manual_seed(0),
+        AugmentConfig(
+            max_rotation_deg=0,
+            scale_range=(1, 1),
+            max_shear=0,
+            max_shift_px=0,
+            thicken_prob=1.0,
+            thin_prob=0.0,
+        ),
+    )
+    thin = augment(
+        batch,
+        torch.Generator().manual_seed(0),
+        AugmentConfig(
+            max_rotation_deg=0,
+            scale_range=(1, 1),
+            max_shear=0,
+            max_shift_px=0,
+            thicken_prob=0.0,
+            thin_prob=1.0,
+        ),
+    )
     assert (thick > 128).sum() > 1.5 * (batch > 128).sum()
     assert (thin > 0).sum() < (batch > 0).sum()
 
@@ -63,8 +81,9 @@ def test_training_is_deterministic_for_a_seed(mnist):
     x, y, x_test, _ = tiny_split(mnist, 500, 50)
     config = TrainConfig(epochs=1, batch_size=64, augment=True, seed=3)
     first, second = train(x, y, config), train(x, y, config)
-    np.testing.assert_array_equal(predict_proba(first.net, x_test),
-                                  predict_proba(second.net, x_test))
+    np.testing.assert_array_equal(
+        predict_proba(first.net, x_test), predict_proba(second.net, x_test)
+    )
 
 
 def test_fine_tune_learns_the_extra_samples_without_touching_the_parent(mnist):
@@ -76,8 +95,15 @@ def test_fine_tune_learns_the_extra_samples_without_touching_the_parent(mnist):
     before = evaluate(parent, held_x, held_y).accuracy
     parent_state = {k: v.clone() for k, v in parent.state_dict().items()}
 
-    child = fine_tune(parent, x, y, rot_x, rot_y, TrainConfig(epochs=3, batch_size=64,
-                      augment=False, max_lr=2e-3, seed=1), extra_share=0.5).net
+    child = fine_tune(
+        parent,
+        x,
+        y,
+        rot_x,
+        rot_y,
+        TrainConfig(epochs=3, batch_size=64, augment=False, max_lr=2e-3, seed=1),
+        extra_share=0.5,
+    ).net
     after = evaluate(child, held_x, held_y).accuracy
     assert after > before + 0.2, (before, after)
     assert evaluate(child, x_test[400:], y_test[400:]).accuracy > 0.7  # MNIST not forgotten
@@ -87,8 +113,15 @@ def test_fine_tune_learns_the_extra_samples_without_touching_the_parent(mnist):
 
 def test_fine_tune_rejects_a_bad_share(mnist):
     with pytest.raises(ValueError, match="extra_share"):
-        fine_tune(DigitNet(), mnist.x_train[:10], mnist.y_train[:10], mnist.x_train[:2],
-                  mnist.y_train[:2], FAST, extra_share=1.0)
+        fine_tune(
+            DigitNet(),
+            mnist.x_train[:10],
+            mnist.y_train[:10],
+            mnist.x_train[:2],
+            mnist.y_train[:2],
+            FAST,
+            extra_share=1.0,
+        )
 
 
 def test_score_counts_and_per_class():
@@ -105,3 +138,10 @@ def test_confusion_figure_is_a_png(tmp_path: Path):
     path = plot_confusion(confusion, tmp_path / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000
+
+
+def test_score_counts_rejected_inputs_as_wrong():
+    result = score(np.array([3, 3, 4]), np.array([3, -1, 4]))
+    assert result.accuracy == pytest.approx(2 / 3)
+    assert result.per_class == {"3": 0.5, "4": 1.0}
+    assert result.confusion.sum() == 2
