@@ -1,0 +1,77 @@
+"""Thresholds of the loop's decisions, read from ``DIGITLOOP_*`` environment variables.
+
+Each default is the one DESIGN.md's rules are tuned with. Whether a window drifted is the
+drift step's call (its thresholds are ``DriftSettings`` in :mod:`pipelines.drift`).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DecisionSettings(BaseSettings):
+    """When to retrain, what a challenger must show, and how a canary is judged."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
+
+    # -- retrain ---------------------------------------------------------------------
+    min_new_labels: int = Field(
+        default=200, ge=1, description="Labelled samples since the last training needed to retrain."
+    )
+    accuracy_threshold: float = Field(
+        default=0.95, ge=0, le=1, description="Live accuracy below this is a reason to retrain."
+    )
+    class_error_threshold: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="A class whose error rate reaches this is a reason to retrain.",
+    )
+    min_class_samples: int = Field(
+        default=10, ge=1, description="Labelled samples a class needs before its error rate counts."
+    )
+
+    # -- gate ------------------------------------------------------------------------
+    max_mnist_regression: float = Field(
+        default=0.005, ge=0, le=1, description="Most MNIST test accuracy a challenger may lose."
+    )
+    min_holdout_gain: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="How much a challenger must beat the champion by on held-out feedback.",
+    )
+
+    # -- canary ----------------------------------------------------------------------
+    canary_weight: int = Field(
+        default=20, ge=1, le=100, description="Percent of traffic to a new canary."
+    )
+    canary_min_samples: int = Field(
+        default=200, ge=1, description="Labelled canary predictions before it is judged."
+    )
+    canary_max_samples: int = Field(
+        default=2000,
+        ge=1,
+        description="Labelled canary predictions after which an undecided canary is rolled back.",
+    )
+    non_inferiority_margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Canary accuracy may be this much below stable's and still count as not worse.",
+    )
+    alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="Significance level of the canary tests."
+    )
+    max_error_rate_increase: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Most the canary's error (5xx) rate may exceed stable's.",
+    )
+    max_p95_latency_ratio: float = Field(
+        default=1.5,
+        ge=1,
+        description="Most the canary's p95 latency may be, as a multiple of stable's.",
+    )

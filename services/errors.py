@@ -1,0 +1,73 @@
+"""Errors of the serving component, each tied to the HTTP status it answers with.
+
+The service turns any of these into ``{"error": <message>}`` with the status below, in
+one place (:func:`services.service.error_response`); nothing else becomes a 5xx.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from model.errors import DigitloopError, EmptyDrawingError, InvalidImageError, ModelNotFoundError
+
+
+class ServingError(DigitloopError):
+    """Base class; ``status`` is the HTTP status the service answers with."""
+
+    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+
+
+class PayloadTooLarge(ServingError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class BatchTooLarge(ServingError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class BadRequest(ServingError):
+    status = HTTPStatus.BAD_REQUEST
+
+
+class UnknownPrediction(ServingError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class DuplicateFeedbackError(ServingError):
+    status = HTTPStatus.CONFLICT
+
+
+class Unauthorized(ServingError):
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class Forbidden(ServingError):
+    status = HTTPStatus.FORBIDDEN
+
+
+class NotReady(ServingError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class FeedbackNotDurable(ServingError):
+    """The store is down and the spool is full: the record was NOT accepted."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+# Domain errors raised below the service, and the status each answers with.
+STATUS_OF: dict[type[Exception], HTTPStatus] = {
+    InvalidImageError: HTTPStatus.BAD_REQUEST,
+    EmptyDrawingError: HTTPStatus.UNPROCESSABLE_ENTITY,
+    ModelNotFoundError: HTTPStatus.NOT_FOUND,
+}
+
+
+def status_of(exc: Exception) -> HTTPStatus | None:
+    """The HTTP status of an expected error, or None for an unexpected one."""
+    if isinstance(exc, ServingError):
+        return exc.status
+    for kind, status in STATUS_OF.items():
+        if isinstance(exc, kind):
+            return status
+    return None

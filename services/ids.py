@@ -1,0 +1,67 @@
+"""Signed prediction ids: any worker or pod can check an id and read what it predicted.
+
+Feedback may reach another worker process (or, on the cluster, another pod) than the one
+that answered the prediction, seconds before the predictions log is flushed. An id that
+carries its track, model version and label, signed with a secret shared by every replica,
+lets that replica refuse made-up ids (404) and count corrections per version and track
+without any shared state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from services.errors import UnknownPrediction
+
+_ID = re.compile(r"^([0-9a-f]{32})\.(stable|canary)\.([0-9]{1,9})\.([0-9])\.([0-9a-f]{16})$")
+
+
+@dataclass(frozen=True)
+class PredictionRef:
+    """What a prediction id says about its prediction."""
+
+    prediction_id: str
+    track: str
+    model_version: str
+    label: int
+
+
+class PredictionIds:
+    """Issues and verifies prediction ids ``<uuid>.<track>.<version>.<label>.<signature>``."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the prediction id secret must be at least 16 bytes")
+        self._secret = secret
+
+    def _sign(self, payload: str) -> str:
+        return hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def new(self, track: str, model_version: str, label: int) -> str:
+        payload = f"{uuid.uuid4().hex}.{track}.{model_version}.{label}"
+        return f"{payload}.{self._sign(payload)}"
+
+    def parse(self, prediction_id: str) -> PredictionRef:
+        """Check an id; raises UnknownPrediction for anything this service did not issue."""
+        match = _ID.match(prediction_id or "")
+        if match is None or not hmac.compare_digest(
+            self._sign(prediction_id.rsplit(".", 1)[0]), match.group(5)
+        ):
+            raise UnknownPrediction(
+                f"unknown prediction_id {prediction_id!r}: use the id a /predict answer gave"
+            )
+        return PredictionRef(
+            prediction_id=prediction_id,
+            track=match.group(2),
+            model_version=match.group(3),
+            label=int(match.group(4)),
+        )
+
+
+def new_secret() -> bytes:
+    return secrets.token_hex(32).encode()

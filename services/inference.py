@@ -1,0 +1,84 @@
+"""One loaded model version and the per-request work: bytes -> 28x28 -> probabilities.
+
+Shared by the BentoML service and the benchmark's baselines, so every server does the
+same work per request and a comparison measures only the serving stack.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.preprocess import decode_image, to_mnist
+from model.registry import ModelVersionInfo, Registry
+from services.errors import BadRequest, PayloadTooLarge
+
+
+def image_bytes_to_pixels(data: bytes, max_bytes: int) -> np.ndarray:
+    """PNG/JPEG bytes to the 28x28 uint8 digit the network takes.
+
+    Raises:
+        PayloadTooLarge: more than ``max_bytes``.
+        InvalidImageError / EmptyDrawingError: see :mod:`model.preprocess`.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the image is {len(data)} bytes; at most {max_bytes} accepted")
+    return to_mnist(decode_image(data))
+
+
+def array_to_pixels(values: object) -> np.ndarray:
+    """A nested list (28x28 or any HxW grey image, 0-255 or 0-1) to the 28x28 digit."""
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"pixels must be a rectangular array of numbers ({exc})") from exc
+    if array.ndim != 2:
+        raise BadRequest(f"pixels must be a 2-D array (HxW), got shape {array.shape}")
+    if array.shape[0] > 4096 or array.shape[1] > 4096:
+        raise PayloadTooLarge(f"pixels is {array.shape}; at most 4096x4096")
+    return to_mnist(array)
+
+
+@dataclass
+class Classifier:
+    """A model version ready to answer (N, 28, 28) uint8 images."""
+
+    net: nn.Module
+    version: str
+    aliases: list[str] = field(default_factory=list)
+    trained_on: dict[str, object] = field(default_factory=dict)
+    mnist_test_accuracy: float | None = None
+
+    @classmethod
+    def from_registry(cls, ref: str, registry: Registry) -> Classifier:
+        net, info = registry.load(ref)
+        return cls.from_net(net, info)
+
+    @classmethod
+    def from_net(cls, net: nn.Module, info: ModelVersionInfo) -> Classifier:
+        accuracy = info.tags.get("mnist_test_accuracy")
+        return cls(
+            net=net.eval(),
+            version=info.version,
+            aliases=info.aliases,
+            trained_on=json.loads(info.tags.get("training_data") or "{}"),
+            mnist_test_accuracy=float(accuracy) if accuracy else None,
+        )
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 10) float32 for (N, 28, 28) uint8 images, one forward pass."""
+        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
+        return torch.softmax(self.net(batch), dim=1).numpy()
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "model_version": self.version,
+            "aliases": self.aliases,
+            "trained_on": self.trained_on,
+            "mnist_test_accuracy": self.mnist_test_accuracy,
+        }

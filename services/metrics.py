@@ -1,0 +1,75 @@
+"""Prometheus metrics of the prediction service.
+
+BentoML's ``bentoml.metrics`` is prometheus-client behind a proxy that works across its
+worker processes, and its ``/metrics`` endpoint serves them next to BentoML's own.
+Created lazily: the proxy only works once BentoML has set up the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    requests: object
+    latency: object
+    predictions: object
+    feedback: object
+    corrections: object
+    store_errors: object
+    spool_depth: object
+    model_info: object
+
+
+@cache
+def service_metrics() -> ServiceMetrics:
+    import bentoml
+
+    return ServiceMetrics(
+        requests=bentoml.metrics.Counter(
+            name="digitloop_requests_total",
+            documentation="Requests by route and status.",
+            labelnames=["route", "status"],
+        ),
+        latency=bentoml.metrics.Histogram(
+            name="digitloop_request_duration_seconds",
+            documentation="Time to answer, by route and status.",
+            labelnames=["route", "status"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        predictions=bentoml.metrics.Counter(
+            name="digitloop_predictions_total",
+            documentation="Predictions by predicted label, model version and track.",
+            labelnames=["label", "model_version", "track"],
+        ),
+        feedback=bentoml.metrics.Counter(
+            name="digitloop_feedback_total",
+            documentation="Feedback records accepted, by model version and track.",
+            labelnames=["model_version", "track"],
+        ),
+        corrections=bentoml.metrics.Counter(
+            name="digitloop_corrections_total",
+            documentation="Feedback that corrected the prediction, by model version and track.",
+            labelnames=["model_version", "track"],
+        ),
+        store_errors=bentoml.metrics.Counter(
+            name="digitloop_store_errors_total",
+            documentation="Failed writes to the store, by kind (predictions, feedback).",
+            labelnames=["kind"],
+        ),
+        spool_depth=bentoml.metrics.Gauge(
+            name="digitloop_feedback_spool_depth",
+            documentation="Feedback records waiting in the local spool for the store.",
+            multiprocess_mode="livesum",
+        ),
+        model_info=bentoml.metrics.Gauge(
+            name="digitloop_model_info",
+            documentation="1 for the model version each track serves.",
+            labelnames=["model_version", "track"],
+            multiprocess_mode="max",
+        ),
+    )

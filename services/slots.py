@@ -1,0 +1,157 @@
+"""The model versions a service process serves, per track, and how they change.
+
+Models load in the background (``/readyz`` stays false until the stable one is in, and a
+registry that is still empty, say before the cluster's bootstrap job has trained version
+1, is retried rather than fatal). ``apply`` swaps versions with no restart; the other
+worker processes follow through the shared :class:`~services.state.StateFile`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from model.registry import Registry
+from services.errors import NotReady
+from services.inference import Classifier
+from services.routing import TrafficSplit
+from services.settings import ServingSettings, Track
+from services.state import RoutingState, StateFile
+
+log = logging.getLogger("digitloop.slots")
+
+POLL_S = 0.5
+RETRY_S = 3.0
+
+
+class ModelSlots:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        registry_factory: Callable[[], Registry],
+        split: TrafficSplit,
+        metrics: Any,
+    ) -> None:
+        self.settings = settings
+        self._registry_factory = registry_factory
+        self._registry: Registry | None = None
+        self.split = split
+        self.metrics = metrics
+        self.state_file = StateFile(settings.data_dir / "serving-state.json")
+        self._lock = threading.Lock()
+        self._slots: dict[str, Classifier] = {}
+        self._loaded: RoutingState | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.initial = RoutingState(
+            stable_model=settings.stable_model,
+            canary_model=settings.canary_model,
+            canary_weight=settings.canary_weight if settings.canary_model else 0,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="model-slots", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        wanted = self.settings.only_track or "stable"
+        return wanted in self._slots
+
+    def _watch(self) -> None:
+        """Load the wanted state, then follow the state file that ``apply`` writes."""
+        wanted = self.initial
+        # A state file older than this server run is a previous run's: settings win at
+        # start-up, reloads of this run win after.
+        seen_mtime = -1
+        run_started_ns = _server_started_ns()
+        while not self._stop.is_set():
+            mtime = self.state_file.mtime_ns()
+            if mtime != seen_mtime:
+                seen_mtime = mtime
+                if mtime > run_started_ns:
+                    wanted = self.state_file.read() or self.initial
+            if wanted != self._loaded:
+                try:
+                    self._load(wanted)
+                except Exception as exc:  # keep serving what is loaded
+                    log.warning("could not load %s (%s); retrying in %.0fs", wanted, exc, RETRY_S)
+                    self._stop.wait(RETRY_S)
+                    continue
+            self._stop.wait(POLL_S)
+
+    # -- changes -------------------------------------------------------------------------
+
+    def apply(self, **changes: object) -> RoutingState:
+        """Load the changed versions here, then publish them to the other workers."""
+        wanted = (self._loaded or self.initial).with_changes(**changes)
+        self._load(wanted)
+        self.state_file.write(wanted)
+        return wanted
+
+    def _load(self, wanted: RoutingState) -> None:
+        registry = self._registry or self._registry_factory()
+        self._registry = registry
+        refs: dict[str, str | None] = {"stable": wanted.stable_model, "canary": wanted.canary_model}
+        if self.settings.only_track:
+            refs = {self.settings.only_track: refs[self.settings.only_track]}
+        loaded: dict[str, Classifier] = {}
+        for track, ref in refs.items():
+            if ref is None:
+                continue
+            current = self._slots.get(track)
+            info = registry.get(ref)
+            if current is not None and current.version == info.version:
+                loaded[track] = current
+            else:
+                loaded[track] = Classifier.from_registry(info.version, registry)
+                log.info("track %s now serves version %s", track, info.version)
+        with self._lock:
+            for track, old in self._slots.items():
+                self.metrics.model_info.labels(model_version=old.version, track=track).set(0)
+            self._slots = loaded
+            self._loaded = wanted
+            self.split.weight = wanted.canary_weight if "canary" in loaded else 0
+            for track, classifier in loaded.items():
+                self.metrics.model_info.labels(model_version=classifier.version, track=track).set(1)
+
+    # -- per request ---------------------------------------------------------------------
+
+    def pick(self, pinned: str | None) -> tuple[Track, Classifier]:
+        """The track and model that answer this request."""
+        slots = self._slots  # one read: a concurrent reload swaps the whole dict
+        if self.settings.only_track:
+            track: Track = self.settings.only_track
+        else:
+            track = self.split.choose(pinned, canary_available="canary" in slots)
+        classifier = slots.get(track)
+        if classifier is None:
+            raise NotReady("no model loaded yet; see /readyz")
+        return track, classifier
+
+    def describe(self) -> dict[str, object]:
+        slots = self._slots
+        return {
+            "tracks": {track: c.describe() for track, c in slots.items()},
+            "canary_weight": self.split.weight if "canary" in slots else 0,
+            "only_track": self.settings.only_track,
+        }
+
+
+def _server_started_ns() -> int:
+    """When the server run began: its parent (BentoML's arbiter) started, or this process."""
+    import os
+
+    import psutil
+
+    try:
+        return int(psutil.Process(os.getppid()).create_time() * 1e9)
+    except psutil.Error:
+        return int(psutil.Process().create_time() * 1e9)

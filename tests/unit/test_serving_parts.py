@@ -1,0 +1,111 @@
+"""Pure parts of the serving component: ids, the traffic split, routing state, errors."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.errors import EmptyDrawingError, InvalidImageError
+from services.errors import BadRequest, PayloadTooLarge, UnknownPrediction, status_of
+from services.ids import PredictionIds
+from services.inference import array_to_pixels, image_bytes_to_pixels
+from services.routing import TrafficSplit
+from services.settings import ServingSettings
+from services.state import RoutingState, StateFile
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def test_prediction_ids_round_trip_and_refuse_forgeries():
+    ids = PredictionIds(SECRET)
+    pid = ids.new("canary", "12", 7)
+    ref = ids.parse(pid)
+    assert (ref.track, ref.model_version, ref.label) == ("canary", "12", 7)
+    forged = pid.replace(".canary.12.7.", ".canary.12.3.")
+    for bad in (forged, pid[:-1] + ("0" if pid[-1] != "0" else "1"), "", "x" * 70, "../etc"):
+        with pytest.raises(UnknownPrediction):
+            ids.parse(bad)
+    with pytest.raises(UnknownPrediction):  # another deployment's key
+        PredictionIds(b"f" * 32).parse(pid)
+    assert len({ids.new("stable", "1", 1) for _ in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize("weight", [0, 1, 20, 33, 50, 99, 100])
+def test_split_is_exact_over_every_hundred_requests(weight: int):
+    split = TrafficSplit(weight)
+    tracks = [split.choose() for _ in range(1000)]
+    for start in range(0, 1000, 100):
+        assert tracks[start : start + 100].count("canary") == weight
+
+
+def test_split_spreads_the_canary_evenly():
+    assert TrafficSplit(20).choose() == "stable"  # a fresh split starts on stable
+    split = TrafficSplit(20)
+    gaps = np.diff([i for i, t in enumerate(split.choose() for _ in range(200)) if t == "canary"])
+    assert set(gaps.tolist()) == {5}
+
+
+def test_header_pins_a_track_and_bad_pins_are_refused():
+    split = TrafficSplit(0)
+    assert split.choose("canary") == "canary"
+    assert split.choose(" Stable ") == "stable"
+    with pytest.raises(BadRequest, match="stable' or 'canary"):
+        split.choose("blue")
+    with pytest.raises(BadRequest, match="no canary"):
+        split.choose("canary", canary_available=False)
+    assert TrafficSplit(100).choose(canary_available=False) == "stable"
+    with pytest.raises(BadRequest):
+        TrafficSplit(101)
+
+
+def test_routing_state_changes_and_file_round_trip(tmp_path: Path):
+    state = RoutingState("3").with_changes(canary_model="4", canary_weight=20)
+    assert state == RoutingState("3", "4", 20)
+    assert state.with_changes(stable_model="4") == RoutingState("4", "4", 20)
+    assert state.with_changes(canary_model="") == RoutingState("3", None, 0)
+    file = StateFile(tmp_path / "s" / "state.json")
+    assert file.read() is None and file.mtime_ns() == 0
+    file.write(state)
+    assert file.read() == state and file.mtime_ns() > 0
+
+
+def test_settings_validation_and_secrets(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("DIGITLOOP_DATA_DIR", str(tmp_path))
+    settings = ServingSettings(canary_model="")
+    assert settings.canary_model is None
+    assert settings.admin_secret() is None
+    secret = settings.id_secret()
+    assert len(secret) >= 32 and ServingSettings().id_secret() == secret  # made once
+    assert oct((tmp_path / "prediction-id.secret").stat().st_mode & 0o777) == "0o600"
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    assert ServingSettings(admin_token_file=token_file).admin_secret() == "s3cret"
+    with pytest.raises(ValueError, match="CANARY_MODEL"):
+        ServingSettings(only_track="canary")
+    with pytest.raises(ValueError):
+        ServingSettings(canary_weight=120)
+
+
+def test_error_statuses():
+    assert status_of(InvalidImageError("x")) == HTTPStatus.BAD_REQUEST
+    assert status_of(EmptyDrawingError("x")) == HTTPStatus.UNPROCESSABLE_ENTITY
+    assert status_of(PayloadTooLarge("x")) == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert status_of(UnknownPrediction("x")) == HTTPStatus.NOT_FOUND
+    assert status_of(RuntimeError("x")) is None
+
+
+def test_request_inputs_to_pixels():
+    image = np.zeros((56, 56), np.float32)
+    image[10:46, 25:31] = 1.0
+    assert array_to_pixels(image.tolist()).shape == (28, 28)
+    with pytest.raises(BadRequest, match="2-D"):
+        array_to_pixels([1, 2, 3])
+    with pytest.raises(BadRequest, match="rectangular"):
+        array_to_pixels([[1, 2], [3]])
+    with pytest.raises(PayloadTooLarge):
+        image_bytes_to_pixels(b"x" * 11, max_bytes=10)
+    with pytest.raises(InvalidImageError):
+        image_bytes_to_pixels(b"not a png", max_bytes=100)
