@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from model import cli as model_cli
+from services import cli as services_cli
 
 app = typer.Typer(
     name="digitloop",
@@ -22,6 +23,7 @@ app.command(help=model_cli.train.__doc__)(model_cli.train)
 app.command(help=model_cli.evaluate.__doc__)(model_cli.evaluate)
 app.command(help=model_cli.models.__doc__)(model_cli.models)
 app.add_typer(model_cli.data_app, name="data")
+app.command(help=services_cli.serve.__doc__)(services_cli.serve)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def decode_image(data: bytes) -> np.ndarray:
                 image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
             return np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InvalidImageError(f"not a readable image ({exc}); send PNG or JPEG bytes") from exc
+        raise InvalidImageError(
+            f"not a readable image ({type(exc).__name__}); send PNG or JPEG bytes"
+        ) from exc
 
 
 def ink_map(image: np.ndarray | Image.Image) -> np.ndarray:

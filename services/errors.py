@@ -17,6 +17,14 @@ class ServingError(DigitloopError):
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
 
 
+class RequestProblem(ServingError):
+    """A body that could not be parsed; the parser chose the status (400 or 413)."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class PayloadTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 

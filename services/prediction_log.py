@@ -1,0 +1,599 @@
+"""What the serving pod writes into the store, and how the pipeline reads it back.
+
+:class:`PredictionLog` buffers predictions in memory and writes them in batches: losing a
+few seconds of them in a crash is acceptable, blocking a request on the store is not.
+:class:`FeedbackWriter` is the opposite: a person's label is acknowledged only once it is
+durable, in the store or fsynced in a bounded local spool that is replayed in order.
+:func:`read_predictions` and :func:`read_feedback` give the pipeline both as DataFrames.
+Every public name here is importable from :mod:`services.store` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.store import (
+    IMAGE_SIDE,
+    JSON,
+    PARQUET,
+    DuplicateFeedback,
+    FeedbackRecord,
+    ObjectNotFound,
+    ObjectStore,
+    PredictionRecord,
+    SpoolFull,
+    StoreUnavailable,
+    as_utc,
+    check_name,
+    feedback_key,
+    key_date,
+    predictions_key,
+    write_durably,
+)
+
+log = logging.getLogger(__name__)
+
+ErrorHook = Callable[[str, Exception], None]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# --- the predictions parquet format -------------------------------------------------------
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("prediction_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("track", pa.string(), nullable=False),
+        # "element" is Parquet's name for list items: the schema then survives a round trip.
+        pa.field(
+            "image",
+            pa.list_(pa.field("element", pa.uint8(), nullable=False), IMAGE_SIDE * IMAGE_SIDE),
+            nullable=False,
+        ),
+        pa.field(
+            "probabilities",
+            pa.list_(pa.field("element", pa.float32(), nullable=False), 10),
+            nullable=False,
+        ),
+        pa.field("label", pa.int8(), nullable=False),
+        pa.field("latency_ms", pa.float32(), nullable=False),
+    ]
+)
+
+
+def encode_predictions(records: list[PredictionRecord]) -> bytes:
+    """One parquet object (zstd) holding ``records`` in order."""
+    n = len(records)
+    images = (
+        np.stack([r.image for r in records])
+        if n
+        else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+    )
+    probabilities = np.asarray([r.probabilities for r in records], np.float32).reshape(n, 10)
+    columns = [
+        pa.array([r.prediction_id for r in records], pa.string()),
+        pa.array(
+            [(as_utc(r.ts, "ts") - _EPOCH) // timedelta(milliseconds=1) for r in records],
+            pa.timestamp("ms", tz="UTC"),
+        ),
+        pa.array([r.model_version for r in records], pa.string()),
+        pa.array([r.track for r in records], pa.string()),
+        pa.FixedSizeListArray.from_arrays(
+            pa.array(images.reshape(-1), pa.uint8()), type=PREDICTIONS_SCHEMA.field("image").type
+        ),
+        pa.FixedSizeListArray.from_arrays(
+            pa.array(probabilities.reshape(-1), pa.float32()),
+            type=PREDICTIONS_SCHEMA.field("probabilities").type,
+        ),
+        pa.array([int(r.label) for r in records], pa.int8()),
+        pa.array([float(r.latency_ms) for r in records], pa.float32()),
+    ]
+    table = pa.Table.from_arrays(columns, schema=PREDICTIONS_SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_predictions(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data)).cast(PREDICTIONS_SCHEMA)
+
+
+# --- readers for the pipeline -------------------------------------------------------------
+
+
+def _keys_since(store: ObjectStore, prefix: str, suffix: str, since: datetime | None) -> list[str]:
+    first_day = as_utc(since, "since").date() if since is not None else None
+    keys = []
+    for key in store.list(prefix):
+        day = key_date(key)
+        if day is None or not key.endswith(suffix):
+            log.warning("skipping %s: not in the store layout", key)
+        elif first_day is None or day >= first_day:
+            keys.append(key)
+    return keys
+
+
+def _get_all(store: ObjectStore, keys: Iterable[str]) -> list[tuple[str, bytes]]:
+    def get(key: str) -> bytes | None:
+        try:
+            return store.get(key)
+        except ObjectNotFound:  # deleted between list and get
+            return None
+
+    keys = list(keys)
+    # S3 round trips dominate with many small objects; a few in flight hide the latency.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = zip(keys, pool.map(get, keys), strict=True)
+        return [(key, data) for key, data in found if data is not None]
+
+
+def read_predictions(store: ObjectStore, since: datetime | None = None) -> pd.DataFrame:
+    """Every logged prediction with ``ts >= since``, oldest first, one row per prediction id.
+
+    ``image`` holds (784,) uint8 arrays (28x28 row-major), ``probabilities`` (10,) float32.
+    """
+    tables = []
+    for key, data in _get_all(store, _keys_since(store, "predictions/", ".parquet", since)):
+        try:
+            tables.append(decode_predictions(data))
+        except (pa.ArrowException, OSError) as exc:
+            log.warning("skipping %s: unreadable parquet: %s", key, exc)
+    table = pa.concat_tables(tables) if tables else PREDICTIONS_SCHEMA.empty_table()
+    frame = table.to_pandas()
+    return _finish(frame, since)
+
+
+def read_feedback(store: ObjectStore, since: datetime | None = None) -> pd.DataFrame:
+    """Every feedback record with ``ts >= since``, oldest first, the first per prediction id.
+
+    A prediction id can have feedback under two dates only if it came on two UTC days;
+    the first one wins, as the write path intends.
+    """
+    rows: list[dict[str, Any]] = []
+    for key, data in _get_all(store, _keys_since(store, "feedback/", ".json", since)):
+        try:
+            record = FeedbackRecord.from_json(data)
+        except ValueError as exc:
+            log.warning("skipping %s: %s", key, exc)
+            continue
+        rows.append(
+            {
+                "prediction_id": record.prediction_id,
+                "label": record.label,
+                "ts": record.ts.astimezone(UTC),
+                "source": record.source,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["prediction_id", "label", "ts", "source"])
+    frame = frame.astype(
+        {"prediction_id": object, "label": "int8", "ts": "datetime64[us, UTC]", "source": object}
+    )
+    return _finish(frame, since)
+
+
+def _finish(frame: pd.DataFrame, since: datetime | None) -> pd.DataFrame:
+    if since is not None:
+        frame = frame[frame["ts"] >= pd.Timestamp(as_utc(since, "since"))]
+    frame = frame.sort_values("ts", kind="stable")
+    # Writers are at-least-once across crashes; readers make it exactly once.
+    frame = frame.drop_duplicates("prediction_id", keep="first")
+    return frame.reset_index(drop=True)
+
+
+def _report(on_error: ErrorHook | None, what: str, exc: Exception) -> None:
+    if on_error is None:
+        log.warning("%s: %s", what, exc)
+        return
+    try:
+        on_error(what, exc)
+    except Exception:  # a broken hook must not stop the writers
+        log.exception("on_error hook failed")
+
+
+class _Worker:
+    """A daemon thread calling ``tick`` every ``interval_s`` until stopped."""
+
+    def __init__(self, name: str, interval_s: float, tick: Callable[[], object]) -> None:
+        self._stop = threading.Event()
+        self._interval_s = interval_s
+        self._tick = tick
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._tick()
+            except Exception:  # keep the thread alive; the next tick retries
+                log.exception("%s failed", self._thread.name)
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+@dataclass
+class _Batch:
+    """One predictions object to write: its key is fixed at creation, so retrying it after
+    an ambiguous failure overwrites the same object instead of duplicating its rows."""
+
+    key: str
+    rows: int
+    data: bytes | None  # None once spilled: read back from spool_path
+    spool_path: Path | None = None
+    attempted: bool = False
+    when: datetime | None = None  # the key's time, kept when a collision changes its seq
+
+    def payload(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.spool_path is not None
+        return self.spool_path.read_bytes()
+
+
+class PredictionLog:
+    """Buffers predictions and writes one parquet object per UTC date per flush.
+
+    Records the store does not take stay pending and are retried at the next flush; with a
+    ``spool_dir`` they are also written to ``spool_dir/predictions`` (same relative keys), so
+    a crash does not lose them: the next PredictionLog on that folder picks them up. At most
+    ``max_buffer`` records wait in memory; beyond that new ones are dropped and counted in
+    :attr:`dropped`, because serving must go on when the store is down for long.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        pod: str,
+        flush_interval_s: float = 5.0,
+        spool_dir: Path | None = None,
+        max_buffer: int = 100_000,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        check_name(pod, "pod")
+        self._store = store
+        self._pod = pod
+        self._spool = Path(spool_dir) / "predictions" if spool_dir is not None else None
+        self._max_buffer = max_buffer
+        self._on_error = on_error
+        self._lock = threading.Lock()  # guards the buffer and the counters
+        self._flush_lock = threading.Lock()  # one flush at a time; guards _batches and _seq
+        self._buffer: list[PredictionRecord] = []
+        self._batches: list[_Batch] = self._load_spool()
+        self._pending_rows = sum(b.rows for b in self._batches)
+        self._held_rows = 0  # records in memory: the buffer plus batches not spilled
+        self._dropped = 0
+        self._seq = 0
+        self._worker = _Worker(f"prediction-log-{pod}", flush_interval_s, self.flush)
+
+    def _load_spool(self) -> list[_Batch]:
+        if self._spool is None or not self._spool.is_dir():
+            return []
+        batches = []
+        for path in sorted(self._spool.rglob("*.parquet")):
+            if path.name.startswith("."):
+                continue
+            key = "predictions/" + path.relative_to(self._spool).as_posix()
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except Exception as exc:  # keep it for a person to look at, never retry it
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name + ".corrupt"))
+                _report(self._on_error, "predictions", exc)
+                continue
+            batches.append(_Batch(key, rows, None, path, attempted=True))
+        if batches:
+            log.info("%d spooled predictions batches to replay", len(batches))
+        return batches
+
+    @property
+    def pending(self) -> int:
+        """Records appended but not yet in the store (buffered, pending or spilled)."""
+        with self._lock:
+            return len(self._buffer) + self._pending_rows
+
+    @property
+    def dropped(self) -> int:
+        """Records refused since start because ``max_buffer`` records were held in memory."""
+        with self._lock:
+            return self._dropped
+
+    def append(self, record: PredictionRecord) -> None:
+        """Buffer one record; thread-safe, O(1), no I/O."""
+        with self._lock:
+            if self._held_rows >= self._max_buffer:
+                self._dropped += 1
+                return
+            self._buffer.append(record)
+            self._held_rows += 1
+
+    def flush(self) -> list[str]:
+        """Write what is buffered and what earlier flushes could not; the keys written."""
+        with self._flush_lock:
+            with self._lock:
+                records, self._buffer = self._buffer, []
+                self._pending_rows += len(records)
+            self._batches.extend(self._new_batches(records))
+            written: list[str] = []
+            failure: StoreUnavailable | None = None
+            for batch in self._batches:
+                try:
+                    self._write(batch)
+                except StoreUnavailable as exc:
+                    # The store is down: do not spend a timeout on every other batch.
+                    failure = exc
+                    break
+                except FileNotFoundError:
+                    # Its spilled copy is gone: another worker sharing the spool folder
+                    # found it at start-up and wrote it.
+                    batch.rows = 0
+                    continue
+                except OSError as exc:  # the spilled copy cannot be read
+                    _report(self._on_error, "predictions", exc)
+                    batch.rows = 0
+                    continue
+                written.append(batch.key)
+            done = set(written)
+            self._batches = [b for b in self._batches if b.key not in done and b.rows]
+            if failure is not None:
+                self._spill()
+                _report(self._on_error, "predictions", failure)
+            with self._lock:
+                self._pending_rows = sum(b.rows for b in self._batches)
+                self._held_rows = len(self._buffer) + sum(
+                    b.rows for b in self._batches if b.data is not None
+                )
+        return written
+
+    def _new_batches(self, records: list[PredictionRecord]) -> list[_Batch]:
+        by_day: dict[object, list[PredictionRecord]] = {}
+        for record in records:
+            by_day.setdefault(record.ts.astimezone(UTC).date(), []).append(record)
+        now = datetime.now(UTC)
+        batches = []
+        for day, group in sorted(by_day.items()):
+            # The key's time is the flush time, clamped into the records' date so the
+            # key's date partition is theirs (yesterday's records flushed after midnight).
+            start = datetime.combine(day, time.min, UTC)
+            when = min(max(now, start), datetime.combine(day, time.max, UTC))
+            data = encode_predictions(group)
+            batches.append(_Batch(self._next_key(when), len(group), data, when=when))
+        return batches
+
+    def _next_key(self, when: datetime) -> str:
+        self._seq += 1
+        return predictions_key(self._pod, when, self._seq)
+
+    def _write(self, batch: _Batch) -> None:
+        data = batch.payload()
+        if batch.attempted:
+            # An earlier attempt may have landed: overwrite it with the same bytes.
+            self._store.put(batch.key, data, PARQUET)
+        else:
+            batch.attempted = True
+            # Two workers with the same pod name can pick the same key: never overwrite
+            # someone else's object, take the next sequence number instead.
+            while not self._store.put_if_absent(batch.key, data, PARQUET):
+                batch.key = self._next_key(batch.when or datetime.now(UTC))
+                self._move_spilled(batch)
+        if batch.spool_path is not None:
+            with contextlib.suppress(OSError):  # a stale copy is rewritten, never duplicated
+                batch.spool_path.unlink(missing_ok=True)
+
+    def _move_spilled(self, batch: _Batch) -> None:
+        if self._spool is not None and batch.spool_path is not None:
+            target = self._spool / batch.key.removeprefix("predictions/")
+            batch.spool_path.rename(target)
+            batch.spool_path = target
+
+    def _spill(self) -> None:
+        if self._spool is None:
+            return
+        for batch in self._batches:
+            if batch.data is None:
+                continue
+            path = self._spool / batch.key.removeprefix("predictions/")
+            try:
+                write_durably(path, batch.data)
+            except OSError as exc:
+                _report(self._on_error, "predictions", exc)
+                return
+            batch.spool_path, batch.data = path, None
+
+    def start(self) -> None:
+        """Flush every ``flush_interval_s`` in a daemon thread."""
+        self._worker.start()
+
+    def close(self) -> None:
+        """Stop the thread and flush what is left; safe to call more than once."""
+        self._worker.stop()
+        self.flush()
+        with self._lock:
+            lost = self._held_rows if self._spool is None else 0
+        if lost:
+            log.error("%d predictions not written to %s", lost, self._store.description)
+
+
+class FeedbackWriter:
+    """Writes each feedback record once, durably, through a bounded spool when needed.
+
+    :meth:`write` returns only when the record is in the store or fsynced in ``spool_dir``
+    (one file per record, ``<seq>-<prediction_id>.json``). While the spool holds anything,
+    new records join its tail without trying the store: the order of acknowledgement is
+    kept, and a request does not wait on a store that just failed. The background thread
+    (or :meth:`replay`) drains the spool oldest first. During an outage a duplicate of a
+    record already in the store cannot be detected; replay then drops it.
+
+    Worker processes may share ``spool_dir``: each replays what it spooled plus whatever it
+    found at start-up (a dead worker's records), and a record is written at most once
+    because every write is conditional. The ``max_spooled`` bound is per writer.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        spool_dir: Path,
+        max_spooled: int = 10_000,
+        retry_interval_s: float = 2.0,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        self._store = store
+        self._dir = Path(spool_dir)
+        self._max_spooled = max_spooled
+        self._on_error = on_error
+        self._lock = threading.Lock()  # guards _spooled and _seq
+        self._replay_lock = threading.Lock()
+        self._spooled: OrderedDict[str, Path] = OrderedDict()  # prediction id -> file
+        self._seq = 0
+        self._load_spool()
+        self._worker = _Worker("feedback-replay", retry_interval_s, self._replay_if_needed)
+
+    def _load_spool(self) -> None:
+        if not self._dir.is_dir():
+            return
+        entries = []
+        for path in self._dir.glob("*.json"):
+            seq, _, prediction_id = path.stem.partition("-")
+            if path.name.startswith(".") or not seq.isdigit() or not prediction_id:
+                continue
+            entries.append((int(seq), prediction_id, path))
+        for seq, prediction_id, path in sorted(entries):
+            self._seq = seq
+            if prediction_id in self._spooled:
+                # Two workers sharing the folder both took this id during an outage: only
+                # the first could ever land (writes are conditional), as replay would find.
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            self._spooled[prediction_id] = path
+        if entries:
+            log.info("%d spooled feedback records to replay", len(entries))
+
+    @property
+    def spool_depth(self) -> int:
+        with self._lock:
+            return len(self._spooled)
+
+    def write(self, record: FeedbackRecord) -> Literal["stored", "spooled"]:
+        """Store ``record`` durably; anything raised means it was NOT acknowledged.
+
+        Raises:
+            DuplicateFeedback: the prediction id is already in the store or the spool.
+            SpoolFull: the store is down and the spool holds ``max_spooled`` records.
+            StoreUnavailable: neither the store nor the spool folder could take it.
+        """
+        key, data = feedback_key(record), record.to_json()
+        with self._lock:
+            self._check_not_spooled(record)
+            if self._spooled:
+                self._spool(record, data)
+                return "spooled"
+        try:
+            stored = self._store.put_if_absent(key, data, JSON)
+        except StoreUnavailable as exc:
+            _report(self._on_error, "feedback", exc)
+            with self._lock:
+                self._check_not_spooled(record)
+                self._spool(record, data)
+            return "spooled"
+        if not stored:
+            raise DuplicateFeedback(f"feedback for prediction {record.prediction_id} exists")
+        return "stored"
+
+    def _check_not_spooled(self, record: FeedbackRecord) -> None:
+        if record.prediction_id in self._spooled:
+            raise DuplicateFeedback(
+                f"feedback for prediction {record.prediction_id} is already spooled"
+            )
+
+    def _spool(self, record: FeedbackRecord, data: bytes) -> None:
+        if len(self._spooled) >= self._max_spooled:
+            raise SpoolFull(
+                f"store unavailable and {len(self._spooled)} feedback records already "
+                f"spooled in {self._dir} (bound {self._max_spooled})"
+            )
+        path = self._dir / f"{self._seq + 1:012d}-{record.prediction_id}.json"
+        try:
+            write_durably(path, data)
+        except OSError as exc:
+            raise StoreUnavailable(f"store unavailable and cannot spool: {exc}") from exc
+        self._seq += 1
+        self._spooled[record.prediction_id] = path
+
+    def replay(self) -> int:
+        """Move spooled records to the store oldest first; stops at the first failure.
+
+        Returns how many records left the spool; one whose key already exists counts too.
+        """
+        moved = 0
+        with self._replay_lock:
+            while True:
+                with self._lock:
+                    if not self._spooled:
+                        break
+                    prediction_id, path = next(iter(self._spooled.items()))
+                try:
+                    data = path.read_bytes()
+                    record = FeedbackRecord.from_json(data)
+                except FileNotFoundError:
+                    # Another worker sharing this folder replayed it (it loaded the file
+                    # at its start-up).
+                    with self._lock:
+                        self._spooled.pop(prediction_id, None)
+                    continue
+                except (OSError, ValueError) as exc:
+                    # Unreadable: set it aside for a person rather than block the queue.
+                    _report(self._on_error, "feedback", exc)
+                    with contextlib.suppress(OSError):
+                        path.rename(path.with_name(path.name + ".corrupt"))
+                    with self._lock:
+                        self._spooled.pop(prediction_id, None)
+                    continue
+                try:
+                    self._store.put_if_absent(feedback_key(record), data, JSON)
+                except StoreUnavailable as exc:
+                    _report(self._on_error, "feedback", exc)
+                    break
+                with self._lock:
+                    self._spooled.pop(prediction_id, None)
+                # A crash before this unlink replays the record again: put_if_absent
+                # makes that harmless.
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+                moved += 1
+        if moved:
+            log.info("replayed %d spooled feedback records", moved)
+        return moved
+
+    def _replay_if_needed(self) -> None:
+        if self.spool_depth:
+            self.replay()
+
+    def start(self) -> None:
+        """Replay the spool every ``retry_interval_s`` in a daemon thread while it has records."""
+        self._worker.start()
+
+    def close(self) -> None:
+        """Stop the thread after one last replay attempt; safe to call more than once."""
+        self._worker.stop()
+        self._replay_if_needed()

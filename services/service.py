@@ -1,0 +1,375 @@
+"""The digitloop prediction service: one BentoML service class.
+
+Routes (DESIGN.md, "Serving HTTP API"): ``/predict``, ``/predict_batch``, ``/feedback``,
+``/model``, ``/admin/reload``, plus BentoML's ``/livez``, ``/readyz`` and ``/metrics``.
+The model lifecycle (load in the background, ready flag, hot reload) is in
+:class:`ModelSlots`; per-request work in :mod:`services.inference`; storage in
+:mod:`services.store`. Every expected error answers ``{"error": ...}`` with its 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+from services.errors import (
+    BadRequest,
+    BatchTooLarge,
+    DuplicateFeedbackError,
+    FeedbackNotDurable,
+    Forbidden,
+    NotReady,
+    RequestProblem,
+    Unauthorized,
+    status_of,
+)
+from services.inputs import (
+    FeedbackInput,
+    PredictBatchInput,
+    PredictInput,
+    ReloadInput,
+    request_problem,
+)
+from services.settings import TRACK_HEADER, ServingSettings
+
+log = logging.getLogger("digitloop.service")
+
+# Worker processes are fixed when BentoML reads the class, so they come from the
+# environment here rather than from ServingSettings (read later, in each worker).
+WORKERS = int(os.environ.get("DIGITLOOP_WORKERS", "2"))
+
+
+class Prediction(BaseModel):
+    prediction_id: str = Field(description="Pass it back to /feedback.")
+    label: int = Field(description="The predicted digit.")
+    probabilities: list[float] = Field(description="Probability of each digit 0-9.")
+    model_version: str
+    track: str = Field(description="'stable' or 'canary'.")
+
+
+class FeedbackAck(BaseModel):
+    prediction_id: str
+    label: int
+    correct: bool = Field(description="Whether the prediction was right.")
+    durable: str = Field(description="'stored' in the store, or 'spooled' until it is back.")
+
+
+# GET routes: BentoML's APIs are POST only, so /model is a FastAPI route on the service
+# class (BentoML's documented way to add plain HTTP routes that see the instance).
+info_app = FastAPI(title="digitloop info", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.service(
+    name="digitloop",
+    workers=WORKERS,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+)
+@bentoml.asgi_app(info_app, path="/")
+class DigitService:
+    """Predicts hand-drawn digits and records every prediction and correction."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from model.registry import Registry
+        from services.ids import PredictionIds
+        from services.routing import TrafficSplit
+        from services.slots import ModelSlots
+        from services.store import (
+            FeedbackWriter,
+            PredictionLog,
+            StoreSettings,
+            open_store,
+        )
+
+        self.settings = ServingSettings()
+        torch.set_num_threads(self.settings.torch_threads)
+        store_settings = StoreSettings()
+        self.metrics = _metrics()
+        self.ids = PredictionIds(self.settings.id_secret())
+        self.split = TrafficSplit()
+        self.slots = ModelSlots(self.settings, Registry, self.split, self.metrics)
+        self.slots.start()
+
+        store = open_store(store_settings)
+        spool = store_settings.spool_path
+        self.predictions_log = PredictionLog(
+            store,
+            pod=f"{store_settings.pod_name}-{os.getpid()}",
+            flush_interval_s=store_settings.flush_interval_s,
+            spool_dir=spool,
+            on_error=self._store_error,
+        )
+        self.feedback_writer = FeedbackWriter(
+            store,
+            spool_dir=spool / "feedback",
+            max_spooled=store_settings.spool_max_records,
+            on_error=self._store_error,
+        )
+        self.predictions_log.start()
+        self.feedback_writer.start()
+        self._admin_lock = threading.Lock()
+        log.info("digitloop service starting: store %s", store.description)
+
+    def __is_ready__(self) -> bool:
+        return self.slots.ready
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        """Flush the predictions log and stop the spool's replay (SIGTERM, Ctrl-C)."""
+        self.predictions_log.close()
+        self.feedback_writer.close()
+        self.slots.stop()
+
+    # -- routes ------------------------------------------------------------------------
+
+    @bentoml.api(route="/predict", input_spec=PredictInput)
+    async def predict(
+        self,
+        image: bytes | None = None,
+        pixels: list[list[float]] | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> Prediction:
+        """Predict one digit: PNG/JPEG bytes (raw body or multipart `image`) or `pixels`."""
+        started = time.perf_counter()
+        try:
+            digit = self._one_input(image, pixels, ctx)
+            answer = self._predict(digit[None], ctx, started)[0]
+        except Exception as exc:  # every error becomes a response
+            return self._error(ctx, "/predict", started, exc)
+        self._observe("/predict", started)
+        return answer
+
+    @bentoml.api(route="/predict_batch", input_spec=PredictBatchInput)
+    async def predict_batch(
+        self,
+        images: list[bytes] | None = None,
+        pixels: list[list[list[float]]] | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> list[Prediction]:
+        """Predict many digits in one forward pass: multipart `images` or `pixels`."""
+        import numpy as np
+
+        from services.inference import array_to_pixels, image_bytes_to_pixels
+
+        started = time.perf_counter()
+        try:
+            _raise_problem(ctx)
+            count = len(images or []) + len(pixels or [])
+            if count == 0:
+                raise BadRequest("send one or more `images` (multipart files) or `pixels`")
+            if count > self.settings.max_batch:
+                raise BatchTooLarge(
+                    f"{count} images in one batch; at most {self.settings.max_batch}"
+                )
+            digits = [
+                image_bytes_to_pixels(data, self.settings.max_image_bytes) for data in images or []
+            ]
+            digits += [array_to_pixels(p) for p in pixels or []]
+            answers = self._predict(np.stack(digits), ctx, started)
+        except Exception as exc:  # every error becomes a response
+            return self._error(ctx, "/predict_batch", started, exc)
+        self._observe("/predict_batch", started)
+        return answers
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackInput)
+    async def feedback(
+        self,
+        prediction_id: str,
+        label: int,
+        source: str = "user",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> FeedbackAck:
+        """Record the true digit of a prediction; answers 2xx once the record is durable."""
+        from services.store import DuplicateFeedback, FeedbackRecord, SpoolFull, StoreUnavailable
+
+        started = time.perf_counter()
+        try:
+            _raise_problem(ctx)
+            if not 0 <= label <= 9:
+                raise BadRequest(f"label must be a digit 0-9, got {label}")
+            if not source or len(source) > 64:
+                raise BadRequest("source must be 1-64 characters")
+            ref = self.ids.parse(prediction_id)
+            record = FeedbackRecord(
+                prediction_id=prediction_id, label=label, ts=datetime.now(UTC), source=source
+            )
+            try:
+                durable = await asyncio.to_thread(self.feedback_writer.write, record)
+            except DuplicateFeedback as exc:
+                raise DuplicateFeedbackError(
+                    f"feedback for {prediction_id} was already recorded"
+                ) from exc
+            except (SpoolFull, StoreUnavailable) as exc:
+                # Not acknowledged, so nothing accepted is lost: the client retries.
+                raise FeedbackNotDurable(
+                    f"the feedback could not be made durable ({exc}); retry later"
+                ) from exc
+            self.metrics.spool_depth.set(self.feedback_writer.spool_depth)
+            labels = {"model_version": ref.model_version, "track": ref.track}
+            self.metrics.feedback.labels(**labels).inc()
+            if label != ref.label:
+                self.metrics.corrections.labels(**labels).inc()
+        except Exception as exc:
+            return self._error(ctx, "/feedback", started, exc)
+        self._observe("/feedback", started)
+        return FeedbackAck(
+            prediction_id=prediction_id, label=label, correct=label == ref.label, durable=durable
+        )
+
+    @info_app.get("/model")
+    def model(self) -> JSONResponse:
+        """The model version, alias and training data of each track, and the split."""
+        started = time.perf_counter()
+        try:
+            if not self.slots.ready:
+                raise NotReady("no model loaded yet; see /readyz")
+            answer = JSONResponse(self.slots.describe())
+        except Exception as exc:  # every error becomes a response
+            return self._error(None, "/model", started, exc)
+        self._observe("/model", started)
+        return answer
+
+    @bentoml.api(route="/admin/reload", input_spec=ReloadInput)
+    def reload(
+        self,
+        stable_model: str | None = None,
+        canary_model: str | None = None,
+        canary_weight: int | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Serve other versions without a restart (bearer token). `canary_model: ""` removes it."""
+        started = time.perf_counter()
+        try:
+            self._authorize(ctx)
+            _raise_problem(ctx)
+            if canary_weight is not None and not 0 <= canary_weight <= 100:
+                raise BadRequest(f"canary_weight must be 0-100, got {canary_weight}")
+            with self._admin_lock:
+                self.slots.apply(
+                    stable_model=stable_model,
+                    canary_model=canary_model,
+                    canary_weight=canary_weight,
+                )
+            answer = self.slots.describe()
+        except Exception as exc:
+            return self._error(ctx, "/admin/reload", started, exc)
+        self._observe("/admin/reload", started)
+        return answer
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _one_input(
+        self, image: bytes | None, pixels: list[list[float]] | None, ctx: bentoml.Context
+    ):
+        from services.inference import array_to_pixels, image_bytes_to_pixels
+
+        _raise_problem(ctx)
+        if (image is None) == (pixels is None):
+            raise BadRequest(
+                "send exactly one of an image (PNG/JPEG body or multipart "
+                "`image`) or `pixels` (a 2-D array, JSON)"
+            )
+        if image is not None:
+            return image_bytes_to_pixels(image, self.settings.max_image_bytes)
+        return array_to_pixels(pixels)
+
+    def _predict(self, digits, ctx: bentoml.Context, started: float) -> list[Prediction]:
+        from services.store import PredictionRecord
+
+        pinned = ctx.request.headers.get(TRACK_HEADER) if ctx is not None else None
+        track, classifier = self.slots.pick(pinned)
+        probabilities = classifier.predict(digits)
+        labels = probabilities.argmax(axis=1)
+        now = datetime.now(UTC)
+        latency_ms = (time.perf_counter() - started) * 1000
+        answers = []
+        for digit, probs, label in zip(digits, probabilities, labels, strict=True):
+            prediction_id = self.ids.new(track, classifier.version, int(label))
+            self.predictions_log.append(
+                PredictionRecord(
+                    prediction_id=prediction_id,
+                    ts=now,
+                    model_version=classifier.version,
+                    track=track,
+                    image=digit,
+                    probabilities=probs,
+                    label=int(label),
+                    latency_ms=latency_ms,
+                )
+            )
+            self.metrics.predictions.labels(
+                label=str(label), model_version=classifier.version, track=track
+            ).inc()
+            answers.append(
+                Prediction(
+                    prediction_id=prediction_id,
+                    label=int(label),
+                    probabilities=[round(float(p), 6) for p in probs],
+                    model_version=classifier.version,
+                    track=track,
+                )
+            )
+        return answers
+
+    def _authorize(self, ctx: bentoml.Context) -> None:
+        import hmac
+
+        expected = self.settings.admin_secret()
+        if expected is None:
+            raise Forbidden("admin endpoints are off: set DIGITLOOP_ADMIN_TOKEN to enable them")
+        header = ctx.request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("send `Authorization: Bearer <admin token>`")
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            raise Forbidden("wrong admin token")
+
+    def _store_error(self, kind: str, exc: Exception) -> None:
+        self.metrics.store_errors.labels(kind=kind).inc()
+        log.warning("store error (%s): %s", kind, exc)
+
+    def _observe(self, route: str, started: float, status: int = 200) -> None:
+        self.metrics.requests.labels(route=route, status=str(status)).inc()
+        self.metrics.latency.labels(route=route, status=str(status)).observe(
+            time.perf_counter() - started
+        )
+
+    def _error(
+        self, ctx: bentoml.Context, route: str, started: float, exc: Exception
+    ) -> JSONResponse:
+        status = status_of(exc)
+        if status is None:
+            log.exception("unexpected error on %s", route)
+            status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the log"
+        else:
+            message = str(exc)
+        if ctx is not None:
+            ctx.response.status_code = int(status)  # BentoML copies it onto the response
+        self._observe(route, started, int(status))
+        return JSONResponse({"error": message}, status_code=int(status))
+
+
+def _raise_problem(ctx: bentoml.Context | None) -> None:
+    """Raise the error :mod:`services.inputs` found in the body, if any."""
+    problem = request_problem(ctx.request) if ctx is not None else None
+    if problem is not None:
+        raise RequestProblem(problem[1], status=problem[0])
+
+
+def _metrics():
+    from services.metrics import service_metrics
+
+    return service_metrics()

@@ -1,0 +1,667 @@
+"""The predictions/feedback store of the serving component: one bucket, two backends.
+
+Layout (S3 keys, or relative paths under a folder for the local backend; dates are UTC):
+
+- ``predictions/date=YYYY-MM-DD/<pod>-<unix_ms>-<seq>.parquet``: buffered predictions,
+  written by :class:`~services.prediction_log.PredictionLog`;
+- ``feedback/date=YYYY-MM-DD/<prediction_id>.json``: one object per prediction id, written
+  by :class:`~services.prediction_log.FeedbackWriter`;
+- ``reports/<run_id>/...``: whatever the pipeline writes through :meth:`ObjectStore.put`.
+
+The S3 backend talks to MinIO (moto's server in tests) through the ``minio`` SDK with short
+timeouts, so an outage shows within seconds and feedback can fall back to its local spool.
+Importing this module does nothing: no folder is made and no connection opened.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from xml.etree.ElementTree import ParseError
+
+import numpy as np
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.errors import DigitloopError
+
+if TYPE_CHECKING:
+    from services.prediction_log import (
+        PREDICTIONS_SCHEMA,
+        FeedbackWriter,
+        PredictionLog,
+        read_feedback,
+        read_predictions,
+    )
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PREDICTIONS_SCHEMA",
+    "DuplicateFeedback",
+    "FeedbackRecord",
+    "FeedbackWriter",
+    "LocalStore",
+    "ObjectNotFound",
+    "ObjectStore",
+    "PredictionLog",
+    "PredictionRecord",
+    "S3Store",
+    "SpoolFull",
+    "StoreError",
+    "StoreSettings",
+    "StoreUnavailable",
+    "feedback_key",
+    "open_store",
+    "predictions_key",
+    "read_feedback",
+    "read_predictions",
+]
+
+DEFAULT_BUCKET = "digitloop"
+TRACKS = ("stable", "canary")
+PARQUET = "application/vnd.apache.parquet"
+JSON = "application/json"
+IMAGE_SIDE = 28
+# Ids and pod names become path segments and S3 keys: keep them to characters that need no
+# escaping anywhere, and out of the dot-files the local backend uses for its temp files.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# S3's bucket naming rules; MinIO enforces them, so fail at configuration time instead.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+T = TypeVar("T")
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class StoreError(DigitloopError):
+    """Base class of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend cannot be reached or an I/O operation on it failed; worth retrying."""
+
+
+class ObjectNotFound(StoreError, KeyError):
+    """No object under this key (only :meth:`ObjectStore.get` raises it)."""
+
+
+class DuplicateFeedback(StoreError):
+    """Feedback for this prediction id is already in the store or in the local spool."""
+
+
+class SpoolFull(StoreError):
+    """The store is down and the local spool is at its bound: do not acknowledge."""
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+class StoreSettings(BaseSettings):
+    """Where predictions and feedback go, read from ``DIGITLOOP_*`` environment variables.
+
+    With ``s3_endpoint`` set the S3 backend (MinIO) is used, otherwise a local folder with
+    the same layout, so ``make dev`` needs no object store.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".digitloop"),
+        description="Project data directory; the local store and the spools default into it.",
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="S3 endpoint as host:port (no scheme); when set, the S3 backend is used.",
+    )
+    s3_access_key: str | None = Field(default=None, description="S3 access key.")
+    s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+    s3_bucket: str = Field(
+        default=DEFAULT_BUCKET,
+        description="Bucket holding predictions/, feedback/ and reports/; created if missing.",
+    )
+    s3_secure: bool = Field(default=False, description="Use HTTPS for the S3 endpoint.")
+    s3_region: str | None = Field(
+        default=None, description="S3 region; default: asked from the server once per bucket."
+    )
+    store_dir: Path | None = Field(
+        default=None, description="Root of the local backend; default data_dir/store."
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Local spool for records the store could not take; default data_dir/spool.",
+    )
+    spool_max_records: int = Field(
+        default=10_000,
+        ge=1,
+        description="Feedback records the spool holds before feedback is refused (SpoolFull).",
+    )
+    flush_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between two flushes of the predictions buffer."
+    )
+    pod_name: str = Field(
+        default_factory=socket.gethostname,
+        description="Name of this serving pod in predictions keys; default the host name.",
+    )
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint_without_scheme(cls, value: str | None) -> str | None:
+        if value and "://" in value:
+            raise ValueError(
+                f"s3_endpoint must be host:port without a scheme, got {value!r}; "
+                "set s3_secure=true for HTTPS"
+            )
+        return value or None
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _valid_bucket(cls, value: str) -> str:
+        check_bucket_name(value)
+        return value
+
+    @field_validator("pod_name")
+    @classmethod
+    def _valid_pod(cls, value: str) -> str:
+        check_name(value, "pod_name")
+        return value
+
+    @property
+    def store_path(self) -> Path:
+        return self.store_dir or self.data_dir / "store"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+
+def check_bucket_name(name: str) -> None:
+    if len(name) < 3:
+        raise ValueError(f"bucket name {name!r} is too short: MinIO refuses names under 3 chars")
+    if not _BUCKET_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"bucket name {name!r} is not a valid S3 bucket name: 3-63 characters, lower-case "
+            "letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        )
+
+
+def check_name(value: str, what: str) -> None:
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+# --- records and keys ---------------------------------------------------------------------
+
+
+def as_utc(ts: datetime, what: str) -> datetime:
+    """``ts`` in UTC; ValueError for a naive datetime."""
+    # Naive datetimes are refused rather than guessed: a wrong guess moves records to
+    # another date partition, silently.
+    if not isinstance(ts, datetime) or ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got {ts!r}")
+    return ts.astimezone(UTC)
+
+
+def _check_label(label: object) -> None:
+    if isinstance(label, bool) or not isinstance(label, int | np.integer) or not 0 <= label <= 9:
+        raise ValueError(f"label must be an integer digit 0-9, got {label!r}")
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One answered prediction, as the predictions log stores it."""
+
+    prediction_id: str
+    ts: datetime
+    model_version: str
+    track: str
+    image: np.ndarray  # (28, 28) uint8, the preprocessed input
+    probabilities: np.ndarray  # (10,) float32
+    label: int
+    latency_ms: float
+
+    def __post_init__(self) -> None:
+        # Validated here, in the request, so that a bad record never poisons a whole batch
+        # at flush time.
+        check_name(self.prediction_id, "prediction_id")
+        as_utc(self.ts, "ts")
+        if self.track not in TRACKS:
+            raise ValueError(f"track must be one of {TRACKS}, got {self.track!r}")
+        image = self.image
+        if not isinstance(image, np.ndarray) or image.shape != (IMAGE_SIDE, IMAGE_SIDE):
+            raise ValueError(f"image must be a (28, 28) array, got {np.shape(image)}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8, got {image.dtype}")
+        if (shape := np.shape(self.probabilities)) != (10,):
+            raise ValueError(f"probabilities must have shape (10,), got {shape}")
+        _check_label(self.label)
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """The true digit a person gave for one prediction."""
+
+    prediction_id: str
+    label: int
+    ts: datetime
+    source: str = "user"
+
+    def __post_init__(self) -> None:
+        check_name(self.prediction_id, "prediction_id")
+        _check_label(self.label)
+        as_utc(self.ts, "ts")
+        if not isinstance(self.source, str) or not 0 < len(self.source) <= 64:
+            raise ValueError(f"source must be a string of 1-64 characters, got {self.source!r}")
+
+    def to_json(self) -> bytes:
+        ts = as_utc(self.ts, "ts").isoformat().replace("+00:00", "Z")
+        body = {
+            "prediction_id": self.prediction_id,
+            "label": int(self.label),
+            "ts": ts,
+            "source": self.source,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> FeedbackRecord:
+        try:
+            body = json.loads(data)
+            return cls(
+                prediction_id=body["prediction_id"],
+                label=body["label"],
+                ts=datetime.fromisoformat(body["ts"]),
+                source=body.get("source", "user"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a feedback record: {exc}") from exc
+
+
+def _date_dir(day: date) -> str:
+    return f"date={day.isoformat()}"
+
+
+def predictions_key(pod: str, when: datetime, seq: int) -> str:
+    """``predictions/date=<UTC date of when>/<pod>-<unix ms of when>-<seq>.parquet``."""
+    check_name(pod, "pod")
+    when = as_utc(when, "when")
+    unix_ms = (when - _EPOCH) // timedelta(milliseconds=1)
+    return f"predictions/{_date_dir(when.date())}/{pod}-{unix_ms}-{seq}.parquet"
+
+
+def feedback_key(record: FeedbackRecord) -> str:
+    """``feedback/date=<UTC date of the feedback>/<prediction_id>.json``."""
+    day = as_utc(record.ts, "ts").date()
+    return f"feedback/{_date_dir(day)}/{record.prediction_id}.json"
+
+
+def key_date(key: str) -> date | None:
+    """The partition date of a ``<prefix>/date=YYYY-MM-DD/...`` key, None for other keys."""
+    parts = key.split("/")
+    if len(parts) < 3 or not parts[1].startswith("date="):
+        return None
+    try:
+        return date.fromisoformat(parts[1].removeprefix("date="))
+    except ValueError:
+        return None
+
+
+# --- backends -----------------------------------------------------------------------------
+
+
+class ObjectStore(Protocol):
+    """The few object operations the serving component and the pipeline need."""
+
+    description: str
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Write ``data`` under ``key``, replacing what was there."""
+        ...
+
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Write ``data`` unless ``key`` exists (atomically); False when it already existed."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; :class:`ObjectNotFound` when there is none."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix`` (a string prefix, as in S3), sorted."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the backend answers and can be written."""
+        ...
+
+
+def _check_key(key: str) -> None:
+    parts = key.split("/")
+    if not key or "\\" in key or any(not p or p.startswith(".") for p in parts):
+        raise ValueError(
+            f"invalid key {key!r}: use '/'-separated names, none empty or starting with '.'"
+        )
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``path`` all-or-nothing and fsynced, so a crash leaves the old file or the new.
+
+    With ``exclusive`` an existing file is kept and False returned: a hard link either
+    creates the name or fails, atomically, with the full content already in place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class LocalStore(ObjectStore):
+    """The store as a folder: keys are relative paths, writes are atomic and fsynced."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.description = self.root.resolve().as_uri()
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / key
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        try:
+            write_durably(path, data)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.description}: cannot write {key}: {exc}") from exc
+
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        path = self._path(key)
+        try:
+            return write_durably(path, data, exclusive=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.description}: cannot write {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.description}: cannot read {key}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        # Walk only below the prefix's folder part; the rest is a string match, as in S3.
+        base = self.root / prefix.rpartition("/")[0]
+        keys = []
+        try:
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                for name in filenames:
+                    key = name if rel == "." else f"{rel}/{name}"
+                    if not name.startswith(".") and key.startswith(prefix):
+                        keys.append(key)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.description}: cannot list {prefix}: {exc}") from exc
+        return sorted(keys)
+
+    def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.description}: {exc}") from exc
+        if not os.access(self.root, os.W_OK):
+            raise StoreUnavailable(f"{self.description}: folder is not writable")
+
+
+class S3Store(ObjectStore):
+    """The store on MinIO (or any S3 API) through the ``minio`` SDK.
+
+    The SDK's defaults (5-minute timeouts, 5 retries with back-off) would hold a feedback
+    request for minutes during an outage; here a dead server shows within seconds, every
+    failure is a :class:`StoreUnavailable`, and the bucket is (re)created when missing,
+    including after the server came back empty.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str | None,
+        secret_key: str | SecretStr | None,
+        bucket: str = DEFAULT_BUCKET,
+        secure: bool = False,
+        region: str | None = None,
+        *,
+        connect_timeout_s: float = 2.0,
+        read_timeout_s: float = 5.0,
+        retries: int = 1,
+    ) -> None:
+        import certifi
+        import urllib3
+        from minio import Minio
+
+        check_bucket_name(bucket)
+        if isinstance(secret_key, SecretStr):
+            secret_key = secret_key.get_secret_value()
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+            retries=urllib3.Retry(
+                total=retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
+        self._client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        self.bucket = bucket
+        self.description = f"s3://{bucket}@{endpoint}"
+        self._bucket_ready = False
+        self._bucket_lock = threading.Lock()
+
+    def _ensure_bucket(self) -> None:
+        from minio.error import S3Error
+
+        if self._bucket_ready:
+            return
+        with self._bucket_lock:
+            if self._bucket_ready:
+                return
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket)
+                    log.info("created bucket %s", self.description)
+                except S3Error as exc:
+                    # Another pod created it between our two calls.
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+            self._bucket_ready = True
+
+    def _call(self, op: str, key: str, action: Callable[[], T]) -> T:
+        import urllib3
+        from minio.error import MinioException, S3Error
+
+        for attempt in (1, 2):
+            try:
+                self._ensure_bucket()
+                return action()
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket" and attempt == 1:
+                    self._bucket_ready = False
+                    continue
+                raise StoreUnavailable(f"{self.description}: {op} {key}: {exc}") from exc
+            except (MinioException, urllib3.exceptions.HTTPError, OSError, ParseError) as exc:
+                raise StoreUnavailable(f"{self.description}: {op} {key}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        _check_key(key)
+        self._call(
+            "put",
+            key,
+            lambda: self._client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            ),
+        )
+
+    def put_if_absent(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        from minio.error import S3Error
+
+        _check_key(key)
+
+        def action() -> bool:
+            # A conditional PUT (If-None-Match: *) makes check-and-write one atomic step on
+            # the server. The public put_object() would turn that header into user
+            # metadata, hence the SDK's internal single-part PUT (minio is pinned).
+            try:
+                self._client._put_object(
+                    self.bucket,
+                    key,
+                    data,
+                    headers={"Content-Type": content_type, "If-None-Match": "*"},
+                )
+            except S3Error as exc:
+                if exc.code == "PreconditionFailed":
+                    return False
+                raise
+            return True
+
+        return self._call("put_if_absent", key, action)
+
+    def get(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        _check_key(key)
+
+        def action() -> bytes:
+            try:
+                response = self._client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code == "NoSuchKey":
+                    raise ObjectNotFound(key) from exc
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._call("get", key, action)
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        _check_key(key)
+
+        def action() -> bool:
+            try:
+                self._client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code == "NoSuchKey":
+                    return False
+                raise
+            return True
+
+        return self._call("exists", key, action)
+
+    def list(self, prefix: str) -> list[str]:
+        return self._call(
+            "list",
+            prefix,
+            lambda: sorted(
+                o.object_name
+                for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name and not o.is_dir
+            ),
+        )
+
+    def ping(self) -> None:
+        self._bucket_ready = False
+        self._call("ping", "", lambda: None)
+
+
+def open_store(settings: StoreSettings | None = None) -> ObjectStore:
+    """The configured backend: S3 when ``s3_endpoint`` is set, else the local folder."""
+    settings = settings or StoreSettings()
+    if settings.s3_endpoint:
+        return S3Store(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            bucket=settings.s3_bucket,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+    return LocalStore(settings.store_path)
+
+
+# --- the writers and readers live in services.prediction_log -------------------------------
+
+_LOG_NAMES = frozenset(
+    {"PREDICTIONS_SCHEMA", "FeedbackWriter", "PredictionLog", "read_feedback", "read_predictions"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    # services.prediction_log imports this module; resolving its names lazily keeps
+    # `from services.store import PredictionLog` working whichever module is imported first.
+    if name in _LOG_NAMES:
+        from services import prediction_log
+
+        return getattr(prediction_log, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

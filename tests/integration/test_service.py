@@ -1,0 +1,281 @@
+"""The prediction service as it runs: `bentoml serve` with moto's S3 and an MLflow server."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from minio import Minio
+
+from tests.integration.conftest import S3Server
+from tests.serving import Service, register_models, sketch_png
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> S3Server:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, mlflow_server, s3, mnist) -> Service:
+    root = tmp_path_factory.mktemp("service")
+    env = {"DIGITLOOP_DATA_DIR": str(root / "data"),
+           "DIGITLOOP_MLFLOW_TRACKING_URI": mlflow_server,
+           "DIGITLOOP_REGISTERED_MODEL": "digitloop-service-test",
+           "DIGITLOOP_S3_ENDPOINT": s3.endpoint, "DIGITLOOP_S3_ACCESS_KEY": s3.access_key,
+           "DIGITLOOP_S3_SECRET_KEY": s3.secret_key, "DIGITLOOP_S3_BUCKET": "digitloop-test",
+           "DIGITLOOP_WORKERS": "2"}
+    assert register_models(mnist, env) == ["1", "2"]
+    svc = Service(env, root / "serve.log").start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3) -> Minio:
+    return Minio(s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, secure=False)
+
+
+@pytest.fixture(scope="module")
+def pngs(mnist) -> list[tuple[bytes, int]]:
+    return [(sketch_png(mnist.x_test[i]), int(mnist.y_test[i])) for i in range(40)]
+
+
+def objects(bucket: Minio, prefix: str) -> list[str]:
+    return sorted(o.object_name for o in bucket.list_objects("digitloop-test", prefix,
+                                                              recursive=True))
+
+
+def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_predict_png_raw_and_array(service: Service, pngs):
+    with service.client() as client:
+        png, _ = pngs[0]
+        multipart = client.post("/predict", files={"image": ("d.png", png, "image/png")})
+        raw = client.post("/predict", content=png, headers={"content-type": "image/png"})
+        digit = np.zeros((28, 28), np.uint8)
+        digit[4:24, 12:16] = 255
+        array = client.post("/predict", json={"pixels": digit.tolist()})
+    for response in (multipart, raw, array):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"prediction_id", "label", "probabilities", "model_version", "track"}
+        assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-3
+        assert body["label"] == int(np.argmax(body["probabilities"]))
+        assert body["model_version"] == "1" and body["track"] == "stable"
+    assert multipart.json()["label"] == raw.json()["label"]
+
+
+def test_model_learnt_digits_from_drawn_pngs(service: Service, pngs):
+    with service.client() as client:
+        labels = [client.post("/predict", content=png,
+                              headers={"content-type": "image/png"}).json()["label"]
+                  for png, _ in pngs]
+    accuracy = np.mean([label == truth for label, (_, truth) in zip(labels, pngs, strict=True)])
+    assert accuracy > 0.7  # a tiny model, far above chance (0.1)
+
+
+def test_batch_is_one_answer_per_image(service: Service, pngs):
+    files = [("images", (f"{i}.png", png, "image/png")) for i, (png, _) in enumerate(pngs[:5])]
+    with service.client() as client:
+        response = client.post("/predict_batch", files=files)
+        single = client.post("/predict", content=pngs[3][0], headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert len(answers) == 5 and len({a["prediction_id"] for a in answers}) == 5
+    assert answers[3]["label"] == single.json()["label"]
+
+
+def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, pngs):
+    with service.client() as client:
+        predicted = client.post("/predict", content=pngs[1][0],
+                                headers={"content-type": "image/png"}).json()
+        truth = (predicted["label"] + 1) % 10  # a correction
+        ack = client.post("/feedback", json={"prediction_id": predicted["prediction_id"],
+                                             "label": truth, "source": "test"})
+    assert ack.status_code == 200, ack.text
+    assert ack.json() == {"prediction_id": predicted["prediction_id"], "label": truth,
+                          "correct": False, "durable": "stored"}
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    key = f"feedback/date={day}/{predicted['prediction_id']}.json"
+    assert key in objects(bucket, "feedback/")
+    record = json.loads(bucket.get_object("digitloop-test", key).read())
+    assert record["label"] == truth and record["source"] == "test"
+    assert record["prediction_id"] == predicted["prediction_id"]
+
+    def logged():
+        import pyarrow.parquet as pq
+
+        for name in objects(bucket, f"predictions/date={day}/"):
+            assert name.endswith(".parquet")
+            table = pq.read_table(io.BytesIO(bucket.get_object("digitloop-test", name).read()))
+            rows = table.to_pylist()
+            for row in rows:
+                if row["prediction_id"] == predicted["prediction_id"]:
+                    return row
+        return None
+
+    row = wait_for(logged, what="the prediction in the predictions log")
+    assert row["label"] == predicted["label"] and row["track"] == "stable"
+    assert len(row["image"]) == 784 and len(row["probabilities"]) == 10
+    assert row["latency_ms"] > 0
+
+
+@pytest.mark.parametrize(("kwargs", "status", "message"), [
+    ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 400, "not a readable"),
+    ({"content": b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "headers": {"content-type": "image/png"}},
+     400, "not a readable"),
+    ({"content": b"x" * 2_000_001, "headers": {"content-type": "image/png"}}, 413, "at most"),
+    ({"json": {"pixels": [[0] * 28] * 28}}, 422, "empty"),
+    ({"json": {"pixels": [1, 2, 3]}}, 400, "pixels"),
+    ({"json": {}}, 400, "exactly one"),
+    ({"json": {"image": "aGVsbG8=", "pixels": [[1]]}}, 400, "exactly one"),
+    ({"json": {"what": 1}}, 400, "pixels"),
+    ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+    ({"files": {"wrong": ("a.png", b"x", "image/png")}}, 400, "multipart field `image`"),
+])
+def test_bad_predict_input_gets_a_clear_4xx(service: Service, kwargs, status, message):
+    with service.client() as client:
+        response = client.post("/predict", **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_batch_over_the_limit_is_413(service: Service, pngs):
+    files = [("images", ("a.png", pngs[0][0], "image/png"))] * 65
+    with service.client() as client:
+        response = client.post("/predict_batch", files=files)
+    assert response.status_code == 413 and "at most 64" in response.json()["error"]
+
+
+def test_feedback_errors(service: Service, pngs):
+    with service.client() as client:
+        pid = client.post("/predict", content=pngs[2][0],
+                          headers={"content-type": "image/png"}).json()["prediction_id"]
+        first = client.post("/feedback", json={"prediction_id": pid, "label": 3})
+        duplicate = client.post("/feedback", json={"prediction_id": pid, "label": 3})
+        unknown = client.post("/feedback", json={"prediction_id": pid[:-4] + "beef", "label": 3})
+        out_of_range = client.post("/feedback", json={"prediction_id": pid, "label": 10})
+        not_a_number = client.post("/feedback", json={"prediction_id": pid, "label": "seven"})
+    assert first.status_code == 200
+    assert duplicate.status_code == 409 and "already recorded" in duplicate.json()["error"]
+    assert unknown.status_code == 404 and "unknown prediction_id" in unknown.json()["error"]
+    assert out_of_range.status_code == 400 and "0-9" in out_of_range.json()["error"]
+    assert not_a_number.status_code == 400
+
+
+def test_admin_reload_needs_the_token(service: Service):
+    with service.client() as client:
+        missing = client.post("/admin/reload", json={"stable_model": "2"})
+        wrong = client.post("/admin/reload", json={"stable_model": "2"},
+                            headers={"Authorization": "Bearer nope"})
+    assert missing.status_code == 401 and wrong.status_code == 403
+
+
+def _model_on_every_worker(service: Service, check) -> bool:
+    # A fresh connection per call lands on any worker; all of them must agree.
+    return all(check(httpx.get(f"{service.url}/model", timeout=10).json()) for _ in range(12))
+
+
+def test_reload_canary_split_and_pin(service: Service, pngs, mnist):
+    with service.client() as client:
+        answer = service.admin(client, canary_model="2", canary_weight=20)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["tracks"]["canary"]["model_version"] == "2"
+    wait_for(lambda: _model_on_every_worker(
+        service, lambda m: m["canary_weight"] == 20 and "canary" in m["tracks"]),
+        what="every worker to serve the canary")
+
+    digit = mnist.x_test[0].tolist()
+
+    def one(_):
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            return [client.post("/predict", json={"pixels": digit}).json()["track"]
+                    for _ in range(300)]
+
+    with ThreadPoolExecutor(4) as pool:
+        tracks = [t for chunk in pool.map(one, range(4)) for t in chunk]
+    share = tracks.count("canary") / len(tracks)
+    assert abs(share - 0.20) <= 0.02, share
+
+    with service.client() as client:
+        pinned = [client.post("/predict", json={"pixels": digit},
+                              headers={"X-Digitloop-Track": "canary"}).json() for _ in range(10)]
+        bad_pin = client.post("/predict", json={"pixels": digit},
+                              headers={"X-Digitloop-Track": "blue"})
+        assert {(p["track"], p["model_version"]) for p in pinned} == {("canary", "2")}
+        assert bad_pin.status_code == 400
+        # Promote: stable takes version 2, canary off.
+        promoted = service.admin(client, stable_model="2", canary_model="")
+        assert promoted.status_code == 200, promoted.text
+    wait_for(lambda: _model_on_every_worker(
+        service, lambda m: m["tracks"]["stable"]["model_version"] == "2"
+        and "canary" not in m["tracks"]), what="every worker to serve version 2")
+
+
+def test_metrics_count_predictions_and_corrections(service: Service, pngs):
+    with service.client() as client:
+        predicted = client.post("/predict", content=pngs[5][0],
+                                headers={"content-type": "image/png"}).json()
+        client.post("/feedback", json={"prediction_id": predicted["prediction_id"],
+                                       "label": (predicted["label"] + 1) % 10})
+        text = client.get("/metrics").text
+    lines = text.splitlines()
+    assert any(line.startswith("digitloop_predictions_total{") for line in lines)
+    assert any(line.startswith("digitloop_corrections_total{") for line in lines)
+    assert any('digitloop_requests_total{route="/predict",status="400"}' in line or
+               'route="/predict",status="400"' in line for line in lines)
+    assert any(line.startswith("digitloop_request_duration_seconds_bucket") for line in lines)
+    assert any(line.startswith("digitloop_model_info{") for line in lines)
+    assert any(line.startswith("digitloop_feedback_spool_depth") for line in lines)
+
+
+bodies = st.one_of(
+    st.binary(max_size=2048),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                 | st.text(max_size=20),
+                 lambda children: st.lists(children, max_size=6)
+                 | st.dictionaries(st.sampled_from(["image", "pixels", "images", "label",
+                                                    "prediction_id", "source", "x"]),
+                                   children, max_size=4), max_leaves=30).map(
+        lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=st.sampled_from(["/predict", "/predict_batch", "/feedback", "/admin/reload"]),
+       body=bodies,
+       content_type=st.sampled_from(["application/json", "image/png", "multipart/form-data",
+                                     "text/plain", "application/octet-stream", ""]))
+def test_fuzzed_requests_never_get_a_5xx(service: Service, route, body, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    response = httpx.post(f"{service.url}{route}", content=body, headers=headers, timeout=30)
+    assert response.status_code < 500, (route, content_type, body[:80], response.text)
+
+
+def test_still_ready_after_everything(service: Service):
+    assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+    log = Path(service.log_path).read_text()
+    assert "Traceback" not in log or "unexpected error" not in log

@@ -1,0 +1,102 @@
+"""Start the real prediction service for tests: registered models and `bentoml serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.conftest import REPO_ROOT, VENV_BIN, free_port, stop, tiny_split, wait_http
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def register_models(mnist, env: dict[str, str], count: int = 2, n_train: int = 4000,
+                    epochs: int = 1, augment: bool = False) -> list[str]:
+    """Train ``count`` small models (different seeds) and register them; returns versions."""
+    from model.evaluate import evaluate
+    from model.registry import Registry, TrainingRecord
+    from model.settings import ModelSettings
+    from model.train import TrainConfig, train
+
+    settings = ModelSettings(
+        data_dir=Path(env["DIGITLOOP_DATA_DIR"]),
+        mlflow_tracking_uri=env.get("DIGITLOOP_MLFLOW_TRACKING_URI"),
+        registered_model=env.get("DIGITLOOP_REGISTERED_MODEL", "digitloop-mnist"),
+        mlflow_experiment=env.get("DIGITLOOP_REGISTERED_MODEL", "digitloop"))
+    registry = Registry(settings)
+    x, y, x_test, y_test = tiny_split(mnist, n_train, 500)
+    versions = []
+    for seed in range(count):
+        config = TrainConfig(epochs=epochs, batch_size=64, augment=augment, seed=seed)
+        result = train(x, y, config)
+        info = registry.log_and_register(result.net, TrainingRecord(
+            params=config.as_params(), history=result.history,
+            mnist_test=evaluate(result.net, x_test, y_test), seconds=result.seconds,
+            training_data={"mnist_train": len(x)}, parent_version=versions[-1] if versions else None))
+        versions.append(info.version)
+    return versions
+
+
+@dataclass
+class Service:
+    """A `bentoml serve` of services.service:DigitService on 127.0.0.1."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> Service:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DIGITLOOP_ADMIN_TOKEN": ADMIN_TOKEN,
+               "DIGITLOOP_FLUSH_INTERVAL_S": "1", **self.env}
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [str(VENV_BIN / "bentoml"), "serve", "services.service:DigitService",
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        wait_http(f"{self.url}/readyz", timeout=timeout, process=self.process)
+        return self
+
+    def terminate(self) -> int:
+        """SIGTERM, as Kubernetes does, and wait for a clean exit."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            stop(self.process, timeout=30)
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def admin(self, client: httpx.Client, **body) -> httpx.Response:
+        return client.post("/admin/reload", json=body,
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def sketch_png(digit: np.ndarray, size: int = 280) -> bytes:
+    """An MNIST digit drawn black on white at sketchpad size, as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    big = Image.fromarray(255 - digit).resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    return buffer.getvalue()
