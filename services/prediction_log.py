@@ -456,11 +456,14 @@ class FeedbackWriter:
         max_spooled: int = 10_000,
         retry_interval_s: float = 2.0,
         on_error: ErrorHook | None = None,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
         self._dir = Path(spool_dir)
         self._max_spooled = max_spooled
         self._on_error = on_error
+        # Told the spool depth whenever it changes (the service's gauge).
+        self._on_depth = on_depth
         self._lock = threading.Lock()  # guards _spooled and _seq
         self._replay_lock = threading.Lock()
         self._spooled: OrderedDict[str, Path] = OrderedDict()  # prediction id -> file
@@ -539,6 +542,7 @@ class FeedbackWriter:
             raise StoreUnavailable(f"store unavailable and cannot spool: {exc}") from exc
         self._seq += 1
         self._spooled[record.prediction_id] = path
+        self._tell_depth(len(self._spooled))
 
     def replay(self) -> int:
         """Move spooled records to the store oldest first; stops at the first failure.
@@ -583,7 +587,12 @@ class FeedbackWriter:
                 moved += 1
         if moved:
             log.info("replayed %d spooled feedback records", moved)
+            self._tell_depth(self.spool_depth)
         return moved
+
+    def _tell_depth(self, depth: int) -> None:
+        if self._on_depth is not None:
+            self._on_depth(depth)
 
     def _replay_if_needed(self) -> None:
         if self.spool_depth:

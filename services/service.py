@@ -117,6 +117,7 @@ class DigitService:
             spool_dir=spool / "feedback",
             max_spooled=store_settings.spool_max_records,
             on_error=self._store_error,
+            on_depth=self.metrics.spool_depth.set,
         )
         self.predictions_log.start()
         self.feedback_writer.start()
@@ -217,7 +218,6 @@ class DigitService:
                 raise FeedbackNotDurable(
                     f"the feedback could not be made durable ({exc}); retry later"
                 ) from exc
-            self.metrics.spool_depth.set(self.feedback_writer.spool_depth)
             labels = {"model_version": ref.model_version, "track": ref.track}
             self.metrics.feedback.labels(**labels).inc()
             if label != ref.label:

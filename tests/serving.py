@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,8 +17,14 @@ from tests.conftest import REPO_ROOT, VENV_BIN, free_port, stop, tiny_split, wai
 ADMIN_TOKEN = "test-admin-token"
 
 
-def register_models(mnist, env: dict[str, str], count: int = 2, n_train: int = 4000,
-                    epochs: int = 1, augment: bool = False) -> list[str]:
+def register_models(
+    mnist,
+    env: dict[str, str],
+    count: int = 2,
+    n_train: int = 4000,
+    epochs: int = 1,
+    augment: bool = False,
+) -> list[str]:
     """Train ``count`` small models (different seeds) and register them; returns versions."""
     from model.evaluate import evaluate
     from model.registry import Registry, TrainingRecord
@@ -28,17 +35,25 @@ def register_models(mnist, env: dict[str, str], count: int = 2, n_train: int = 4
         data_dir=Path(env["DIGITLOOP_DATA_DIR"]),
         mlflow_tracking_uri=env.get("DIGITLOOP_MLFLOW_TRACKING_URI"),
         registered_model=env.get("DIGITLOOP_REGISTERED_MODEL", "digitloop-mnist"),
-        mlflow_experiment=env.get("DIGITLOOP_REGISTERED_MODEL", "digitloop"))
+        mlflow_experiment=env.get("DIGITLOOP_REGISTERED_MODEL", "digitloop"),
+    )
     registry = Registry(settings)
     x, y, x_test, y_test = tiny_split(mnist, n_train, 500)
     versions = []
     for seed in range(count):
         config = TrainConfig(epochs=epochs, batch_size=64, augment=augment, seed=seed)
         result = train(x, y, config)
-        info = registry.log_and_register(result.net, TrainingRecord(
-            params=config.as_params(), history=result.history,
-            mnist_test=evaluate(result.net, x_test, y_test), seconds=result.seconds,
-            training_data={"mnist_train": len(x)}, parent_version=versions[-1] if versions else None))
+        info = registry.log_and_register(
+            result.net,
+            TrainingRecord(
+                params=config.as_params(),
+                history=result.history,
+                mnist_test=evaluate(result.net, x_test, y_test),
+                seconds=result.seconds,
+                training_data={"mnist_train": len(x)},
+                parent_version=versions[-1] if versions else None,
+            ),
+        )
         versions.append(info.version)
     return versions
 
@@ -57,14 +72,30 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> Service:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "DIGITLOOP_ADMIN_TOKEN": ADMIN_TOKEN,
-               "DIGITLOOP_FLUSH_INTERVAL_S": "1", **self.env}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "DIGITLOOP_ADMIN_TOKEN": ADMIN_TOKEN,
+            "DIGITLOOP_FLUSH_INTERVAL_S": "1",
+            **self.env,
+        }
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "bentoml"), "serve", "services.service:DigitService",
-                 "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    str(VENV_BIN / "bentoml"),
+                    "serve",
+                    "services.service:DigitService",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_http(f"{self.url}/readyz", timeout=timeout, process=self.process)
         return self
 
@@ -76,18 +107,17 @@ class Service:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             stop(self.process, timeout=30)
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def admin(self, client: httpx.Client, **body) -> httpx.Response:
-        return client.post("/admin/reload", json=body,
-                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        return client.post(
+            "/admin/reload", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
 
 
 def sketch_png(digit: np.ndarray, size: int = 280) -> bytes:

@@ -33,12 +33,16 @@ def s3(tmp_path_factory) -> S3Server:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, mlflow_server, s3, mnist) -> Service:
     root = tmp_path_factory.mktemp("service")
-    env = {"DIGITLOOP_DATA_DIR": str(root / "data"),
-           "DIGITLOOP_MLFLOW_TRACKING_URI": mlflow_server,
-           "DIGITLOOP_REGISTERED_MODEL": "digitloop-service-test",
-           "DIGITLOOP_S3_ENDPOINT": s3.endpoint, "DIGITLOOP_S3_ACCESS_KEY": s3.access_key,
-           "DIGITLOOP_S3_SECRET_KEY": s3.secret_key, "DIGITLOOP_S3_BUCKET": "digitloop-test",
-           "DIGITLOOP_WORKERS": "2"}
+    env = {
+        "DIGITLOOP_DATA_DIR": str(root / "data"),
+        "DIGITLOOP_MLFLOW_TRACKING_URI": mlflow_server,
+        "DIGITLOOP_REGISTERED_MODEL": "digitloop-service-test",
+        "DIGITLOOP_S3_ENDPOINT": s3.endpoint,
+        "DIGITLOOP_S3_ACCESS_KEY": s3.access_key,
+        "DIGITLOOP_S3_SECRET_KEY": s3.secret_key,
+        "DIGITLOOP_S3_BUCKET": "digitloop-test",
+        "DIGITLOOP_WORKERS": "2",
+    }
     assert register_models(mnist, env) == ["1", "2"]
     svc = Service(env, root / "serve.log").start()
     yield svc
@@ -56,8 +60,9 @@ def pngs(mnist) -> list[tuple[bytes, int]]:
 
 
 def objects(bucket: Minio, prefix: str) -> list[str]:
-    return sorted(o.object_name for o in bucket.list_objects("digitloop-test", prefix,
-                                                              recursive=True))
+    return sorted(
+        o.object_name for o in bucket.list_objects("digitloop-test", prefix, recursive=True)
+    )
 
 
 def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
@@ -90,9 +95,12 @@ def test_predict_png_raw_and_array(service: Service, pngs):
 
 def test_model_learnt_digits_from_drawn_pngs(service: Service, pngs):
     with service.client() as client:
-        labels = [client.post("/predict", content=png,
-                              headers={"content-type": "image/png"}).json()["label"]
-                  for png, _ in pngs]
+        labels = [
+            client.post("/predict", content=png, headers={"content-type": "image/png"}).json()[
+                "label"
+            ]
+            for png, _ in pngs
+        ]
     accuracy = np.mean([label == truth for label, (_, truth) in zip(labels, pngs, strict=True)])
     assert accuracy > 0.7  # a tiny model, far above chance (0.1)
 
@@ -110,14 +118,21 @@ def test_batch_is_one_answer_per_image(service: Service, pngs):
 
 def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, pngs):
     with service.client() as client:
-        predicted = client.post("/predict", content=pngs[1][0],
-                                headers={"content-type": "image/png"}).json()
+        predicted = client.post(
+            "/predict", content=pngs[1][0], headers={"content-type": "image/png"}
+        ).json()
         truth = (predicted["label"] + 1) % 10  # a correction
-        ack = client.post("/feedback", json={"prediction_id": predicted["prediction_id"],
-                                             "label": truth, "source": "test"})
+        ack = client.post(
+            "/feedback",
+            json={"prediction_id": predicted["prediction_id"], "label": truth, "source": "test"},
+        )
     assert ack.status_code == 200, ack.text
-    assert ack.json() == {"prediction_id": predicted["prediction_id"], "label": truth,
-                          "correct": False, "durable": "stored"}
+    assert ack.json() == {
+        "prediction_id": predicted["prediction_id"],
+        "label": truth,
+        "correct": False,
+        "durable": "stored",
+    }
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     key = f"feedback/date={day}/{predicted['prediction_id']}.json"
     assert key in objects(bucket, "feedback/")
@@ -143,19 +158,32 @@ def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, p
     assert row["latency_ms"] > 0
 
 
-@pytest.mark.parametrize(("kwargs", "status", "message"), [
-    ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 400, "not a readable"),
-    ({"content": b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "headers": {"content-type": "image/png"}},
-     400, "not a readable"),
-    ({"content": b"x" * 2_000_001, "headers": {"content-type": "image/png"}}, 413, "at most"),
-    ({"json": {"pixels": [[0] * 28] * 28}}, 422, "empty"),
-    ({"json": {"pixels": [1, 2, 3]}}, 400, "pixels"),
-    ({"json": {}}, 400, "exactly one"),
-    ({"json": {"image": "aGVsbG8=", "pixels": [[1]]}}, 400, "exactly one"),
-    ({"json": {"what": 1}}, 400, "pixels"),
-    ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "JSON"),
-    ({"files": {"wrong": ("a.png", b"x", "image/png")}}, 400, "multipart field `image`"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        (
+            {"content": b"not an image", "headers": {"content-type": "image/png"}},
+            400,
+            "not a readable",
+        ),
+        (
+            {
+                "content": b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,
+                "headers": {"content-type": "image/png"},
+            },
+            400,
+            "not a readable",
+        ),
+        ({"content": b"x" * 2_000_001, "headers": {"content-type": "image/png"}}, 413, "at most"),
+        ({"json": {"pixels": [[0] * 28] * 28}}, 422, "empty"),
+        ({"json": {"pixels": [1, 2, 3]}}, 400, "pixels"),
+        ({"json": {}}, 400, "exactly one"),
+        ({"json": {"image": "aGVsbG8=", "pixels": [[1]]}}, 400, "exactly one"),
+        ({"json": {"what": 1}}, 400, "pixels"),
+        ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+        ({"files": {"wrong": ("a.png", b"x", "image/png")}}, 400, "multipart field `image`"),
+    ],
+)
 def test_bad_predict_input_gets_a_clear_4xx(service: Service, kwargs, status, message):
     with service.client() as client:
         response = client.post("/predict", **kwargs)
@@ -172,8 +200,9 @@ def test_batch_over_the_limit_is_413(service: Service, pngs):
 
 def test_feedback_errors(service: Service, pngs):
     with service.client() as client:
-        pid = client.post("/predict", content=pngs[2][0],
-                          headers={"content-type": "image/png"}).json()["prediction_id"]
+        pid = client.post(
+            "/predict", content=pngs[2][0], headers={"content-type": "image/png"}
+        ).json()["prediction_id"]
         first = client.post("/feedback", json={"prediction_id": pid, "label": 3})
         duplicate = client.post("/feedback", json={"prediction_id": pid, "label": 3})
         unknown = client.post("/feedback", json={"prediction_id": pid[:-4] + "beef", "label": 3})
@@ -189,8 +218,9 @@ def test_feedback_errors(service: Service, pngs):
 def test_admin_reload_needs_the_token(service: Service):
     with service.client() as client:
         missing = client.post("/admin/reload", json={"stable_model": "2"})
-        wrong = client.post("/admin/reload", json={"stable_model": "2"},
-                            headers={"Authorization": "Bearer nope"})
+        wrong = client.post(
+            "/admin/reload", json={"stable_model": "2"}, headers={"Authorization": "Bearer nope"}
+        )
     assert missing.status_code == 401 and wrong.status_code == 403
 
 
@@ -204,16 +234,20 @@ def test_reload_canary_split_and_pin(service: Service, pngs, mnist):
         answer = service.admin(client, canary_model="2", canary_weight=20)
         assert answer.status_code == 200, answer.text
         assert answer.json()["tracks"]["canary"]["model_version"] == "2"
-    wait_for(lambda: _model_on_every_worker(
-        service, lambda m: m["canary_weight"] == 20 and "canary" in m["tracks"]),
-        what="every worker to serve the canary")
+    wait_for(
+        lambda: _model_on_every_worker(
+            service, lambda m: m["canary_weight"] == 20 and "canary" in m["tracks"]
+        ),
+        what="every worker to serve the canary",
+    )
 
     digit = mnist.x_test[0].tolist()
 
     def one(_):
         with httpx.Client(base_url=service.url, timeout=30) as client:
-            return [client.post("/predict", json={"pixels": digit}).json()["track"]
-                    for _ in range(300)]
+            return [
+                client.post("/predict", json={"pixels": digit}).json()["track"] for _ in range(300)
+            ]
 
     with ThreadPoolExecutor(4) as pool:
         tracks = [t for chunk in pool.map(one, range(4)) for t in chunk]
@@ -221,32 +255,50 @@ def test_reload_canary_split_and_pin(service: Service, pngs, mnist):
     assert abs(share - 0.20) <= 0.02, share
 
     with service.client() as client:
-        pinned = [client.post("/predict", json={"pixels": digit},
-                              headers={"X-Digitloop-Track": "canary"}).json() for _ in range(10)]
-        bad_pin = client.post("/predict", json={"pixels": digit},
-                              headers={"X-Digitloop-Track": "blue"})
+        pinned = [
+            client.post(
+                "/predict", json={"pixels": digit}, headers={"X-Digitloop-Track": "canary"}
+            ).json()
+            for _ in range(10)
+        ]
+        bad_pin = client.post(
+            "/predict", json={"pixels": digit}, headers={"X-Digitloop-Track": "blue"}
+        )
         assert {(p["track"], p["model_version"]) for p in pinned} == {("canary", "2")}
         assert bad_pin.status_code == 400
         # Promote: stable takes version 2, canary off.
         promoted = service.admin(client, stable_model="2", canary_model="")
         assert promoted.status_code == 200, promoted.text
-    wait_for(lambda: _model_on_every_worker(
-        service, lambda m: m["tracks"]["stable"]["model_version"] == "2"
-        and "canary" not in m["tracks"]), what="every worker to serve version 2")
+    wait_for(
+        lambda: _model_on_every_worker(
+            service,
+            lambda m: m["tracks"]["stable"]["model_version"] == "2" and "canary" not in m["tracks"],
+        ),
+        what="every worker to serve version 2",
+    )
 
 
 def test_metrics_count_predictions_and_corrections(service: Service, pngs):
     with service.client() as client:
-        predicted = client.post("/predict", content=pngs[5][0],
-                                headers={"content-type": "image/png"}).json()
-        client.post("/feedback", json={"prediction_id": predicted["prediction_id"],
-                                       "label": (predicted["label"] + 1) % 10})
+        predicted = client.post(
+            "/predict", content=pngs[5][0], headers={"content-type": "image/png"}
+        ).json()
+        client.post(
+            "/feedback",
+            json={
+                "prediction_id": predicted["prediction_id"],
+                "label": (predicted["label"] + 1) % 10,
+            },
+        )
         text = client.get("/metrics").text
     lines = text.splitlines()
     assert any(line.startswith("digitloop_predictions_total{") for line in lines)
     assert any(line.startswith("digitloop_corrections_total{") for line in lines)
-    assert any('digitloop_requests_total{route="/predict",status="400"}' in line or
-               'route="/predict",status="400"' in line for line in lines)
+    assert any(
+        'digitloop_requests_total{route="/predict",status="400"}' in line
+        or 'route="/predict",status="400"' in line
+        for line in lines
+    )
     assert any(line.startswith("digitloop_request_duration_seconds_bucket") for line in lines)
     assert any(line.startswith("digitloop_model_info{") for line in lines)
     assert any(line.startswith("digitloop_feedback_spool_depth") for line in lines)
@@ -254,21 +306,42 @@ def test_metrics_count_predictions_and_corrections(service: Service, pngs):
 
 bodies = st.one_of(
     st.binary(max_size=2048),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-                 | st.text(max_size=20),
-                 lambda children: st.lists(children, max_size=6)
-                 | st.dictionaries(st.sampled_from(["image", "pixels", "images", "label",
-                                                    "prediction_id", "source", "x"]),
-                                   children, max_size=4), max_leaves=30).map(
-        lambda v: json.dumps(v).encode()),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=6)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["image", "pixels", "images", "label", "prediction_id", "source", "x"]
+                ),
+                children,
+                max_size=4,
+            )
+        ),
+        max_leaves=30,
+    ).map(lambda v: json.dumps(v).encode()),
 )
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-@given(route=st.sampled_from(["/predict", "/predict_batch", "/feedback", "/admin/reload"]),
-       body=bodies,
-       content_type=st.sampled_from(["application/json", "image/png", "multipart/form-data",
-                                     "text/plain", "application/octet-stream", ""]))
+@given(
+    route=st.sampled_from(["/predict", "/predict_batch", "/feedback", "/admin/reload"]),
+    body=bodies,
+    content_type=st.sampled_from(
+        [
+            "application/json",
+            "image/png",
+            "multipart/form-data",
+            "text/plain",
+            "application/octet-stream",
+            "",
+        ]
+    ),
+)
 def test_fuzzed_requests_never_get_a_5xx(service: Service, route, body, content_type):
     headers = {"content-type": content_type} if content_type else {}
     response = httpx.post(f"{service.url}{route}", content=body, headers=headers, timeout=30)
