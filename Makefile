@@ -61,11 +61,43 @@ format: install ## Format the code with ruff.
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-##@ Model
+##@ Model and serving
 
 .PHONY: train
 train: install ## Train a model, log it to MLflow and register a new version.
 	$(BIN)/digitloop train $(if $(EPOCHS),--epochs $(EPOCHS))
+
+.PHONY: serve
+serve: install ## Serve the champion on http://127.0.0.1:3000 (BentoML, 2 workers).
+	$(BIN)/digitloop serve
+
+.PHONY: bench
+bench: install ## Benchmark serving: BentoML vs FastAPI vs KServe, side by side (a few minutes).
+	$(BIN)/digitloop bench
+
+.PHONY: bento
+bento: install ## Build the serving Bento (bentoml build); containerize it where Docker runs.
+	$(BIN)/bentoml build
+
+##@ Loop
+
+.PHONY: loop-once
+loop-once: install ## Run the loop's DAG once against the embedded stack.
+	$(BIN)/digitloop loop run --once
+
+.PHONY: dev
+dev: install ## Run everything on this machine: MLflow, serving, sketchpad, loop (Ctrl-C stops).
+	$(BIN)/digitloop dev
+
+.PHONY: simulate
+simulate: install ## Simulated users, drift and the loop end to end; summary and plot in .digitloop/simulate/out.
+	$(BIN)/digitloop simulate
+
+.PHONY: workflow
+workflow: install ## Render the Argo workflows from their Hera definitions into manifests/.
+	$(BIN)/digitloop workflow render --out manifests
+
+##@ Housekeeping
 
 .PHONY: clean
 clean: ## Remove caches and build output (keeps .venv/ and the data directory).

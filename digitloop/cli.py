@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import typer
 
+from digitloop import commands
 from model import cli as model_cli
+from pipelines import loop_cli
+from pipelines.cli import drift_app
+from pipelines.workflows.cli import workflow_app
 from services import cli as services_cli
+from services.bench.cli import bench
+from ui import cli as ui_cli
 
 app = typer.Typer(
     name="digitloop",
@@ -24,6 +30,13 @@ app.command(help=model_cli.evaluate.__doc__)(model_cli.evaluate)
 app.command(help=model_cli.models.__doc__)(model_cli.models)
 app.add_typer(model_cli.data_app, name="data")
 app.command(help=services_cli.serve.__doc__)(services_cli.serve)
+app.command(help=bench.__doc__)(bench)
+app.command(help=ui_cli.ui.__doc__)(ui_cli.ui)
+app.add_typer(drift_app, name="drift")
+app.add_typer(loop_cli.loop_app, name="loop")
+app.add_typer(workflow_app, name="workflow")
+app.command(help=commands.dev.__doc__)(commands.dev)
+app.command(help=commands.simulate.__doc__)(commands.simulate)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ INK_THRESHOLD = 0.2
 # is too small to be a digit: a stray click rather than a stroke.
 MIN_INK_FRACTION = 0.0005
 MIN_INK_PIXELS = 4
+# An alpha channel whose minimum reaches this is opaque: the canvas, not the strokes.
+OPAQUE_ALPHA = 250
 # Images larger than this many pixels are refused before decoding (decompression bombs).
 MAX_PIXELS = 4096 * 4096
 
@@ -44,11 +46,19 @@ def decode_image(data: bytes) -> np.ndarray:
             image.load()
             if image.mode not in ("L", "RGB", "RGBA"):
                 image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            # Colour to grey in PIL's C code (the same ITU-R 601 weights as ink_map) when
+            # alpha carries nothing: a sketchpad's opaque canvas costs the grey path's time.
+            if image.mode == "RGB" or (image.mode == "RGBA" and _opaque(image)):
+                image = image.convert("L")
             return np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(
             f"not a readable image ({type(exc).__name__}); send PNG or JPEG bytes"
         ) from exc
+
+
+def _opaque(image: Image.Image) -> bool:
+    return image.getextrema()[3][0] >= OPAQUE_ALPHA
 
 
 def ink_map(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -81,7 +91,7 @@ def ink_map(image: np.ndarray | Image.Image) -> np.ndarray:
 
     if values.ndim == 3 and values.shape[2] == 4:
         alpha = values[..., 3]
-        if alpha.min() < 0.98:
+        if alpha.min() * 255 < OPAQUE_ALPHA:
             # A transparent canvas: the strokes are where paint was laid, whatever its colour.
             return alpha
         values = values[..., :3]

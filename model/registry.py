@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class Registry:
         from mlflow import MlflowClient
 
         self.settings = settings or ModelSettings()
+        # MLflow draws a progress bar per artefact download: noise in logs and CI output.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.name = self.settings.registered_model
         uri = self.settings.tracking_uri
         if self.settings.mlflow_tracking_uri is None:

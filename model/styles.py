@@ -102,3 +102,65 @@ def restyle(images: np.ndarray, style: str, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     draw = STYLES[style]
     return np.stack([draw(image, rng) for image in images]).astype(np.uint8)
+
+
+# Seven-segment digits, as people draw them when they write like a digital clock: the
+# segments (a top, b/c right, d bottom, e/f left, g middle) each digit lights.
+SEGMENTS = {
+    0: "abcdef",
+    1: "bc",
+    2: "abged",
+    3: "abgcd",
+    4: "fgbc",
+    5: "afgcd",
+    6: "afgedc",
+    7: "abc",
+    8: "abcdefg",
+    9: "abcdfg",
+}
+_SEGMENT_ENDS = {
+    "a": ("tl", "tr"),
+    "b": ("tr", "mr"),
+    "c": ("mr", "br"),
+    "d": ("bl", "br"),
+    "e": ("ml", "bl"),
+    "f": ("tl", "ml"),
+    "g": ("ml", "mr"),
+}
+
+
+def segment_digits(labels: np.ndarray, seed: int = 0, size: int = 112) -> np.ndarray:
+    """Draw each label as a hand-drawn seven-segment digit on a ``size`` canvas (white ink).
+
+    Width, height, slant, position, stroke width and a little jitter at every corner vary
+    per drawing, as they do between people and between tries.
+    """
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(labels), size, size), np.uint8)
+    for i, label in enumerate(labels):
+        canvas = Image.new("L", (size, size), 0)
+        pen = ImageDraw.Draw(canvas)
+        w, h = rng.uniform(0.25, 0.4) * size, rng.uniform(0.5, 0.72) * size
+        x0 = (size - w) / 2 + rng.uniform(-0.09, 0.09) * size
+        y0 = (size - h) / 2 + rng.uniform(-0.07, 0.07) * size
+        slant = rng.uniform(-0.25, 0.05)
+        corners = {
+            "tl": (x0, y0),
+            "tr": (x0 + w, y0),
+            "ml": (x0, y0 + h / 2),
+            "mr": (x0 + w, y0 + h / 2),
+            "bl": (x0, y0 + h),
+            "br": (x0 + w, y0 + h),
+        }
+        jittered = {
+            k: (x + slant * (y - size / 2) + rng.normal(0, 1.5), y + rng.normal(0, 1.5))
+            for k, (x, y) in corners.items()
+        }
+        width = int(rng.integers(5, 10))
+        for segment in SEGMENTS[int(label)]:
+            start, end = _SEGMENT_ENDS[segment]
+            pen.line([jittered[start], jittered[end]], fill=255, width=width)
+        out[i] = np.asarray(canvas)
+    return out

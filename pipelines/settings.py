@@ -6,7 +6,9 @@ drift step's call (its thresholds are ``DriftSettings`` in :mod:`pipelines.drift
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,7 +46,7 @@ class DecisionSettings(BaseSettings):
     )
 
     # -- canary ----------------------------------------------------------------------
-    canary_weight: int = Field(
+    new_canary_weight: int = Field(
         default=20, ge=1, le=100, description="Percent of traffic to a new canary."
     )
     canary_min_samples: int = Field(
@@ -74,4 +76,48 @@ class DecisionSettings(BaseSettings):
         default=1.5,
         ge=1,
         description="Most the canary's p95 latency may be, as a multiple of stable's.",
+    )
+
+
+class LoopSettings(BaseSettings):
+    """Where the loop acts and what it retrains with."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
+
+    rollout: Literal["service", "helm"] = Field(
+        default="service",
+        description="How versions are rolled out: the embedded service's "
+        "/admin/reload, or `helm upgrade` of the release on the cluster.",
+    )
+    service_url: str = Field(
+        default="http://127.0.0.1:3000", description="The prediction service (rollout=service)."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of /admin/reload."
+    )
+    helm_release: str = Field(default="digitloop", description="Helm release (rollout=helm).")
+    helm_chart: str = Field(default="charts/digitloop", description="Chart to upgrade with.")
+    namespace: str = Field(default="digitloop", description="Kubernetes namespace of the release.")
+    helm_binary: str = Field(default="helm", description="The helm executable.")
+    prometheus_url: str | None = Field(
+        default=None, description="Prometheus, for canary error rate and p95 latency."
+    )
+    webhook_url: SecretStr | None = Field(
+        default=None, description="Slack/Discord-compatible webhook told of each decision."
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None, description="Public MLflow URL for links in notifications."
+    )
+    holdout_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of recent feedback kept out of retraining."
+    )
+    retrain_epochs: int = Field(default=3, ge=1, description="Fine-tuning epochs.")
+    retrain_extra_share: float = Field(
+        default=0.3, ge=0, lt=1, description="Share of each fine-tuning epoch drawn from feedback."
+    )
+    drift_window: int = Field(
+        default=400, ge=1, description="Most recent predictions the drift step compares."
+    )
+    retrain_mnist_limit: int | None = Field(
+        default=None, description="Fine-tune on the first N MNIST images only (tests, demos)."
     )

@@ -122,3 +122,17 @@ def tiny_split(mnist, n_train: int, n_test: int, seed: int = 0):
         mnist.x_test[test_idx],
         mnist.y_test[test_idx].astype(np.int64),
     )
+
+
+@pytest.fixture(scope="session")
+def sketch_service(tmp_path_factory: pytest.TempPathFactory, mnist):
+    """One served model for the UI and browser tests: trained with augmentation, so digits
+    drawn with a mouse are recognised, on a local store the tests can read."""
+    from tests.serving import Service, register_models
+
+    root = tmp_path_factory.mktemp("sketch-service")
+    env = {"DIGITLOOP_DATA_DIR": str(root / "data"), "DIGITLOOP_WORKERS": "1"}
+    register_models(mnist, env, count=1, n_train=5000, epochs=2, augment=True)
+    service = Service(env, root / "serve.log").start()
+    yield service
+    service.stop()

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from tests.conftest import REPO_ROOT, VENV_BIN, free_port, stop, tiny_split, wait_http
+from tests.conftest import MNIST_PATH, REPO_ROOT, VENV_BIN, free_port, stop, tiny_split, wait_http
 
 ADMIN_TOKEN = "test-admin-token"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any DIGITLOOP_* setting, plus ``extra``.
+
+    A developer's shell (an S3 endpoint, a canary model, an MLflow server) must not leak
+    into the servers the tests start.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITLOOP_")}
+    env.update(extra)
+    return env
 
 
 def register_models(
@@ -71,14 +84,20 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def store_dir(self) -> Path:
+        """Where the local store keeps records (when no S3 endpoint is set)."""
+        return Path(self.env["DIGITLOOP_DATA_DIR"]) / "store"
+
     def start(self, timeout: float = 120) -> Service:
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "DIGITLOOP_ADMIN_TOKEN": ADMIN_TOKEN,
-            "DIGITLOOP_FLUSH_INTERVAL_S": "1",
+        env = clean_env(
+            OMP_NUM_THREADS="1",
+            DIGITLOOP_ADMIN_TOKEN=ADMIN_TOKEN,
+            DIGITLOOP_FLUSH_INTERVAL_S="1",
+            DIGITLOOP_MNIST_PATH=str(MNIST_PATH),
+            BENTOML_DO_NOT_TRACK="True",
             **self.env,
-        }
+        )
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
                 [
@@ -96,8 +115,33 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_http(f"{self.url}/readyz", timeout=timeout, process=self.process)
+        try:
+            wait_http(f"{self.url}/readyz", timeout=timeout, process=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n--- bentoml serve log ---\n{self.log_tail()}") from None
         return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def feedback_records(self) -> dict[str, dict]:
+        """Every feedback record in the local store, by prediction id (``_key``: its key)."""
+        records = {}
+        for path in sorted(self.store_dir.glob("feedback/date=*/*.json")):
+            record = json.loads(path.read_text())
+            record["_key"] = path.relative_to(self.store_dir).as_posix()
+            records[record["prediction_id"]] = record
+        return records
+
+    def wait_for_feedback(self, prediction_id: str, timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.feedback_records().get(prediction_id)
+            if record is not None:
+                return record
+            time.sleep(0.1)
+        raise AssertionError(f"no feedback record for {prediction_id} in {self.store_dir}")
 
     def terminate(self) -> int:
         """SIGTERM, as Kubernetes does, and wait for a clean exit."""

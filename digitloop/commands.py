@@ -1,0 +1,124 @@
+"""``digitloop dev`` and ``digitloop simulate``: the whole loop on one machine."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.cli import JsonOption, VerboseOption, cli_errors, emit, setup_logging, stderr
+
+
+def dev(
+    data_dir: Annotated[
+        Path, typer.Option(help="Where models, predictions and feedback live.")
+    ] = Path(".digitloop"),
+    every: Annotated[float, typer.Option(min=0.5, help="Minutes between loop runs.")] = 10.0,
+    workers: Annotated[int, typer.Option(min=1, help="Serving worker processes.")] = 2,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run the embedded stack: MLflow, serving, sketchpad, loop scheduler (Ctrl-C stops)."""
+    setup_logging(verbose)
+    from digitloop.stack import EmbeddedStack, StackConfig
+    from pipelines.loop import run_once
+    from pipelines.loop_cli import new_run_id
+    from pipelines.steps import LoopContext
+
+    with cli_errors(), EmbeddedStack(StackConfig(data_dir=data_dir, workers=workers)) as stack:
+        stderr.print(f"""
+[bold]digitloop is running[/]
+  sketchpad   {stack.ui_url}
+  service     {stack.service_url}  (API docs at /docs, metrics at /metrics)
+  MLflow      {stack.mlflow_url}
+  loop        every {every:g} min (same steps as the CronWorkflow); logs in {data_dir}/logs
+Ctrl-C stops everything.""")
+        stop = threading.Event()
+
+        def scheduler() -> None:
+            while not stop.wait(every * 60):
+                try:
+                    run_once(LoopContext(run_id=new_run_id()), console=stderr)
+                except Exception as exc:  # a failed run is reported; the next one retries
+                    stderr.print(f"[red]loop run failed:[/] {exc}")
+
+        thread = threading.Thread(target=scheduler, name="loop-scheduler", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(timeout=1)
+        except KeyboardInterrupt:
+            stderr.print("stopping...")
+        finally:
+            stop.set()
+
+
+def simulate(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="A running stack's service (e.g. a port-forwarded cluster); default: start an "
+            "embedded stack in --data-dir for this run."
+        ),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Data directory of the embedded stack.")] = Path(
+        ".digitloop/simulate"
+    ),
+    windows_before: Annotated[int, typer.Option(min=1, help="In-distribution windows.")] = 2,
+    windows_after: Annotated[int, typer.Option(min=1, help="Drifted windows.")] = 6,
+    window_size: Annotated[int, typer.Option(min=50, help="Drawings per window.")] = 400,
+    label_prob: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Chance a user confirms or corrects an answer.")
+    ] = 1.0,
+    drift_data: Annotated[
+        str,
+        typer.Option(
+            help="Drifted population: a built-in style (segments, typeset, small_offcentre, ...) "
+            "or an .npz with x and y."
+        ),
+    ] = "segments",
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="drift, or bad-model (a deliberately poor challenger first: must roll back)."
+        ),
+    ] = "drift",
+    train_epochs: Annotated[int, typer.Option(min=1, help="Epochs of version 1 if trained.")] = 8,
+    out: Annotated[Path, typer.Option(help="Where the plot and summary go.")] = Path(
+        ".digitloop/simulate/out"
+    ),
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Simulated users draw, get answers and correct them while the loop runs between windows."""
+    setup_logging(verbose)
+    from contextlib import nullcontext
+
+    from digitloop.simulation import run_simulation
+    from digitloop.stack import EmbeddedStack, StackConfig
+    from pipelines.simulate import SimConfig
+
+    if scenario not in ("drift", "bad-model"):
+        raise typer.BadParameter("scenario must be drift or bad-model")
+    config = SimConfig(
+        windows_before=windows_before,
+        windows_after=windows_after,
+        window_size=window_size,
+        label_prob=label_prob,
+        drift=drift_data,
+        scenario=scenario,
+    )
+    stack = (
+        nullcontext()
+        if url
+        else EmbeddedStack(
+            StackConfig(data_dir=data_dir, with_ui=False, workers=1, train_epochs=train_epochs)
+        )
+    )
+    with cli_errors(), stack as running:
+        service_url = url or running.service_url
+        summary = run_simulation(service_url, config, out, console=stderr)
+    emit(summary.as_dict(), as_json)
+    if not as_json:
+        stderr.print(f"plot: {summary.plot}")

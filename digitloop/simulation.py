@@ -1,0 +1,111 @@
+"""Glue of ``digitloop simulate``: users, loop cycles and the report, against one stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.simulate import (
+    SimConfig,
+    SimSummary,
+    WindowResult,
+    load_population,
+    plot_windows,
+    simulate,
+    summarise,
+    write_json,
+)
+
+
+def run_simulation(service_url: str, config: SimConfig, out: Path, console: Console) -> SimSummary:
+    from model.data import load_mnist
+    from model.evaluate import evaluate
+    from model.registry import Registry
+    from pipelines.loop import run_once
+    from pipelines.settings import LoopSettings
+    from pipelines.steps import LoopContext
+    from ui.client import DigitloopClient
+
+    mnist = load_mnist()
+    half = len(mnist.x_test) // 2
+    # Users draw from the second half of MNIST test; the drifted population is made from
+    # the first half, so no digit is drawn in both phases.
+    in_dist = (mnist.x_test[half:], mnist.y_test[half:].astype("int64"))
+    drifted = load_population(config.drift, mnist.x_test[:half], mnist.y_test[:half], config.seed)
+    loop_settings = LoopSettings(service_url=service_url)
+    registry = Registry()
+
+    def loop_cycle(index: int) -> dict:
+        return run_once(LoopContext(run_id=f"sim-{index:03d}", loop=loop_settings), console=console)
+
+    def inject_bad() -> str:
+        return register_bad_challenger(registry, mnist, loop_settings)
+
+    table = Table("window", "phase", "accuracy", "drift", "stable", "canary", "events")
+
+    def show(result: WindowResult) -> None:
+        table.add_row(
+            str(result.index),
+            result.phase,
+            f"{result.accuracy:.3f}",
+            "-" if result.drift_score is None else f"{result.drift_score:.2f}",
+            f"v{result.stable_version}",
+            f"v{result.canary_version} ({result.canary_weight}%)" if result.canary_version else "-",
+            "; ".join(result.events),
+        )
+        console.print(
+            f"window {result.index} ({result.phase}): accuracy "
+            f"{result.accuracy:.3f}; {'; '.join(result.events) or 'no events'}"
+        )
+
+    with DigitloopClient(service_url, timeout=120) as client:
+        results = simulate(
+            client,
+            config,
+            in_dist,
+            drifted,
+            loop_cycle,
+            inject_bad if config.scenario == "bad-model" else None,
+            show,
+        )
+    console.print(table)
+    net, _ = registry.load("champion")
+    final = evaluate(net, mnist.x_test, mnist.y_test).accuracy
+    plot = plot_windows(results, out / "simulation.png")
+    summary = summarise(results, final, str(plot))
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def register_bad_challenger(registry, mnist, loop_settings) -> str:
+    """A model trained on shuffled labels, registered and rolled out as the canary."""
+    import numpy as np
+
+    from model.evaluate import evaluate
+    from model.registry import TrainingRecord
+    from model.train import TrainConfig, train
+    from pipelines.rollout import make_rollout, sync_aliases, with_canary
+    from pipelines.settings import DecisionSettings
+
+    rng = np.random.default_rng(0)
+    x, y = mnist.x_train[:2000], rng.permutation(mnist.y_train[:2000]).astype(np.int64)
+    config = TrainConfig(epochs=1, augment=False)
+    result = train(x, y, config)
+    info = registry.log_and_register(
+        result.net,
+        TrainingRecord(
+            params=config.as_params(),
+            history=result.history,
+            mnist_test=evaluate(result.net, mnist.x_test, mnist.y_test),
+            seconds=result.seconds,
+            training_data={"mnist_train": 2000, "labels": "shuffled on purpose"},
+            run_name="simulator-bad-challenger",
+        ),
+    )
+    rollout = make_rollout(loop_settings)
+    state = with_canary(rollout.current(), info.version, DecisionSettings().new_canary_weight)
+    rollout.apply(state)
+    sync_aliases(registry, state)
+    return info.version

@@ -1,0 +1,144 @@
+"""Retrain and gate: fine-tune the champion on MNIST plus the feedback, then judge it.
+
+The most recent ``holdout_fraction`` of the labelled feedback is kept out of training:
+the gate compares champion and challenger on it, so the challenger is judged on
+corrections neither has seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from model.data import Mnist
+from model.evaluate import Evaluation, evaluate
+from model.registry import ModelVersionInfo, Registry, TrainingRecord
+from model.train import TrainConfig, fine_tune
+from pipelines.decisions import GateResult, Tally, gate
+from pipelines.settings import DecisionSettings, LoopSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeedbackSplit:
+    """Labelled feedback images: the part to train on and the held-out recent part."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    holdout_x: np.ndarray
+    holdout_y: np.ndarray
+    since: datetime | None  # the oldest feedback used
+    until: datetime | None  # the newest feedback used
+
+
+def split_holdout(labelled: pd.DataFrame, fraction: float) -> FeedbackSplit:
+    """Hold out the most recent ``fraction`` of labelled feedback (by feedback time)."""
+    frame = labelled.sort_values("feedback_ts", kind="stable")
+    images = (
+        np.stack(frame["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8)
+        if len(frame)
+        else np.zeros((0, 28, 28), np.uint8)
+    )
+    labels = frame["true_label"].to_numpy(dtype=np.int64)
+    cut = len(frame) - round(len(frame) * fraction)
+    since = frame["feedback_ts"].iloc[0].to_pydatetime() if len(frame) else None
+    until = frame["feedback_ts"].iloc[-1].to_pydatetime() if len(frame) else None
+    return FeedbackSplit(images[:cut], labels[:cut], images[cut:], labels[cut:], since, until)
+
+
+def feedback_cutoff(info: ModelVersionInfo) -> datetime | None:
+    """The newest feedback a version was trained on (None: MNIST only)."""
+    import json
+
+    until = json.loads(info.tags.get("training_data") or "{}").get("feedback_until")
+    return datetime.fromisoformat(until) if until else None
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    version: ModelVersionInfo
+    mnist_test: Evaluation
+    holdout_accuracy: float
+
+
+def retrain(
+    registry: Registry,
+    champion: nn.Module,
+    champion_info: ModelVersionInfo,
+    mnist: Mnist,
+    split: FeedbackSplit,
+    settings: LoopSettings,
+    run_id: str,
+) -> RetrainResult:
+    """Fine-tune the champion on MNIST + the training part of the feedback; register it."""
+    base = mnist.limit(n_train=settings.retrain_mnist_limit)
+    config = TrainConfig(epochs=settings.retrain_epochs, max_lr=1e-3, seed=0)
+    result = fine_tune(
+        champion,
+        base.x_train,
+        base.y_train.astype(np.int64),
+        split.train_x,
+        split.train_y,
+        config,
+        extra_share=settings.retrain_extra_share,
+    )
+    mnist_test = evaluate(result.net, mnist.x_test, mnist.y_test)
+    holdout = (
+        evaluate(result.net, split.holdout_x, split.holdout_y) if len(split.holdout_y) else None
+    )
+    training_data = {
+        "mnist_train": len(base.x_train),
+        "feedback": len(split.train_y),
+        "feedback_holdout": len(split.holdout_y),
+        "feedback_since": split.since.isoformat() if split.since else None,
+        "feedback_until": split.until.isoformat() if split.until else None,
+        "loop_run": run_id,
+    }
+    extra = {"feedback_holdout_accuracy": holdout.accuracy} if holdout else {}
+    info = registry.log_and_register(
+        result.net,
+        TrainingRecord(
+            params={**config.as_params(), "extra_share": settings.retrain_extra_share},
+            history=result.history,
+            mnist_test=mnist_test,
+            seconds=result.seconds,
+            training_data=training_data,
+            parent_version=champion_info.version,
+            extra_metrics=extra,
+            run_name=f"retrain-{run_id}",
+        ),
+    )
+    log.info("registered challenger version %s (parent %s)", info.version, champion_info.version)
+    return RetrainResult(info, mnist_test, holdout.accuracy if holdout else float("nan"))
+
+
+def judge(
+    champion: nn.Module,
+    champion_info: ModelVersionInfo,
+    challenger: nn.Module,
+    challenger_mnist: float,
+    mnist: Mnist,
+    split: FeedbackSplit,
+    settings: DecisionSettings,
+) -> GateResult:
+    """Score both models on MNIST test and the held-out feedback, then apply :func:`gate`."""
+    champion_mnist = champion_info.tags.get("mnist_test_accuracy")
+    champion_acc = (
+        float(champion_mnist)
+        if champion_mnist
+        else evaluate(champion, mnist.x_test, mnist.y_test).accuracy
+    )
+
+    def tally(net: nn.Module) -> Tally:
+        if not len(split.holdout_y):
+            return Tally(0, 0)
+        score = evaluate(net, split.holdout_x, split.holdout_y)
+        return Tally(score.n, int(np.trace(score.confusion)))
+
+    return gate(champion_acc, challenger_mnist, tally(champion), tally(challenger), settings)

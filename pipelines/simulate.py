@@ -1,0 +1,221 @@
+"""Simulated users against the real HTTP API, with loop cycles between windows.
+
+Phase 1 draws in-distribution digits (MNIST test), phase 2 a drifted population (a
+built-in drawing style from :mod:`pipelines.shifts`, or any ``.npz`` of ``x``/``y``).
+Users confirm right answers and correct wrong ones, each with probability
+``label_prob``. Between windows the loop runs as its scheduler would; the drift it finds
+is its own: the simulator never tells it which phase it is in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ui.client import DigitloopClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    windows_before: int = 2
+    windows_after: int = 6
+    window_size: int = 400
+    label_prob: float = 1.0  # chance a user confirms or corrects an answer
+    drift: str = "segments"  # a pipelines.shifts population, or a path to an .npz
+    scenario: str = "drift"  # or "bad-model": a deliberately poor challenger first
+    seed: int = 0
+    settle_s: float = 6.0  # wait for the service's predictions log to flush (every 5 s)
+
+
+@dataclass
+class WindowResult:
+    index: int
+    phase: str
+    n: int
+    accuracy: float
+    labelled: int
+    stable_version: str
+    canary_version: str | None
+    canary_weight: int
+    drift_score: float | None = None
+    events: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimSummary:
+    accuracy_drifted_before: float
+    accuracy_drifted_after: float
+    drift_detected: bool
+    promoted_version: str | None
+    rolled_back: list[str]
+    mnist_accuracy_final: float | None
+    windows: list[dict[str, Any]]
+    plot: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_population(
+    spec: str, digits: np.ndarray, labels: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A built-in population by name, or ``x``/``y`` from an ``.npz`` path."""
+    if spec.endswith(".npz"):
+        from model.data import load_labelled_npz
+
+        return load_labelled_npz(spec)
+    from pipelines.shifts import make_shift
+
+    return make_shift(spec, digits, labels, seed)
+
+
+def user_window(
+    client: DigitloopClient,
+    images: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    label_prob: float,
+) -> tuple[int, int, int]:
+    """Users draw ``images`` and label answers: returns (n, right, labelled)."""
+    right = labelled = 0
+    for start in range(0, len(images), 64):
+        chunk = images[start : start + 64]
+        answers = client.predict_batch_pixels(chunk)
+        for answer, truth in zip(answers, labels[start : start + 64], strict=True):
+            right += answer.label == int(truth)
+            if rng.random() < label_prob:
+                client.feedback(answer.prediction_id, int(truth), source="simulator")
+                labelled += 1
+    return len(images), right, labelled
+
+
+def simulate(
+    client: DigitloopClient,
+    config: SimConfig,
+    in_dist: tuple[np.ndarray, np.ndarray],
+    drifted: tuple[np.ndarray, np.ndarray],
+    loop_cycle: Callable[[int], dict[str, Any]],
+    inject_bad: Callable[[], str] | None = None,
+    on_window: Callable[[WindowResult], None] | None = None,
+) -> list[WindowResult]:
+    """Run the windows; ``loop_cycle(i)`` runs one loop after window ``i`` and returns its
+    summary; ``inject_bad()`` registers a poor challenger and makes it the canary."""
+    rng = np.random.default_rng(config.seed)
+    results: list[WindowResult] = []
+    plan = ["in-distribution"] * config.windows_before + ["drifted"] * config.windows_after
+    cursor = {"in-distribution": 0, "drifted": 0}
+    for index, phase in enumerate(plan):
+        events: list[str] = []
+        if phase == "drifted" and cursor["drifted"] == 0 and inject_bad is not None:
+            events.append(f"bad challenger v{inject_bad()} set as canary")
+        x, y = in_dist if phase == "in-distribution" else drifted
+        start = cursor[phase] % max(1, len(x) - config.window_size)
+        cursor[phase] = start + config.window_size
+        window = slice(start, start + config.window_size)
+        images, labels = x[window], y[window]
+        n, right, labelled = user_window(client, images, labels, rng, config.label_prob)
+        info = client.model_info()
+        canary = info.tracks.get("canary")
+        time.sleep(config.settle_s)
+        summary = loop_cycle(index)
+        events += _events(summary)
+        result = WindowResult(
+            index=index,
+            phase=phase,
+            n=n,
+            accuracy=right / n if n else 0.0,
+            labelled=labelled,
+            stable_version=info.tracks["stable"].model_version,
+            canary_version=canary.model_version if canary else None,
+            canary_weight=info.canary_weight,
+            drift_score=summary.get("drift_score"),
+            events=events,
+        )
+        results.append(result)
+        if on_window:
+            on_window(result)
+    return results
+
+
+def _events(summary: dict[str, Any]) -> list[str]:
+    events = []
+    if summary.get("drift_detected"):
+        events.append(f"drift detected (score {summary['drift_score']:.2f})")
+    if summary.get("challenger"):
+        events.append(f"trained v{summary['challenger']}")
+    outcome = summary.get("outcome", "")
+    if outcome.startswith(("canary", "promoted", "rolled back")):
+        events.append(outcome)
+    return events
+
+
+def summarise(
+    results: list[WindowResult], mnist_accuracy: float | None, plot: str | None = None
+) -> SimSummary:
+    drifted = [r for r in results if r.phase == "drifted"]
+    events = [e for r in results for e in r.events]
+    promoted = [e.split(" v", 1)[1] for e in events if e.startswith("promoted v")]
+    rolled = [e.split(" v", 1)[1] for e in events if e.startswith("rolled back v")]
+    return SimSummary(
+        accuracy_drifted_before=drifted[0].accuracy if drifted else float("nan"),
+        accuracy_drifted_after=drifted[-1].accuracy if drifted else float("nan"),
+        drift_detected=any(e.startswith("drift detected") for e in events),
+        promoted_version=promoted[-1] if promoted else None,
+        rolled_back=rolled,
+        mnist_accuracy_final=mnist_accuracy,
+        windows=[asdict(r) for r in results],
+        plot=plot,
+    )
+
+
+def plot_windows(results: list[WindowResult], path: Path) -> Path:
+    """Accuracy per window, phases shaded, events marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    xs = [r.index for r in results]
+    ax.plot(xs, [r.accuracy for r in results], marker="o", label="accuracy (answered)")
+    drifted = [r.index for r in results if r.phase == "drifted"]
+    if drifted:
+        ax.axvspan(
+            min(drifted) - 0.5,
+            max(drifted) + 0.5,
+            color="orange",
+            alpha=0.12,
+            label="drifted population",
+        )
+    for r in results:
+        for k, event in enumerate(r.events):
+            ax.annotate(
+                event,
+                (r.index, r.accuracy),
+                xytext=(4, -14 - 11 * k),
+                textcoords="offset points",
+                fontsize=7,
+                rotation=0,
+            )
+    ax.set(xlabel="window", ylabel="accuracy", ylim=(0, 1.02), title="digitloop simulation")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_json(summary: SimSummary, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary.as_dict(), indent=2))

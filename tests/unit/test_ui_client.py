@@ -1,0 +1,375 @@
+"""The UI's client, settings, command and service-free handler paths.
+
+The client talks to real sockets on 127.0.0.1: nothing listening (a stopped service), a
+listener that never answers (a hung one), and a small scripted HTTP server for the answers
+a service may give (errors with and without a JSON body, garbage, a GET-less /model).
+The handlers against the real service are in tests/integration/test_ui_handlers.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from tests.conftest import free_port
+from ui.app import Session, editor_image, png_bytes, predict_drawing, predict_files, send_feedback
+from ui.client import (
+    DigitloopClient,
+    Prediction,
+    ServiceError,
+    ServiceUnavailable,
+    image_media_type,
+)
+from ui.settings import UISettings
+
+PROBS = [0.01, 0.02, 0.0, 0.05, 0.0, 0.0, 0.0, 0.9, 0.02, 0.0]
+PREDICTION = {
+    "prediction_id": "abc.stable.3.7.0123456789abcdef",
+    "label": 7,
+    "probabilities": PROBS,
+    "model_version": "3",
+    "track": "stable",
+}
+
+
+# -- a scripted HTTP server ------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Script:
+    """Answers by (method, path): (status, content type, body bytes)."""
+
+    answers: dict[tuple[str, str], tuple[int, str, bytes]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+
+    def json(self, method: str, path: str, status: int, body: object) -> None:
+        self.answers[(method, path)] = (status, "application/json", json.dumps(body).encode())
+
+    def raw(self, method: str, path: str, status: int, content_type: str, body: bytes) -> None:
+        self.answers[(method, path)] = (status, content_type, body)
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            script.seen.append(Seen(self.command, self.path, dict(self.headers), body))
+            status, kind, payload = script.answers.get(
+                (self.command, self.path), (404, "application/json", b'{"error": "no route"}')
+            )
+            self.send_response(status)
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", script
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Accepts connections and never answers, like a hung service."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.fixture
+def stopped_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def sketch(ink: bool = True, transparent: bool = False) -> dict[str, object]:
+    """A Sketchpad value: 280x280 RGBA, white paper (or transparent), a black bar of ink."""
+    composite = np.zeros((280, 280, 4), np.uint8)
+    if not transparent:
+        composite[...] = 255
+    if ink:
+        composite[60:220, 130:150] = (0, 0, 0, 255)
+    return {"background": None, "layers": [composite], "composite": composite}
+
+
+# -- answers and errors ------------------------------------------------------------------------
+
+
+def test_prediction_model_top_and_confidence():
+    prediction = Prediction.model_validate(PREDICTION)
+    assert prediction.confidence == pytest.approx(0.9)
+    assert prediction.top(3) == [(7, 0.9), (3, 0.05), (1, 0.02)]
+    with pytest.raises(ValidationError):
+        Prediction.model_validate({**PREDICTION, "probabilities": PROBS[:9]})
+    with pytest.raises(ValidationError):
+        Prediction.model_validate({**PREDICTION, "label": 10})
+
+
+def test_media_type_from_signature():
+    assert image_media_type(png_bytes(np.zeros((2, 2), np.uint8))) == "image/png"
+    assert image_media_type(b"\xff\xd8\xff\xe0rest") == "image/jpeg"
+    assert image_media_type(b"GIF89a") == "application/octet-stream"
+
+
+def test_stopped_service_is_unavailable_in_plain_words(stopped_url: str):
+    with DigitloopClient(stopped_url, timeout=2) as client:
+        assert client.ready() is False
+        with pytest.raises(ServiceUnavailable) as caught:
+            client.predict(b"\x89PNG\r\n\x1a\n")
+    assert caught.value.status is None
+    assert caught.value.message == (
+        f"The prediction service at {stopped_url} cannot be reached (connection refused). "
+        "Is it running?"
+    )
+    assert isinstance(caught.value, ServiceError)  # one type to catch for every failure
+
+
+def test_hung_service_times_out_in_plain_words(silent_server: str):
+    started = time.monotonic()
+    with (
+        DigitloopClient(silent_server, timeout=0.4) as client,
+        pytest.raises(ServiceUnavailable, match=r"did not answer within 0\.4 s\. It may be busy"),
+    ):
+        client.feedback("some-id", 3)
+    assert time.monotonic() - started < 3
+
+
+def test_error_answers_keep_the_service_message(scripted):
+    url, script = scripted
+    script.json("POST", "/predict", 422, {"error": "the drawing is empty: draw a digit first"})
+    script.json("POST", "/feedback", 409, {"error": "feedback for x was already recorded"})
+    with DigitloopClient(url) as client:
+        with pytest.raises(ServiceError) as empty:
+            client.predict(b"\x89PNG\r\n\x1a\n...")
+        with pytest.raises(ServiceError) as duplicate:
+            client.feedback("x", 1)
+    assert (empty.value.status, empty.value.message) == (
+        422,
+        "the drawing is empty: draw a digit first",
+    )
+    assert duplicate.value.status == 409 and not isinstance(duplicate.value, ServiceUnavailable)
+
+
+def test_errors_without_a_json_body_become_sentences(scripted):
+    url, script = scripted
+    script.raw("POST", "/predict", 502, "text/html", b"<html>bad gateway</html>")
+    script.raw("POST", "/feedback", 200, "text/plain", b"ok")
+    script.json("POST", "/predict_batch", 200, [{"label": 3}])
+    with DigitloopClient(url) as client:
+        with pytest.raises(ServiceError, match=r"had a problem \(HTTP 502 Bad Gateway\)"):
+            client.predict(b"png")
+        with pytest.raises(ServiceError, match="not JSON"):
+            client.feedback("x", 1)
+        with pytest.raises(ServiceError, match="does not understand"):
+            client.predict_batch([b"png"])
+
+
+def test_requests_carry_the_image_track_token_and_feedback_body(scripted):
+    url, script = scripted
+    script.json("POST", "/predict", 200, PREDICTION)
+    script.json(
+        "POST",
+        "/feedback",
+        200,
+        {"prediction_id": "p", "label": 4, "correct": False, "durable": "stored"},
+    )
+    png = png_bytes(np.full((8, 8), 255, np.uint8))
+    with DigitloopClient(url, token="s3cret") as client:
+        answer = client.predict(png, track="canary")
+        ack = client.feedback("p", 4)
+        with pytest.raises(ValueError, match="track"):
+            client.predict(png, track="beta")  # type: ignore[arg-type]
+    assert answer.label == 7 and answer.model_version == "3"
+    assert ack.correct is False and ack.durable == "stored"
+    predict, feedback = script.seen
+    assert predict.headers["Authorization"] == "Bearer s3cret"
+    assert predict.headers["X-Digitloop-Track"] == "canary"
+    assert predict.headers["Content-Type"].startswith("multipart/form-data")
+    assert b'name="image"' in predict.body and b"Content-Type: image/png" in predict.body
+    assert png in predict.body
+    assert json.loads(feedback.body) == {"prediction_id": "p", "label": 4, "source": "ui"}
+    assert "X-Digitloop-Track" not in feedback.headers
+
+
+def test_batches_are_split_at_64_images(scripted):
+    url, script = scripted
+    # The scripted server answers every batch with 64 items; the client checks the count.
+    script.json("POST", "/predict_batch", 200, [PREDICTION] * 64)
+    with DigitloopClient(url) as client:
+        answers = client.predict_batch([b"\x89PNG\r\n\x1a\nx"] * 64)
+        with pytest.raises(ServiceError, match="64 predictions for 6 images"):
+            client.predict_batch([b"\x89PNG\r\n\x1a\nx"] * 70)
+    assert len(answers) == 64
+    first, second, third = script.seen
+    assert first.body.count(b'name="images"') == 64
+    assert second.body.count(b'name="images"') == 64 and third.body.count(b'name="images"') == 6
+
+
+def test_model_info_falls_back_to_post_on_a_get_less_service(scripted):
+    url, script = scripted
+    info = {
+        "tracks": {"stable": {"model_version": "3", "aliases": ["champion"]}},
+        "canary_weight": 0,
+        "only_track": None,
+    }
+    script.json("GET", "/model", 405, {"error": "method not allowed"})
+    script.json("POST", "/model", 200, info)
+    with DigitloopClient(url) as client:
+        answer = client.model_info()
+    assert answer.tracks["stable"].model_version == "3"
+    assert [(s.method, s.body) for s in script.seen] == [("GET", b""), ("POST", b"{}")]
+
+
+# -- settings and the command -----------------------------------------------------------------
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch):
+    for name in ("SERVICE_URL", "API_TOKEN", "UI_HOST", "UI_PORT", "REQUEST_TIMEOUT_S"):
+        monkeypatch.delenv(f"DIGITLOOP_{name}", raising=False)
+    defaults = UISettings(_env_file=None)
+    assert defaults.service_url == "http://127.0.0.1:3000"
+    assert (defaults.ui_host, defaults.ui_port, defaults.token()) == ("127.0.0.1", 7860, None)
+
+    monkeypatch.setenv("DIGITLOOP_SERVICE_URL", "http://serving:3000/")
+    monkeypatch.setenv("DIGITLOOP_API_TOKEN", "hunter2")
+    monkeypatch.setenv("DIGITLOOP_REQUEST_TIMEOUT_S", "2.5")
+    settings = UISettings(_env_file=None)
+    assert settings.service_url == "http://serving:3000"
+    assert settings.token() == "hunter2" and "hunter2" not in repr(settings)
+    client = DigitloopClient.from_settings(settings)
+    assert client.timeout == 2.5 and client.base_url == "http://serving:3000"
+    client.close()
+
+    monkeypatch.setenv("DIGITLOOP_SERVICE_URL", "serving:3000")
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        UISettings(_env_file=None)
+
+
+@pytest.fixture
+def launched(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Record what `digitloop ui` would serve instead of serving it."""
+    import ui.app
+
+    calls: list[dict[str, object]] = []
+
+    def fake_launch(app, host, port, *, share=False, **_):
+        calls.append({"host": host, "port": port, "share": share, "blocks": type(app).__name__})
+
+    monkeypatch.setattr(ui.app, "launch", fake_launch)
+    for name in ("SERVICE_URL", "UI_HOST", "UI_PORT"):
+        monkeypatch.delenv(f"DIGITLOOP_{name}", raising=False)
+    return calls
+
+
+def test_command_binds_loopback_unless_told(launched, stopped_url: str):
+    import typer
+
+    from ui.cli import ui
+
+    app = typer.Typer()
+    app.command()(ui)
+    runner = CliRunner()
+    first = runner.invoke(app, ["--service-url", stopped_url])
+    second = runner.invoke(
+        app, ["--host", "0.0.0.0", "--port", "8123", "--service-url", stopped_url]
+    )
+    bad = runner.invoke(app, ["--service-url", "nope"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert launched == [
+        {"host": "127.0.0.1", "port": 7860, "share": False, "blocks": "Blocks"},
+        {"host": "0.0.0.0", "port": 8123, "share": False, "blocks": "Blocks"},
+    ]
+    assert bad.exit_code == 2 and "http:// or https://" in bad.output
+
+
+# -- handlers that need no service -----------------------------------------------------------
+
+
+def test_editor_image_sees_ink_on_paper_and_on_transparency():
+    assert editor_image(None) is None
+    assert editor_image({"background": None, "layers": [], "composite": None}) is None
+    assert editor_image(sketch(ink=False)) is None
+    assert editor_image(sketch(ink=False, transparent=True)) is None
+    for value in (sketch(), sketch(transparent=True)):
+        grey = editor_image(value)
+        assert grey is not None and grey.shape == (280, 280) and grey.dtype == np.uint8
+        assert grey[100, 140] == 0 and grey[10, 10] == 255
+
+
+def test_empty_pad_gets_a_hint_without_asking_the_service(stopped_url: str):
+    with DigitloopClient(stopped_url) as client:
+        pressed = predict_drawing(client, sketch(ink=False), Session())
+        stroke_end = predict_drawing(client, None, Session(), auto=True)
+        feedback = send_feedback(client, Session(), None)
+        batch = predict_files(client, [])
+    assert pressed.notice is not None and pressed.notice.kind == "hint"
+    assert "The pad is empty: draw a digit" in pressed.notice.text
+    assert pressed.session == Session()
+    assert stroke_end.skipped  # a stroke-end event on an empty pad changes nothing
+    assert feedback.notice.kind == "hint" and "Predict first" in feedback.notice.text
+    assert batch.notice is not None and batch.notice.kind == "hint" and not batch.rows
+
+
+def test_down_service_is_a_message_and_the_drawing_stays(stopped_url: str, tmp_path: Path):
+    image = tmp_path / "seven.png"
+    image.write_bytes(png_bytes(255 - np.eye(28, dtype=np.uint8) * 255))
+    with DigitloopClient(stopped_url) as client:
+        result = predict_drawing(client, sketch(), Session())
+        batch = predict_files(client, [image], out_dir=tmp_path)
+    assert result.notice is not None and result.notice.kind == "error"
+    assert "cannot be reached (connection refused)" in result.notice.text
+    assert "your drawing stays here" in result.notice.text
+    assert result.session == Session() and result.prediction is None
+    assert batch.notice is not None and batch.notice.kind == "error" and batch.csv_path is None
+
+
+def test_slow_service_is_a_message(silent_server: str):
+    with DigitloopClient(silent_server, timeout=0.3) as client:
+        result = predict_drawing(client, sketch(), Session())
+        feedback = send_feedback(client, Session(current=Prediction(**PREDICTION)), 3)
+    assert result.notice is not None and result.notice.kind == "error"
+    assert "did not answer within 0.3 s" in result.notice.text
+    assert feedback.notice.kind == "error" and not feedback.reset_canvas
+    assert feedback.notice.text.endswith("Your answer was not recorded; press it again.")
+    assert feedback.session.current is not None  # the answer stays for a retry
+
+
+def test_session_accuracy():
+    assert Session().accuracy is None
+    assert Session(drawn=4, confirmed=3, corrected=1).accuracy == pytest.approx(0.75)

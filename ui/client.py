@@ -1,0 +1,349 @@
+"""A small typed client of the prediction service, shared by the app, the tests and the simulator.
+
+Every method either returns a pydantic model of the answer or raises :class:`ServiceError`
+(the service answered with an error) or :class:`ServiceUnavailable` (no answer: refused,
+unreachable, timed out). Both carry a message in plain words that the app shows as is.
+
+Example:
+    >>> with DigitloopClient("http://127.0.0.1:3000") as client:  # doctest: +SKIP
+    ...     answer = client.predict(Path("seven.png").read_bytes())
+    ...     client.feedback(answer.prediction_id, label=7)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from model.errors import DigitloopError
+from services.settings import TRACK_HEADER
+
+Track = Literal["stable", "canary"]
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_TIMEOUT_S = 10.0
+# The service refuses larger batches with 413; the client splits longer lists.
+MAX_BATCH = 64
+
+
+class Prediction(BaseModel):
+    """One answer of ``/predict`` or one item of ``/predict_batch``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    prediction_id: str = Field(description="Pass it back to feedback().")
+    label: int = Field(ge=0, le=9, description="The predicted digit.")
+    probabilities: list[float] = Field(min_length=10, max_length=10)
+    model_version: str
+    track: str = Field(description="'stable' or 'canary'.")
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the predicted digit."""
+        return self.probabilities[self.label]
+
+    def top(self, k: int = 3) -> list[tuple[int, float]]:
+        """The ``k`` most probable digits with their probabilities, most probable first."""
+        order = sorted(range(10), key=lambda digit: self.probabilities[digit], reverse=True)
+        return [(digit, self.probabilities[digit]) for digit in order[:k]]
+
+
+class FeedbackAck(BaseModel):
+    """The answer of ``/feedback``: the record is durable ("stored" or "spooled")."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    prediction_id: str
+    label: int = Field(ge=0, le=9)
+    correct: bool = Field(description="Whether the prediction was right.")
+    durable: str = Field(description="'stored' in the store, or 'spooled' until it is back.")
+
+
+class TrackInfo(BaseModel):
+    """The model version one track serves."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model_version: str
+    aliases: list[str] = Field(default_factory=list)
+    trained_on: dict[str, Any] = Field(default_factory=dict)
+    mnist_test_accuracy: float | None = None
+
+
+class ModelInfo(BaseModel):
+    """The answer of ``/model``: what each track serves and how traffic is split."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    tracks: dict[str, TrackInfo]
+    canary_weight: int = 0
+    only_track: str | None = None
+
+
+class ServiceError(DigitloopError):
+    """The service answered with an error; ``message`` is fit to show to a person.
+
+    Attributes:
+        status: the HTTP status, or None when no answer came (see ServiceUnavailable).
+        message: what went wrong, in plain words.
+    """
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status!r}, message={self.message!r})"
+
+
+class ServiceUnavailable(ServiceError):
+    """No answer: the service is down, unreachable or slower than the timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
+
+
+def image_media_type(data: bytes) -> str:
+    """The media type of PNG/JPEG bytes from their signature; anything else is octet-stream."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    return "application/octet-stream"
+
+
+class DigitloopClient:
+    """Synchronous client of the prediction service; safe to share between threads.
+
+    Args:
+        base_url: the service's URL, e.g. ``http://127.0.0.1:3000``.
+        token: sent as ``Authorization: Bearer <token>`` when given.
+        timeout: seconds to wait for connecting and for each answer (default 10).
+        source: the ``source`` of feedback sent without one (default ``"ui"``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        source: str = "ui",
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.source = source
+        headers = {"User-Agent": "digitloop-ui", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Any = None) -> DigitloopClient:
+        """A client configured from :class:`ui.settings.UISettings` (the environment)."""
+        from ui.settings import UISettings
+
+        settings = settings or UISettings()
+        return cls(settings.service_url, settings.token(), settings.request_timeout_s)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DigitloopClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DigitloopClient({self.base_url!r}, timeout={self.timeout})"
+
+    # -- API ---------------------------------------------------------------------------
+
+    def predict(self, image: bytes, track: Track | None = None) -> Prediction:
+        """Predict the digit in PNG/JPEG ``image`` bytes.
+
+        Args:
+            image: the encoded image (any size, dark ink on light or the reverse).
+            track: pin the request to ``"stable"`` or ``"canary"``; None lets the split choose.
+        """
+        files = {"image": ("digit", image, image_media_type(image))}
+        answer = self._request("POST", "/predict", files=files, headers=_track(track))
+        return _parse(Prediction, answer)
+
+    def predict_pixels(
+        self, pixels: np.ndarray | Sequence[Sequence[float]], track: Track | None = None
+    ) -> Prediction:
+        """Predict the digit in a 2-D grey array (28x28 or any HxW, 0-255 or 0-1)."""
+        array = np.asarray(pixels)
+        if array.ndim != 2:
+            raise ValueError(f"pixels must be a 2-D array, got shape {array.shape}")
+        answer = self._request(
+            "POST", "/predict", json={"pixels": array.tolist()}, headers=_track(track)
+        )
+        return _parse(Prediction, answer)
+
+    def predict_batch(
+        self, images: Sequence[bytes], track: Track | None = None
+    ) -> list[Prediction]:
+        """Predict several PNG/JPEG images; longer lists go in requests of 64 images.
+
+        One unreadable image fails its whole request (the service answers one error).
+        """
+
+        def body(chunk: Sequence[bytes], start: int) -> dict[str, Any]:
+            return {
+                "files": [
+                    ("images", (f"image-{start + i}", data, image_media_type(data)))
+                    for i, data in enumerate(chunk)
+                ]
+            }
+
+        return self._batched(images, body, track)
+
+    def predict_batch_pixels(
+        self, images: np.ndarray | Sequence[np.ndarray], track: Track | None = None
+    ) -> list[Prediction]:
+        """Predict several 2-D grey arrays (the simulator's path), 64 per request."""
+
+        def body(chunk: Sequence[np.ndarray], start: int) -> dict[str, Any]:
+            return {"json": {"pixels": [np.asarray(image).tolist() for image in chunk]}}
+
+        return self._batched(images, body, track)
+
+    def _batched(
+        self,
+        items: Sequence[Any],
+        body: Callable[[Sequence[Any], int], dict[str, Any]],
+        track: Track | None,
+    ) -> list[Prediction]:
+        predictions: list[Prediction] = []
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = items[start : start + MAX_BATCH]
+            answer = self._request(
+                "POST", "/predict_batch", headers=_track(track), **body(chunk, start)
+            )
+            if not isinstance(answer, list) or len(answer) != len(chunk):
+                raise ServiceError(
+                    200,
+                    f"The prediction service answered {_count(answer)} predictions "
+                    f"for {len(chunk)} images.",
+                )
+            predictions += [_parse(Prediction, item) for item in answer]
+        return predictions
+
+    def feedback(self, prediction_id: str, label: int, source: str | None = None) -> FeedbackAck:
+        """Record the true digit of a prediction. Raises ServiceError 409 if already recorded."""
+        body = {
+            "prediction_id": prediction_id,
+            "label": int(label),
+            "source": source or self.source,
+        }
+        return _parse(FeedbackAck, self._request("POST", "/feedback", json=body))
+
+    def model_info(self) -> ModelInfo:
+        """What each track serves (``GET /model``; ``POST /model`` on a service without GET)."""
+        try:
+            answer = self._request("GET", "/model")
+        except ServiceError as exc:
+            if exc.status not in (404, 405):
+                raise
+            answer = self._request("POST", "/model", json={})
+        return _parse(ModelInfo, answer)
+
+    def ready(self) -> bool:
+        """True when ``/readyz`` answers 2xx; False when it does not, or nothing answers."""
+        try:
+            return self._http.get("/readyz").is_success
+        except httpx.HTTPError:
+            return False
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise ServiceUnavailable(
+                f"The prediction service at {self.base_url} did not answer within "
+                f"{self.timeout:g} s. It may be busy or starting up; try again in a moment."
+            ) from None
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                f"The prediction service at {self.base_url} cannot be reached "
+                f"({_reason(exc)}). Is it running?"
+            ) from None
+        if response.is_success:
+            try:
+                return response.json()
+            except ValueError:
+                raise ServiceError(
+                    response.status_code,
+                    f"The prediction service answered {path} with something that is not JSON.",
+                ) from None
+        raise ServiceError(response.status_code, _error_message(response))
+
+
+def _track(track: Track | None) -> dict[str, str]:
+    if track is None:
+        return {}
+    if track not in ("stable", "canary"):
+        raise ValueError(f"track must be 'stable' or 'canary', got {track!r}")
+    return {TRACK_HEADER: track}
+
+
+def _parse(model: type[M], answer: Any) -> M:
+    try:
+        return model.model_validate(answer)
+    except ValidationError as exc:
+        raise ServiceError(
+            200, f"The prediction service sent an answer this app does not understand ({exc})."
+        ) from None
+
+
+def _count(answer: Any) -> str:
+    return str(len(answer)) if isinstance(answer, list) else "no list of"
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc).lower()
+        if "refused" in text:
+            return "connection refused"
+        if "name" in text and ("resolve" in text or "known" in text):
+            return "unknown host name"
+        return "cannot connect"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection closed without an answer"
+    return type(exc).__name__
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The service's ``{"error": ...}`` message, or a plain sentence about the status."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]:
+        return body["error"]
+    if response.status_code >= 500:
+        return (
+            f"The prediction service had a problem (HTTP {response.status_code} "
+            f"{response.reason_phrase}). Try again; if it persists, check the service's log."
+        )
+    return (
+        f"The prediction service refused the request "
+        f"(HTTP {response.status_code} {response.reason_phrase})."
+    )
