@@ -1,0 +1,70 @@
+"""The whole loop on one machine: the embedded stack and the simulator, short configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from digitloop.simulation import run_simulation
+from digitloop.stack import EmbeddedStack, StackConfig
+from pipelines.simulate import SimConfig
+from tests.conftest import MNIST_PATH, free_port
+from tests.serving import register_models
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Small numbers so a run takes minutes: canaries judged on 100 labels at 50 % of traffic.
+LOOP_ENV = {
+    "DIGITLOOP_MNIST_PATH": str(MNIST_PATH),
+    "DIGITLOOP_FLUSH_INTERVAL_S": "1",
+    "DIGITLOOP_MIN_NEW_LABELS": "200",
+    "DIGITLOOP_CANARY_MIN_SAMPLES": "100",
+    "DIGITLOOP_NEW_CANARY_WEIGHT": "50",
+    "DIGITLOOP_RETRAIN_EPOCHS": "2",
+    "DIGITLOOP_RETRAIN_MNIST_LIMIT": "10000",
+    "DIGITLOOP_DRIFT_REFERENCE_SIZE": "1000",
+    "DIGITLOOP_DRIFT_WINDOW": "300",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, mnist):
+    import os
+
+    data_dir = tmp_path_factory.mktemp("sim") / "data"
+    saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith("DIGITLOOP_")]:
+        del os.environ[key]
+    os.environ.update(LOOP_ENV)
+    register_models(mnist, {"DIGITLOOP_DATA_DIR": str(data_dir)}, count=1, n_train=8000, epochs=2)
+    config = StackConfig(
+        data_dir=data_dir, with_ui=False, workers=1, mlflow_port=free_port(), serve_port=free_port()
+    )
+    try:
+        with EmbeddedStack(config, console=Console(stderr=True)) as running:
+            yield running
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_drift_is_found_and_a_canary_promoted(stack, tmp_path: Path):
+    config = SimConfig(windows_before=1, windows_after=4, window_size=300, settle_s=2.0)
+    summary = run_simulation(stack.service_url, config, tmp_path, Console(stderr=True))
+    assert summary.drift_detected
+    assert summary.promoted_version is not None
+    assert summary.accuracy_drifted_after > summary.accuracy_drifted_before + 0.03
+    assert Path(summary.plot).stat().st_size > 10_000
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_a_bad_challenger_is_rolled_back(stack, tmp_path: Path):
+    config = SimConfig(
+        windows_before=1, windows_after=1, window_size=300, settle_s=2.0, scenario="bad-model"
+    )
+    summary = run_simulation(stack.service_url, config, tmp_path, Console(stderr=True))
+    assert len(summary.rolled_back) == 1
+    events = [e for w in summary.windows for e in w["events"]]
+    assert any(e.startswith("bad challenger") for e in events)
