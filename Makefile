@@ -94,8 +94,9 @@ simulate: install ## Simulated users, drift and the loop end to end; summary and
 	$(BIN)/digitloop simulate
 
 .PHONY: workflow
-workflow: install ## Render the Argo workflows from their Hera definitions into manifests/.
+workflow: install ## Render the Argo workflows from their Hera definitions into manifests/ and the chart.
 	$(BIN)/digitloop workflow render --out manifests
+	cp manifests/cron-workflow.yaml manifests/workflow-template.yaml charts/digitloop/files/
 
 ##@ Housekeeping
 
@@ -103,3 +104,4 @@ workflow: install ## Render the Argo workflows from their Hera definitions into 
 clean: ## Remove caches and build output (keeps .venv/ and the data directory).
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+include mk/cluster.mk

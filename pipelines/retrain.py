@@ -7,6 +7,7 @@ corrections neither has seen.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,10 +55,16 @@ def split_holdout(labelled: pd.DataFrame, fraction: float) -> FeedbackSplit:
 
 def feedback_cutoff(info: ModelVersionInfo) -> datetime | None:
     """The newest feedback a version was trained on (None: MNIST only)."""
-    import json
-
     until = json.loads(info.tags.get("training_data") or "{}").get("feedback_until")
     return datetime.fromisoformat(until) if until else None
+
+
+def find_retrained(registry: Registry, run_id: str) -> ModelVersionInfo | None:
+    """The version a loop run already registered, if any (steps may be retried)."""
+    for info in reversed(registry.versions()):
+        if json.loads(info.tags.get("training_data") or "{}").get("loop_run") == run_id:
+            return info
+    return None
 
 
 @dataclass(frozen=True)

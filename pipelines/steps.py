@@ -25,7 +25,7 @@ from pipelines.decisions import ServingHealth, Tally, analyse, decide
 from pipelines.drift import DriftSettings, WindowTooSmallError, detect_drift
 from pipelines.quality import quality
 from pipelines.reference import ReferenceSpec, load_or_build_reference
-from pipelines.retrain import feedback_cutoff, judge, retrain, split_holdout
+from pipelines.retrain import feedback_cutoff, find_retrained, judge, retrain, split_holdout
 from pipelines.rollout import (
     Rollout,
     make_rollout,
@@ -172,22 +172,23 @@ def step_retrain(ctx: LoopContext, outputs: Outputs) -> dict[str, Any]:
     window = ctx.window(outputs)
     split = split_holdout(window.labelled, ctx.loop.holdout_fraction)
     champion, champion_info = ctx.registry.load(outputs["collect"]["stable_version"])
-    result = retrain(ctx.registry, champion, champion_info, ctx.mnist, split, ctx.loop, ctx.run_id)
-    challenger, _ = ctx.registry.load(result.version.version)
+    # An Argo retry after the version was registered judges that version, not a new one.
+    version = find_retrained(ctx.registry, ctx.run_id)
+    if version is None:
+        version = retrain(
+            ctx.registry, champion, champion_info, ctx.mnist, split, ctx.loop, ctx.run_id
+        ).version
+    challenger, _ = ctx.registry.load(version.version)
+    mnist_accuracy = float(version.tags["mnist_test_accuracy"])
+    holdout_accuracy = float(version.tags.get("feedback_holdout_accuracy", "nan"))
     verdict = judge(
-        champion,
-        champion_info,
-        challenger,
-        result.mnist_test.accuracy,
-        ctx.mnist,
-        split,
-        ctx.decisions,
+        champion, champion_info, challenger, mnist_accuracy, ctx.mnist, split, ctx.decisions
     )
     return {
-        "challenger": result.version.version,
-        "mlflow_run_id": result.version.run_id,
-        "mnist_test_accuracy": result.mnist_test.accuracy,
-        "holdout_accuracy": result.holdout_accuracy,
+        "challenger": version.version,
+        "mlflow_run_id": version.run_id,
+        "mnist_test_accuracy": mnist_accuracy,
+        "holdout_accuracy": holdout_accuracy,
         "gate_passed": verdict.passed,
         "gate_reasons": verdict.reasons,
         "train_samples": len(split.train_y),

@@ -1,0 +1,124 @@
+"""Render the digitloop chart offline through helm-python-sdk (Helm's Go library, no binary).
+
+Helpers shared by the chart tests: render a scenario into Kubernetes objects, find the pod
+specs in them, and validate custom resources against the CRD schemas vendored in schemas/.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "digitloop"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+RELEASE = "digitloop"
+NAMESPACE = "digitloop"
+KUBE_VERSION = "1.36.4"  # the kind node image of kind-config.yaml
+SCENARIOS = sorted(path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*.yaml"))
+
+# Custom resources and the CRD schema each is validated against (see schemas/SOURCES.md).
+CRD_SCHEMAS = {
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-gateway.networking.k8s.io-v1.json",
+    ("argoproj.io/v1alpha1", "CronWorkflow"): "cronworkflow-argoproj.io-v1alpha1.json.gz",
+    ("argoproj.io/v1alpha1", "WorkflowTemplate"): "workflowtemplate-argoproj.io-v1alpha1.json.gz",
+    ("serving.kserve.io/v1beta1", "InferenceService"): (
+        "inferenceservice-serving.kserve.io-v1beta1.json.gz"
+    ),
+}
+
+
+def scenario_values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text()) or {}
+
+
+def render(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Template path -> rendered text, as `helm template` (install) would give."""
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values or {})
+        return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+@cache
+def render_scenario(name: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """(template path, object) of every object a scenario renders; cached per session."""
+    return tuple(objects(render(scenario_values(name))))
+
+
+def objects(rendered: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                yield path, document
+
+
+def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(label, pod spec, replicas) of every pod an object makes."""
+    kind = obj["kind"]
+    name = obj["metadata"]["name"]
+    spec = obj.get("spec", {})
+    if kind in ("Deployment", "StatefulSet", "ReplicaSet"):
+        yield f"{kind}/{name}", spec["template"]["spec"], spec.get("replicas", 1)
+    elif kind == "Job":
+        yield f"Job/{name}", spec["template"]["spec"], 1
+    elif kind == "Pod":
+        yield f"Pod/{name}", spec, 1
+    elif kind == "InferenceService":
+        yield f"InferenceService/{name}", spec["predictor"], spec["predictor"].get("minReplicas", 1)
+    elif kind == "WorkflowTemplate":
+        for template in spec.get("templates", []):
+            if "container" in template:
+                pod = {"containers": [template["container"]], **spec}
+                pod["securityContext"] = spec.get("securityContext", {})
+                yield f"WorkflowTemplate/{name}/{template['name']}", pod, 1
+
+
+@cache
+def crd_schema(filename: str) -> dict[str, Any]:
+    path = SCHEMAS / filename
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(raw)
+
+
+def validate_custom(obj: dict[str, Any]) -> None:
+    """Validate a custom resource against its CRD's openAPIV3Schema (structural schema)."""
+    import jsonschema
+
+    schema = crd_schema(CRD_SCHEMAS[(obj["apiVersion"], obj["kind"])])
+    jsonschema.Draft7Validator(_openapi_to_jsonschema(schema)).validate(obj)
+
+
+def _openapi_to_jsonschema(node: Any) -> Any:
+    """OpenAPI v3 schema of a CRD -> JSON Schema: int-or-string and nullable become types."""
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: _openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes")
+    }
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    out.pop("nullable", None)
+    # The API server's strict field validation (kubectl's default) refuses unknown fields:
+    # so does this, unless the CRD lets a subtree through.
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out

@@ -1,0 +1,402 @@
+"""Invariants over everything the chart renders: security, resources, probes, secrets, images,
+the traffic split, the generated workflow, and the footprint."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.render import (
+    CHART,
+    NAMESPACE,
+    ROOT,
+    SCENARIOS,
+    pod_specs,
+    render,
+    render_scenario,
+)
+
+pytestmark = pytest.mark.chart
+
+# Long-running containers must be probed; jobs, hooks and workflow steps run to completion.
+SERVER_KINDS = ("Deployment", "InferenceService")
+SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|ACCESS_KEY|WEBHOOK)", re.I)
+PINNED = re.compile(r"^[\w./-]+(:[\w.-]+)(@sha256:[0-9a-f]{64})?$|^[\w./-]+@sha256:[0-9a-f]{64}$")
+
+
+def all_pods(scenario: str) -> list[tuple[str, str, dict[str, Any], int]]:
+    return [
+        (path, label, spec, replicas)
+        for path, obj in render_scenario(scenario)
+        for label, spec, replicas in pod_specs(obj)
+    ]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_container_is_locked_down(scenario: str) -> None:
+    for _, label, spec, _ in all_pods(scenario):
+        pod = spec.get("securityContext", {})
+        assert pod.get("runAsNonRoot") is True, label
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", label
+        for container in containers(spec):
+            context = container.get("securityContext", {})
+            where = f"{label}/{container.get('name', 'main')}"
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert context.get("runAsUser", pod.get("runAsUser", 0)) != 0, where
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_container_has_requests_and_limits(scenario: str) -> None:
+    for _, label, spec, _ in all_pods(scenario):
+        for container in containers(spec):
+            resources = container.get("resources", {})
+            for part in ("requests", "limits"):
+                assert set(resources.get(part, {})) >= {"cpu", "memory"}, (label, part)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_servers_are_probed(scenario: str) -> None:
+    for _, obj in render_scenario(scenario):
+        if obj["kind"] not in SERVER_KINDS:
+            continue
+        for label, spec, _ in pod_specs(obj):
+            for container in spec["containers"]:
+                assert "readinessProbe" in container, (label, container["name"])
+                assert "livenessProbe" in container, (label, container["name"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_serving_probes_and_environment(scenario: str) -> None:
+    serving = [(label, spec) for _, label, spec, _ in all_pods(scenario) if "serving" in label]
+    assert serving
+    for label, spec in serving:
+        container = spec["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", label
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez", label
+        env = {item["name"]: item for item in container["env"]}
+        assert env["DIGITLOOP_ONLY_TRACK"]["value"] in ("stable", "canary")
+        assert env["OMP_NUM_THREADS"]["value"] == "1"
+        assert env["DIGITLOOP_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        for name in (
+            "DIGITLOOP_ADMIN_TOKEN",
+            "DIGITLOOP_PREDICTION_ID_SECRET",
+            "DIGITLOOP_S3_ACCESS_KEY",
+            "DIGITLOOP_S3_SECRET_KEY",
+        ):
+            assert "secretKeyRef" in env[name]["valueFrom"], (label, name)
+        for name in (
+            "DIGITLOOP_MLFLOW_TRACKING_URI",
+            "DIGITLOOP_S3_ENDPOINT",
+            "DIGITLOOP_S3_BUCKET",
+            "DIGITLOOP_WORKERS",
+            "DIGITLOOP_DATA_DIR",
+            "DIGITLOOP_STABLE_MODEL",
+        ):
+            assert name in env, (label, name)
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert {"/tmp", env["DIGITLOOP_DATA_DIR"]["value"]} <= mounts
+
+
+def test_the_pod_name_env_is_the_one_store_settings_reads() -> None:
+    from services.store import StoreSettings
+
+    prefix = StoreSettings.model_config["env_prefix"]
+    assert "pod_name" in StoreSettings.model_fields
+    assert f"{prefix}POD_NAME" == "DIGITLOOP_POD_NAME"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_secret_in_plain_env(scenario: str) -> None:
+    for _, label, spec, _ in all_pods(scenario):
+        for container in containers(spec):
+            for item in container.get("env", []):
+                if SECRET_NAME.search(item["name"]):
+                    assert "value" not in item, (label, item["name"])
+    for path, obj in render_scenario(scenario):
+        if obj["kind"] == "ConfigMap":
+            for key in obj.get("data", {}):
+                assert not SECRET_NAME.search(key), (path, key)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_images_are_pinned(scenario: str) -> None:
+    for _, label, spec, _ in all_pods(scenario):
+        for container in containers(spec):
+            image = container["image"]
+            assert PINNED.match(image), (label, image)
+            assert not image.endswith(":latest"), (label, image)
+
+
+def _route(scenario: str) -> dict[str, Any] | None:
+    for _, obj in render_scenario(scenario):
+        if obj["kind"] == "HTTPRoute" and obj["metadata"]["name"].endswith("-serving"):
+            return obj
+    return None
+
+
+@pytest.mark.parametrize("scenario", ["default", "canary-0", "canary-20", "canary-100"])
+def test_the_split_weights_sum_to_100(scenario: str) -> None:
+    route = _route(scenario)
+    assert route is not None
+    default_rule = route["spec"]["rules"][-1]
+    weights = {ref["name"]: ref["weight"] for ref in default_rule["backendRefs"]}
+    assert sum(weights.values()) == 100
+    canary = (
+        (yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text()) or {})
+        .get("serving", {})
+        .get("canary", {})
+    )
+    if canary.get("enabled"):
+        assert weights["digitloop-serving-canary"] == canary["weight"]
+        assert weights["digitloop-serving-stable"] == 100 - canary["weight"]
+    else:
+        assert list(weights) == ["digitloop-serving-stable"]
+
+
+@pytest.mark.parametrize("scenario", ["default", "canary-20"])
+def test_the_header_pins_a_request_to_a_track(scenario: str) -> None:
+    route = _route(scenario)
+    pins = {}
+    for rule in route["spec"]["rules"]:
+        for match in rule.get("matches", []):
+            for header in match.get("headers", []):
+                assert header["name"] == "X-Digitloop-Track"
+                pins[header["value"]] = [ref["name"] for ref in rule["backendRefs"]]
+    assert pins["stable"] == ["digitloop-serving-stable"]
+    if scenario == "canary-20":
+        assert pins["canary"] == ["digitloop-serving-canary"]
+    else:
+        assert "canary" not in pins  # no canary to pin to
+
+
+def test_the_canary_runs_its_version_on_the_same_image() -> None:
+    deployments = {
+        o["metadata"]["name"]: o
+        for _, o in render_scenario("canary-20")
+        if o["kind"] == "Deployment"
+    }
+    stable = deployments["digitloop-serving-stable"]["spec"]["template"]
+    canary = deployments["digitloop-serving-canary"]["spec"]["template"]
+    assert stable["spec"]["containers"][0]["image"] == canary["spec"]["containers"][0]["image"]
+    assert stable["metadata"]["labels"]["digitloop.dev/track"] == "stable"
+    assert canary["metadata"]["labels"]["digitloop.dev/track"] == "canary"
+    env = {e["name"]: e.get("value") for e in canary["spec"]["containers"][0]["env"]}
+    assert env["DIGITLOOP_CANARY_MODEL"] == "4"
+    assert env["DIGITLOOP_STABLE_MODEL"] == "3"
+
+
+def test_kserve_backend_uses_canary_traffic_percent() -> None:
+    kinds = [o["kind"] for _, o in render_scenario("kserve")]
+    assert "InferenceService" in kinds
+    assert not any(
+        o["kind"] == "Deployment" and "serving" in o["metadata"]["name"]
+        for _, o in render_scenario("kserve")
+    )
+    isvc = next(o for _, o in render_scenario("kserve") if o["kind"] == "InferenceService")
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
+
+
+def test_external_s3_drops_minio() -> None:
+    objs = render_scenario("external-s3")
+    assert not any("minio" in o["metadata"]["name"] for _, o in objs)
+    config = next(
+        o for _, o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-config")
+    )
+    assert config["data"]["DIGITLOOP_S3_ENDPOINT"] == "s3.example.internal:9000"
+    assert config["data"]["DIGITLOOP_S3_SECURE"] == "true"
+
+
+def test_monitoring_off_drops_scraping_and_the_dashboard() -> None:
+    objs = render_scenario("monitoring-off")
+    assert not any(o["metadata"]["name"].endswith("-dashboard") for _, o in objs)
+    for _, _label, spec, _ in all_pods("monitoring-off"):
+        assert "digitloop.dev/scrape" not in str(spec)
+    config = next(o for _, o in objs if o["metadata"]["name"] == "digitloop-config")
+    assert "DIGITLOOP_PROMETHEUS_URL" not in config["data"]
+
+
+def test_the_scrape_marks_match_the_prometheus_job() -> None:
+    """Serving pods carry the annotation and track label the platform's scrape job keys on."""
+    job = yaml.safe_load((ROOT / "charts" / "platform" / "prometheus.values.yaml").read_text())
+    (scrape,) = [
+        j for j in yaml.safe_load(job["extraScrapeConfigs"]) if j["job_name"] == "digitloop-serving"
+    ]
+    relabels = scrape["relabel_configs"]
+    assert any(
+        r.get("source_labels") == ["__meta_kubernetes_pod_label_digitloop_dev_track"]
+        and r.get("target_label") == "track"
+        for r in relabels
+    )
+    assert scrape["honor_labels"] is True  # a metric's own `track` label wins when it has one
+    deployment = next(
+        o
+        for _, o in render_scenario("default")
+        if o["metadata"]["name"] == "digitloop-serving-stable" and o["kind"] == "Deployment"
+    )
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["digitloop.dev/scrape"] == "true"
+
+
+def test_the_dashboard_queries_the_service_metrics() -> None:
+    import json
+
+    dashboard = next(
+        o for _, o in render_scenario("default") if o["metadata"]["name"] == "digitloop-dashboard"
+    )
+    text = json.dumps(json.loads(dashboard["data"]["digitloop-serving.json"]))
+    for metric in (
+        "digitloop_requests_total",
+        "digitloop_request_duration_seconds_bucket",
+        "digitloop_predictions_total",
+        "digitloop_corrections_total",
+        "digitloop_feedback_total",
+        "digitloop_model_info",
+    ):
+        assert metric in text
+    assert "{{model_version}}" in text  # Grafana's templates were not eaten by Helm
+
+
+def test_the_workflow_files_are_the_generated_manifests() -> None:
+    for name in ("cron-workflow.yaml", "workflow-template.yaml"):
+        assert (CHART / "files" / name).read_bytes() == (ROOT / "manifests" / name).read_bytes(), (
+            f"charts/digitloop/files/{name} differs from manifests/{name}: "
+            f"cp manifests/{name} charts/digitloop/files/"
+        )
+
+
+def test_the_rendered_workflow_equals_the_generated_one() -> None:
+    rendered = {
+        o["kind"]: o
+        for _, o in render_scenario("default")
+        if o["apiVersion"] == "argoproj.io/v1alpha1"
+    }
+    for kind, name in (
+        ("CronWorkflow", "cron-workflow.yaml"),
+        ("WorkflowTemplate", "workflow-template.yaml"),
+    ):
+        assert rendered[kind] == yaml.safe_load((ROOT / "manifests" / name).read_text())
+    assert "{{workflow.name}}" in str(rendered["WorkflowTemplate"])
+
+
+def test_the_generator_defaults_are_the_ones_the_chart_replaces() -> None:
+    """If WorkflowSettings' defaults change, the chart's replacements must follow."""
+    from pipelines.workflows.loop import WorkflowSettings
+
+    defaults = WorkflowSettings.model_construct()
+    fields = WorkflowSettings.model_fields
+    assert fields["image"].default == "digitloop-app:0.1.0"
+    assert fields["namespace"].default == NAMESPACE
+    assert fields["schedule"].default == "*/10 * * * *"
+    assert fields["config_map"].default == "digitloop-config"
+    assert fields["secret"].default == "digitloop-secrets"
+    assert fields["service_account"].default == "digitloop-workflow"
+    assert defaults is not None
+
+
+def test_release_values_replace_the_generator_defaults() -> None:
+    values = {
+        "workflow": {"schedule": "0 * * * *"},
+        "images": {"app": {"repository": "registry.local/app", "tag": "1.2.3"}},
+    }
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render(values, name="loop", namespace="ml", is_install=True)
+    cron = yaml.safe_load(out["digitloop/templates/workflow-cronworkflow.yaml"])
+    template = yaml.safe_load(out["digitloop/templates/workflow-workflowtemplate.yaml"])
+    assert cron["spec"]["schedules"] == ["0 * * * *"]
+    assert cron["metadata"]["namespace"] == template["metadata"]["namespace"] == "ml"
+    assert template["spec"]["serviceAccountName"] == "loop-digitloop-workflow"
+    step = template["spec"]["templates"][0]["container"]
+    assert step["image"] == "registry.local/app:1.2.3"
+    assert [e for e in step["envFrom"]] == [
+        {"configMapRef": {"name": "loop-digitloop-config"}},
+        {"secretRef": {"name": "loop-digitloop-secrets"}},
+    ]
+
+
+def test_secrets_are_generated_once_per_render_and_shared() -> None:
+    objs = {
+        o["metadata"]["name"]: o for _, o in render_scenario("default") if o["kind"] == "Secret"
+    }
+    minio = objs["digitloop-minio"]["stringData"]
+    app = objs["digitloop-secrets"]["stringData"]
+    assert len(minio["secretKey"]) == 32
+    assert app["DIGITLOOP_S3_SECRET_KEY"] == minio["secretKey"]
+    assert app["DIGITLOOP_S3_ACCESS_KEY"] == minio["accessKey"]
+    given = render({"secrets": {"adminToken": "given-token"}})
+    assert "given-token" in given["digitloop/templates/secrets-secret.yaml"]
+    assert "given-token" not in "".join(v for k, v in given.items() if "secret" not in k)
+
+
+def test_the_workflow_role_is_namespaced_and_narrow() -> None:
+    role = next(o for _, o in render_scenario("default") if o["kind"] == "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    rules = {
+        (tuple(r["apiGroups"]), r2): r["verbs"] for r in role["rules"] for r2 in r["resources"]
+    }
+    assert rules[(("argoproj.io",), "workflowtaskresults")] == ["create", "patch"]
+    assert "secrets" in {res for (_, res) in rules}
+    for (_, resource), verbs in rules.items():
+        assert "*" not in verbs and resource != "*"
+    assert not any(o["kind"].startswith("Cluster") for _, o in render_scenario("default"))
+
+
+def test_network_policies_deny_by_default() -> None:
+    policies = {
+        o["metadata"]["name"]: o
+        for _, o in render_scenario("default")
+        if o["kind"] == "NetworkPolicy"
+    }
+    deny = policies["digitloop-netpol-deny-all"]["spec"]
+    assert (
+        deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    )
+    assert set(policies) >= {f"digitloop-netpol-{c}" for c in ("serving", "ui", "mlflow", "minio")}
+
+
+def _cpu(value: str | int | float) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _mem(value: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if str(value).endswith(suffix):
+            return float(str(value)[: -len(suffix)]) * factor
+    return float(value)
+
+
+def footprint(scenario: str) -> tuple[float, float]:
+    """Requests of what runs at once: every Deployment's pods, plus the largest of the jobs,
+    hooks and workflow steps (they run one at a time; the test pod only on `helm test`)."""
+    standing = [0.0, 0.0]
+    transient = [(0.0, 0.0)]
+    for _, obj in render_scenario(scenario):
+        for _label, spec, replicas in pod_specs(obj):
+            cpu = sum(_cpu(c["resources"]["requests"]["cpu"]) for c in containers(spec))
+            mem = sum(_mem(c["resources"]["requests"]["memory"]) for c in containers(spec))
+            if obj["kind"] in SERVER_KINDS:
+                standing[0] += cpu * replicas
+                standing[1] += mem * replicas
+            else:
+                transient.append((cpu, mem))
+    peak = max(transient)
+    return standing[0] + peak[0], standing[1] + peak[1]
+
+
+@pytest.mark.parametrize("scenario", ["default", "canary-20"])
+def test_the_footprint_fits_the_budget(scenario: str) -> None:
+    cpu, mem = footprint(scenario)
+    assert cpu <= 2.0, cpu
+    assert mem <= 4 * 2**30, mem / 2**30
