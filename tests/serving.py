@@ -89,7 +89,7 @@ class Service:
         """Where the local store keeps records (when no S3 endpoint is set)."""
         return Path(self.env["DIGITLOOP_DATA_DIR"]) / "store"
 
-    def start(self, timeout: float = 120) -> Service:
+    def start(self, timeout: float = 120, ready_path: str = "/readyz") -> Service:
         env = clean_env(
             OMP_NUM_THREADS="1",
             DIGITLOOP_ADMIN_TOKEN=ADMIN_TOKEN,
@@ -116,7 +116,7 @@ class Service:
                 start_new_session=True,
             )
         try:
-            wait_http(f"{self.url}/readyz", timeout=timeout, process=self.process)
+            wait_http(f"{self.url}{ready_path}", timeout=timeout, process=self.process)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}\n--- bentoml serve log ---\n{self.log_tail()}") from None
         return self

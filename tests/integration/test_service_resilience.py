@@ -108,3 +108,28 @@ def test_sigterm_under_load_loses_no_answered_prediction(tmp_path: Path, mnist):
     logged = set(read_predictions(LocalStore(tmp_path / "data" / "store"))["prediction_id"])
     missing = set(answered) - logged
     assert not missing, f"{len(missing)} of {len(answered)} answered predictions were lost"
+
+
+def test_not_ready_until_a_model_is_registered(tmp_path: Path, mnist):
+    """An empty registry (a cluster before its bootstrap job): up, not ready, then ready."""
+    env = {"DIGITLOOP_DATA_DIR": str(tmp_path / "data"), "DIGITLOOP_WORKERS": "1"}
+    from model.registry import Registry
+    from model.settings import ModelSettings
+
+    Registry(ModelSettings(data_dir=tmp_path / "data"))  # an empty registry, tables made here
+    service = Service(env, tmp_path / "serve.log")
+    # Start without waiting for /readyz: it must stay 503 while nothing is registered.
+    service.start(ready_path="/livez")
+    try:
+        with service.client() as client:
+            assert client.get("/readyz").status_code == 503
+            answer = client.post("/predict", json={"pixels": mnist.x_test[0].tolist()})
+            assert answer.status_code == 503 and "no model loaded" in answer.json()["error"]
+            register_models(mnist, env, count=1, n_train=1000)
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert client.get("/readyz").status_code == 200
+            assert client.post("/predict", json={"pixels": mnist.x_test[0].tolist()}).is_success
+    finally:
+        service.stop()
