@@ -80,32 +80,14 @@ def run_simulation(service_url: str, config: SimConfig, out: Path, console: Cons
 
 
 def register_bad_challenger(registry, mnist, loop_settings) -> str:
-    """A model trained on shuffled labels, registered and rolled out as the canary."""
-    import numpy as np
-
-    from model.evaluate import evaluate
-    from model.registry import TrainingRecord
-    from model.train import TrainConfig, train
+    """A deliberately poor model, registered and rolled out as the canary."""
     from pipelines.rollout import make_rollout, sync_aliases, with_canary
     from pipelines.settings import DecisionSettings
+    from pipelines.simulate import train_bad_challenger
 
-    rng = np.random.default_rng(0)
-    x, y = mnist.x_train[:2000], rng.permutation(mnist.y_train[:2000]).astype(np.int64)
-    config = TrainConfig(epochs=1, augment=False)
-    result = train(x, y, config)
-    info = registry.log_and_register(
-        result.net,
-        TrainingRecord(
-            params=config.as_params(),
-            history=result.history,
-            mnist_test=evaluate(result.net, mnist.x_test, mnist.y_test),
-            seconds=result.seconds,
-            training_data={"mnist_train": 2000, "labels": "shuffled on purpose"},
-            run_name="simulator-bad-challenger",
-        ),
-    )
+    version = train_bad_challenger(registry, mnist)
     rollout = make_rollout(loop_settings)
-    state = with_canary(rollout.current(), info.version, DecisionSettings().new_canary_weight)
+    state = with_canary(rollout.current(), version, DecisionSettings().new_canary_weight)
     rollout.apply(state)
     sync_aliases(registry, state)
-    return info.version
+    return version

@@ -100,12 +100,12 @@ def train(
         stderr.print(f"training on {len(data.x_train)} MNIST images for {epochs} epoch(s)")
         result = train_net(data.x_train, data.y_train, config, console=stderr)
         test = evaluate_net(result.net, data.x_test, data.y_test)
-        record = TrainingRecord(
-            params={**config.as_params(), "limit": limit},
-            history=result.history,
-            mnist_test=test,
-            seconds=result.seconds,
-            training_data={"mnist_train": len(data.x_train), "feedback": 0},
+        record = TrainingRecord.of(
+            config,
+            result,
+            test,
+            {"mnist_train": len(data.x_train), "feedback": 0},
+            extra_params={"limit": limit},
             run_name=f"train-e{epochs}",
         )
         info = registry.log_and_register(result.net, record)

@@ -22,6 +22,7 @@ from torch import nn
 from model.errors import ModelNotFoundError
 from model.evaluate import Evaluation, plot_confusion
 from model.settings import CHAMPION_ALIAS, ModelSettings
+from model.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,26 @@ class TrainingRecord:
     parent_version: str | None = None
     extra_metrics: dict[str, float] = field(default_factory=dict)
     run_name: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        config: TrainConfig,
+        result: TrainResult,
+        mnist_test: Evaluation,
+        training_data: dict[str, object],
+        extra_params: dict[str, object] | None = None,
+        **fields: object,
+    ) -> TrainingRecord:
+        """The record of a :func:`model.train.train` or ``fine_tune`` result."""
+        return cls(
+            params={**config.as_params(), **(extra_params or {})},
+            history=result.history,
+            mnist_test=mnist_test,
+            seconds=result.seconds,
+            training_data=training_data,
+            **fields,
+        )  # type: ignore[arg-type]
 
 
 class Registry:

@@ -31,11 +31,6 @@ def drift() -> None:
     # A callback keeps ``check`` a sub-command even while it is the only one.
 
 
-def reference_cache_path(data_dir: Path, model_name: str, version: str) -> Path:
-    """Where the reference of one model version is kept between runs."""
-    return data_dir / "drift" / f"reference-{model_name}-v{version}.npz"
-
-
 def read_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``x`` (N, 28, 28 uint8, white ink on black) from an ``.npz``; ``y`` is optional.
 
@@ -107,7 +102,7 @@ def check(
         from model.preprocess import preprocess_batch
         from model.registry import Registry
         from pipelines.drift import DriftSettings, detect_drift
-        from pipelines.reference import load_or_build_reference
+        from pipelines.reference import load_or_build_reference, reference_path
 
         settings = DriftSettings()
         x, _ = read_images(data)
@@ -118,7 +113,7 @@ def check(
             x = x[accepted]
         registry = Registry()
         net, info = registry.load(model)
-        path = reference_cache_path(registry.settings.data_dir, info.name, info.version)
+        path = reference_path(registry.settings.data_dir, info.name, info.version)
         reference = load_or_build_reference(
             net,
             load_mnist(mnist).x_test,

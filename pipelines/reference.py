@@ -90,6 +90,14 @@ class Reference:
         )
 
 
+def reference_path(data_dir: Path, model_name: str, version: str) -> Path:
+    """Where the reference of one model version is cached: ``<data_dir>/references/``.
+
+    The loop's drift step and ``digitloop drift check`` share it, so either builds it once.
+    """
+    return data_dir / "references" / f"{model_name}-v{version}.npz"
+
+
 def split_indices(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split of ``range(n)``: ``size`` reference indices and the rest."""
     if not 0 < size < n:

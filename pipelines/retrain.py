@@ -110,12 +110,12 @@ def retrain(
     extra = {"feedback_holdout_accuracy": holdout.accuracy} if holdout else {}
     info = registry.log_and_register(
         result.net,
-        TrainingRecord(
-            params={**config.as_params(), "extra_share": settings.retrain_extra_share},
-            history=result.history,
-            mnist_test=mnist_test,
-            seconds=result.seconds,
-            training_data=training_data,
+        TrainingRecord.of(
+            config,
+            result,
+            mnist_test,
+            training_data,
+            extra_params={"extra_share": settings.retrain_extra_share},
             parent_version=champion_info.version,
             extra_metrics=extra,
             run_name=f"retrain-{run_id}",

@@ -219,3 +219,23 @@ def plot_windows(results: list[WindowResult], path: Path) -> Path:
 def write_json(summary: SimSummary, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary.as_dict(), indent=2))
+
+
+def train_bad_challenger(registry, mnist, n: int = 2000) -> str:
+    """Register a model trained on shuffled labels: poor on purpose, for rollback drills."""
+    from model.evaluate import evaluate
+    from model.registry import TrainingRecord
+    from model.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    x, y = mnist.x_train[:n], rng.permutation(mnist.y_train[:n]).astype(np.int64)
+    config = TrainConfig(epochs=1, augment=False)
+    result = train(x, y, config)
+    record = TrainingRecord.of(
+        config,
+        result,
+        evaluate(result.net, mnist.x_test, mnist.y_test),
+        {"mnist_train": n, "labels": "shuffled on purpose"},
+        run_name="bad-challenger",
+    )
+    return registry.log_and_register(result.net, record).version

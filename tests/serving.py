@@ -58,12 +58,11 @@ def register_models(
         result = train(x, y, config)
         info = registry.log_and_register(
             result.net,
-            TrainingRecord(
-                params=config.as_params(),
-                history=result.history,
-                mnist_test=evaluate(result.net, x_test, y_test),
-                seconds=result.seconds,
-                training_data={"mnist_train": len(x)},
+            TrainingRecord.of(
+                config,
+                result,
+                evaluate(result.net, x_test, y_test),
+                {"mnist_train": len(x)},
                 parent_version=versions[-1] if versions else None,
             ),
         )

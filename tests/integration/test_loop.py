@@ -19,6 +19,7 @@ from pipelines.loop import run_once
 from pipelines.rollout import ServiceRollout, sync_aliases, with_canary
 from pipelines.settings import DecisionSettings, LoopSettings
 from pipelines.shifts import make_shift
+from pipelines.simulate import train_bad_challenger
 from pipelines.steps import LoopContext
 from services.store import StoreSettings
 from tests.serving import ADMIN_TOKEN, Service, register_models
@@ -132,7 +133,7 @@ def test_drift_retrain_canary_promote_then_bad_challenger_rolls_back(stack, mnis
     assert after.accuracy > before.accuracy + 0.05, (before, after)
 
     # A deliberately bad challenger (trained on shuffled labels) as the canary: rolled back.
-    bad = _register_bad(mnist, registry)
+    bad = train_bad_challenger(registry, mnist, n=1000)
     rollout = ServiceRollout(service.url, ADMIN_TOKEN)
     state = with_canary(rollout.current(), bad, 20)
     rollout.apply(state)
@@ -144,25 +145,3 @@ def test_drift_retrain_canary_promote_then_bad_challenger_rolls_back(stack, mnis
     model = httpx.get(f"{service.url}/model", timeout=10).json()
     assert "canary" not in model["tracks"] and model["tracks"]["stable"]["model_version"] == "2"
     assert registry.alias_version("challenger") is None
-
-
-def _register_bad(mnist, registry: Registry) -> str:
-    from model.evaluate import evaluate
-    from model.registry import TrainingRecord
-    from model.train import TrainConfig, train
-
-    rng = np.random.default_rng(0)
-    x, y = mnist.x_train[:1000], rng.permutation(mnist.y_train[:1000]).astype(np.int64)
-    config = TrainConfig(epochs=1, augment=False)
-    result = train(x, y, config)
-    info = registry.log_and_register(
-        result.net,
-        TrainingRecord(
-            params=config.as_params(),
-            history=result.history,
-            mnist_test=evaluate(result.net, mnist.x_test[:500], mnist.y_test[:500]),
-            seconds=result.seconds,
-            training_data={"mnist_train": 1000, "labels": "shuffled"},
-        ),
-    )
-    return info.version

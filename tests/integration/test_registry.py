@@ -21,12 +21,9 @@ CONFIG = TrainConfig(epochs=1, batch_size=64, augment=False, seed=5)
 
 
 def record_for(result, x_test, y_test, **extra) -> TrainingRecord:
-    return TrainingRecord(
-        params=CONFIG.as_params(),
-        history=result.history,
-        mnist_test=evaluate(result.net, x_test, y_test),
-        seconds=result.seconds,
-        **extra,
+    training_data = extra.pop("training_data")
+    return TrainingRecord.of(
+        CONFIG, result, evaluate(result.net, x_test, y_test), training_data, **extra
     )
 
 

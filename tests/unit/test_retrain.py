@@ -43,12 +43,11 @@ def test_a_retried_run_finds_its_version(data_dir, mnist):
     until = datetime(2026, 2, 1, tzinfo=UTC)
     info = registry.log_and_register(
         result.net,
-        TrainingRecord(
-            params=config.as_params(),
-            history=result.history,
-            mnist_test=evaluate(result.net, x_test, y_test),
-            seconds=result.seconds,
-            training_data={"loop_run": "run-7", "feedback_until": until.isoformat()},
+        TrainingRecord.of(
+            config,
+            result,
+            evaluate(result.net, x_test, y_test),
+            {"loop_run": "run-7", "feedback_until": until.isoformat()},
         ),
     )
     assert find_retrained(registry, "run-7").version == info.version
