@@ -89,14 +89,14 @@ class Service:
         return Path(self.env["DIGITLOOP_DATA_DIR"]) / "store"
 
     def start(self, timeout: float = 120, ready_path: str = "/readyz") -> Service:
-        env = clean_env(
-            OMP_NUM_THREADS="1",
-            DIGITLOOP_ADMIN_TOKEN=ADMIN_TOKEN,
-            DIGITLOOP_FLUSH_INTERVAL_S="1",
-            DIGITLOOP_MNIST_PATH=str(MNIST_PATH),
-            BENTOML_DO_NOT_TRACK="True",
-            **self.env,
-        )
+        defaults = {
+            "OMP_NUM_THREADS": "1",
+            "DIGITLOOP_ADMIN_TOKEN": ADMIN_TOKEN,
+            "DIGITLOOP_FLUSH_INTERVAL_S": "1",
+            "DIGITLOOP_MNIST_PATH": str(MNIST_PATH),
+            "BENTOML_DO_NOT_TRACK": "True",
+        }
+        env = clean_env(**{**defaults, **self.env})  # the test's settings win
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
                 [
