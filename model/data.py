@@ -157,7 +157,10 @@ def load_labelled_npz(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """Read an ``.npz`` holding ``x`` (N, 28, 28 uint8, white on black) and ``y`` (N labels)."""
     path = Path(path)
     try:
-        with np.load(path) as archive:
+        archive = np.load(path)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path}: a single array, not an .npz archive with x and y")
+        with archive:
             missing = [key for key in ("x", "y") if key not in archive]
             if missing:
                 raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; need x and y")

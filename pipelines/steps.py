@@ -24,7 +24,7 @@ from pipelines.collect import Window, collect
 from pipelines.decisions import ServingHealth, Tally, analyse, decide
 from pipelines.drift import DriftSettings, WindowTooSmallError, detect_drift
 from pipelines.quality import quality
-from pipelines.reference import ReferenceSpec, load_or_build_reference
+from pipelines.reference import ReferenceSpec, load_or_build_reference, reference_path
 from pipelines.retrain import feedback_cutoff, find_retrained, judge, retrain, split_holdout
 from pipelines.rollout import (
     Rollout,
@@ -120,7 +120,7 @@ def step_drift(ctx: LoopContext, outputs: Outputs) -> dict[str, Any]:
     reference = load_or_build_reference(
         net,
         ctx.mnist.x_test,
-        ctx.model.data_dir / "references" / f"{info.name}-v{info.version}.npz",
+        reference_path(ctx.model.data_dir, info.name, info.version),
         ReferenceSpec(
             ctx.drift.drift_reference_size,
             ctx.drift.drift_reference_seed,

@@ -146,3 +146,10 @@ def test_valid_labelled_file_loads(tmp_path: Path, mnist):
     np.savez(path, x=mnist.x_test[:10], y=mnist.y_test[:10])
     x, y = load_labelled_npz(path)
     assert x.shape == (10, 28, 28) and y.dtype == np.int64
+
+
+def test_a_single_npy_array_is_refused(tmp_path: Path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(DatasetError, match=r"not an \.npz archive"):
+        load_labelled_npz(path)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from model.errors import DatasetError
 from model.registry import ModelVersionInfo
 from model.train import TrainConfig, train
-from pipelines.cli import drift_app, reference_cache_path
+from pipelines.cli import drift_app
 from pipelines.drift import DriftSettings, WindowTooSmallError, check_drift, detect_drift
 from pipelines.features import CLASS_COLUMN, featurise
 from pipelines.reference import (
@@ -22,6 +22,7 @@ from pipelines.reference import (
     load_or_build_reference,
     load_reference,
     mnist_reference,
+    reference_path,
     save_reference,
     split_indices,
 )
@@ -67,7 +68,7 @@ def thick_result(net, reference, thick_window, settings):
 
 
 def test_unshifted_mnist_windows_are_not_flagged(net, reference, mnist, holdout, settings):
-    # The defaults false-alarm on about 3 % of such windows (pipelines.bench_drift), so
+    # The defaults false-alarm on about 2 % of such windows (pipelines.bench_drift), so
     # one of three may be flagged by chance on some machine; two would mean a bad default.
     rng = np.random.default_rng(1)
     results = []
@@ -184,7 +185,7 @@ def cli_env(monkeypatch, tmp_path: Path, net, reference, mnist_path: Path) -> Pa
     monkeypatch.setattr("model.registry.Registry", lambda: FakeRegistry(net, tmp_path / "data"))
     # The reference the CLI would build for version 7, cached where it looks for it.
     cached = dataclasses.replace(reference, model_run_id="run-7")
-    save_reference(cached, reference_cache_path(tmp_path / "data", "digitloop-mnist", "7"))
+    save_reference(cached, reference_path(tmp_path / "data", "digitloop-mnist", "7"))
     return tmp_path
 
 
