@@ -40,6 +40,8 @@ MnistOption = Annotated[
 def setup_logging(verbose: bool = False) -> None:
     """Logs to stderr through rich; MLflow's and others' chatter only when verbose."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
+    # MLflow prints run links on stdout, which belongs to the one JSON object of --json.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",

@@ -42,7 +42,9 @@ def artifacts() -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in the main thread
+# while it is open, which would break later tests that call asyncio.run.
+@pytest.fixture(scope="package")
 def browser():
     if not CHROMIUM.exists():
         pytest.fail(

@@ -13,7 +13,8 @@ from pipelines.simulate import SimConfig
 from tests.conftest import MNIST_PATH, free_port
 from tests.serving import register_models
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Retraining twice on 2 cores: more than the suite's 10-minute default per test when busy.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 # Small numbers so a run takes minutes: canaries judged on 100 labels at 50 % of traffic.
 LOOP_ENV = {
@@ -51,7 +52,7 @@ def stack(tmp_path_factory, mnist):
 
 
 def test_drift_is_found_and_a_canary_promoted(stack, tmp_path: Path):
-    config = SimConfig(windows_before=1, windows_after=4, window_size=300, settle_s=2.0)
+    config = SimConfig(windows_before=1, windows_after=3, window_size=300, settle_s=2.0)
     summary = run_simulation(stack.service_url, config, tmp_path, Console(stderr=True))
     assert summary.drift_detected
     assert summary.promoted_version is not None
@@ -62,7 +63,7 @@ def test_drift_is_found_and_a_canary_promoted(stack, tmp_path: Path):
 
 def test_a_bad_challenger_is_rolled_back(stack, tmp_path: Path):
     config = SimConfig(
-        windows_before=1, windows_after=1, window_size=300, settle_s=2.0, scenario="bad-model"
+        windows_before=1, windows_after=2, window_size=300, settle_s=2.0, scenario="bad-model"
     )
     summary = run_simulation(stack.service_url, config, tmp_path, Console(stderr=True))
     assert len(summary.rolled_back) == 1
