@@ -157,7 +157,7 @@ def _events(summary: dict[str, Any]) -> list[str]:
     if summary.get("challenger"):
         events.append(f"trained v{summary['challenger']}")
     outcome = summary.get("outcome", "")
-    if outcome.startswith(("canary", "promoted", "rolled back")):
+    if outcome.startswith(("canary", "promoted", "rolled back", "challenger")):
         events.append(outcome)
     return events
 
@@ -201,15 +201,11 @@ def plot_windows(results: list[WindowResult], path: Path) -> Path:
             label="drifted population",
         )
     for r in results:
-        for k, event in enumerate(r.events):
-            ax.annotate(
-                event,
-                (r.index, r.accuracy),
-                xytext=(4, -14 - 11 * k),
-                textcoords="offset points",
-                fontsize=7,
-                rotation=0,
-            )
+        marks = [e for e in r.events if "still being judged" not in e]
+        if marks:
+            ax.axvline(r.index, color="grey", linestyle=":", linewidth=0.8)
+            ax.text(r.index + 0.05, 0.03, "\n".join(marks), fontsize=7, rotation=90,
+                    va="bottom", ha="left")
     ax.set(xlabel="window", ylabel="accuracy", ylim=(0, 1.02), title="digitloop simulation")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
