@@ -17,6 +17,9 @@ def dev(
     ] = Path(".digitloop"),
     every: Annotated[float, typer.Option(min=0.5, help="Minutes between loop runs.")] = 10.0,
     workers: Annotated[int, typer.Option(min=1, help="Serving worker processes.")] = 2,
+    port: Annotated[int, typer.Option(help="Prediction service port.")] = 3000,
+    ui_port: Annotated[int, typer.Option(help="Sketchpad port.")] = 7860,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
     verbose: VerboseOption = False,
 ) -> None:
     """Run the embedded stack: MLflow, serving, sketchpad, loop scheduler (Ctrl-C stops)."""
@@ -26,7 +29,14 @@ def dev(
     from pipelines.loop_cli import new_run_id
     from pipelines.steps import LoopContext
 
-    with cli_errors(), EmbeddedStack(StackConfig(data_dir=data_dir, workers=workers)) as stack:
+    config = StackConfig(
+        data_dir=data_dir,
+        workers=workers,
+        serve_port=port,
+        ui_port=ui_port,
+        mlflow_port=mlflow_port,
+    )
+    with cli_errors(), EmbeddedStack(config) as stack:
         stderr.print(f"""
 [bold]digitloop is running[/]
   sketchpad   {stack.ui_url}
