@@ -12,19 +12,25 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
 
-class ModelSettings(BaseSettings):
+class DigitloopSettings(BaseSettings):
+    """Base of every component's settings that lives in the project data directory."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".digitloop"),
+        description="Project data directory: MNIST cache, embedded MLflow store, local store "
+        "and spool, generated secrets.",
+    )
+
+
+class ModelSettings(DigitloopSettings):
     """Where data, models and runs live.
 
     Every field reads ``DIGITLOOP_<FIELD>`` from the environment (or a ``.env`` file).
     Nothing here touches the disk: folders are made by whoever writes into them.
     """
 
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
-
-    data_dir: Path = Field(
-        default=Path(".digitloop"),
-        description="Project data directory: MNIST cache, the embedded MLflow store, artefacts.",
-    )
     mnist_path: Path | None = Field(
         default=None,
         description="An .npz with x_train/y_train/x_test/y_test; when set, nothing is downloaded.",

@@ -101,8 +101,7 @@ def check(
         from model.data import load_mnist
         from model.preprocess import preprocess_batch
         from model.registry import Registry
-        from pipelines.drift import DriftSettings, detect_drift
-        from pipelines.reference import load_or_build_reference, reference_path
+        from pipelines.drift import DriftSettings, detect_drift, model_reference
 
         settings = DriftSettings()
         x, _ = read_images(data)
@@ -113,14 +112,8 @@ def check(
             x = x[accepted]
         registry = Registry()
         net, info = registry.load(model)
-        path = reference_path(registry.settings.data_dir, info.name, info.version)
-        reference = load_or_build_reference(
-            net,
-            load_mnist(mnist).x_test,
-            path,
-            spec=settings.reference_spec(),
-            model_version=info.version,
-            model_run_id=info.run_id,
+        reference = model_reference(
+            net, info, load_mnist(mnist).x_test, registry.settings.data_dir, settings
         )
         result = detect_drift(net, x, reference, settings)
         written = {}

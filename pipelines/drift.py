@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from torch import nn
 
 from model.errors import DatasetError
+from model.registry import ModelVersionInfo
 from pipelines.features import CLASS_COLUMN, featurise
-from pipelines.reference import Reference, ReferenceSpec
+from pipelines.reference import (
+    Reference,
+    ReferenceSpec,
+    load_or_build_reference,
+    reference_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +197,24 @@ class DriftResult:
             "drift_report.html": self.report_html().encode(),
             "drift_report.json": self.report_json().encode(),
         }
+
+
+def model_reference(
+    net: nn.Module,
+    info: ModelVersionInfo,
+    mnist_test: np.ndarray,
+    data_dir: Path,
+    settings: DriftSettings,
+) -> Reference:
+    """The reference of a registered version: cached per version in ``data_dir``, built once."""
+    return load_or_build_reference(
+        net,
+        mnist_test,
+        reference_path(data_dir, info.name, info.version),
+        spec=settings.reference_spec(),
+        model_version=info.version,
+        model_run_id=info.run_id,
+    )
 
 
 def check_drift(

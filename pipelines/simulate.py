@@ -204,8 +204,15 @@ def plot_windows(results: list[WindowResult], path: Path) -> Path:
         marks = [e for e in r.events if "still being judged" not in e]
         if marks:
             ax.axvline(r.index, color="grey", linestyle=":", linewidth=0.8)
-            ax.text(r.index + 0.05, 0.03, "\n".join(marks), fontsize=7, rotation=90,
-                    va="bottom", ha="left")
+            ax.text(
+                r.index + 0.05,
+                0.03,
+                "\n".join(marks),
+                fontsize=7,
+                rotation=90,
+                va="bottom",
+                ha="left",
+            )
     ax.set(xlabel="window", ylabel="accuracy", ylim=(0, 1.02), title="digitloop simulation")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)

@@ -22,9 +22,8 @@ from model.registry import Registry
 from model.settings import CHALLENGER_ALIAS, ModelSettings
 from pipelines.collect import Window, collect
 from pipelines.decisions import ServingHealth, Tally, analyse, decide
-from pipelines.drift import DriftSettings, WindowTooSmallError, detect_drift
+from pipelines.drift import DriftSettings, WindowTooSmallError, detect_drift, model_reference
 from pipelines.quality import quality
-from pipelines.reference import ReferenceSpec, load_or_build_reference, reference_path
 from pipelines.retrain import feedback_cutoff, find_retrained, judge, retrain, split_holdout
 from pipelines.rollout import (
     Rollout,
@@ -54,6 +53,7 @@ class LoopContext:
     model: ModelSettings = field(default_factory=ModelSettings)
     store_settings: StoreSettings = field(default_factory=StoreSettings)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _windows: dict[tuple[str, str], Window] = field(default_factory=dict, repr=False)
 
     @cached_property
     def store(self) -> ObjectStore:
@@ -81,10 +81,14 @@ class LoopContext:
         return json.loads(self.store.get(key)) if self.store.exists(key) else None
 
     def window(self, outputs: Outputs) -> Window:
+        """The collected window, read from the store once per process and time range."""
         c = outputs["collect"]
-        return collect(
-            self.store, datetime.fromisoformat(c["since"]), datetime.fromisoformat(c["until"])
-        )
+        key = (c["since"], c["until"])
+        if key not in self._windows:
+            self._windows[key] = collect(
+                self.store, datetime.fromisoformat(c["since"]), datetime.fromisoformat(c["until"])
+            )
+        return self._windows[key]
 
 
 # -- steps ------------------------------------------------------------------------------
@@ -117,18 +121,7 @@ def step_drift(ctx: LoopContext, outputs: Outputs) -> dict[str, Any]:
     window = ctx.window(outputs)
     recent = window.predictions.tail(ctx.loop.drift_window)
     net, info = ctx.registry.load(outputs["collect"]["stable_version"])
-    reference = load_or_build_reference(
-        net,
-        ctx.mnist.x_test,
-        reference_path(ctx.model.data_dir, info.name, info.version),
-        ReferenceSpec(
-            ctx.drift.drift_reference_size,
-            ctx.drift.drift_reference_seed,
-            ctx.drift.drift_embedding_components,
-        ),
-        model_version=info.version,
-        model_run_id=info.run_id,
-    )
+    reference = model_reference(net, info, ctx.mnist.x_test, ctx.model.data_dir, ctx.drift)
     try:
         result = detect_drift(net, window.images(recent), reference, ctx.drift)
     except WindowTooSmallError as exc:

@@ -7,24 +7,21 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.settings import DigitloopSettings
 from services.ids import new_secret
 
 Track = Literal["stable", "canary"]
 TRACK_HEADER = "X-Digitloop-Track"
 
 
-class ServingSettings(BaseSettings):
+class ServingSettings(DigitloopSettings):
     """How the prediction service runs.
 
     Locally one process serves both tracks and splits the traffic itself; on the cluster
     each Deployment serves one track (``only_track``) and the Gateway splits the traffic.
     """
 
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
-
-    data_dir: Path = Field(default=Path(".digitloop"), description="Project data directory.")
     stable_model: str = Field(
         default="champion", description="Version number or alias the stable track serves."
     )

@@ -32,9 +32,9 @@ from xml.etree.ElementTree import ParseError
 
 import numpy as np
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import DigitloopError
+from model.settings import DigitloopSettings
 
 if TYPE_CHECKING:
     from services.prediction_log import (
@@ -110,19 +110,13 @@ class SpoolFull(StoreError):
 # --- settings -----------------------------------------------------------------------------
 
 
-class StoreSettings(BaseSettings):
+class StoreSettings(DigitloopSettings):
     """Where predictions and feedback go, read from ``DIGITLOOP_*`` environment variables.
 
     With ``s3_endpoint`` set the S3 backend (MinIO) is used, otherwise a local folder with
     the same layout, so ``make dev`` needs no object store.
     """
 
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
-
-    data_dir: Path = Field(
-        default=Path(".digitloop"),
-        description="Project data directory; the local store and the spools default into it.",
-    )
     s3_endpoint: str | None = Field(
         default=None,
         description="S3 endpoint as host:port (no scheme); when set, the S3 backend is used.",
