@@ -13,6 +13,7 @@ from digitloop import commands
 from model import cli as model_cli
 from pipelines import loop_cli
 from pipelines.cli import drift_app
+from pipelines.rollout_cli import rollout_app
 from pipelines.workflows.cli import workflow_app
 from services import cli as services_cli
 from services.bench.cli import bench
@@ -34,6 +35,7 @@ app.command(help=bench.__doc__)(bench)
 app.command(help=ui_cli.ui.__doc__)(ui_cli.ui)
 app.add_typer(drift_app, name="drift")
 app.add_typer(loop_cli.loop_app, name="loop")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(workflow_app, name="workflow")
 app.command(help=commands.dev.__doc__)(commands.dev)
 app.command(help=commands.simulate.__doc__)(commands.simulate)

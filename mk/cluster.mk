@@ -26,6 +26,11 @@ HELM_TIMEOUT ?= 20m
 # `make canary`: the model version of the canary and its share of traffic in percent.
 VERSION ?=
 WEIGHT ?= 20
+# How canary/promote/rollback change the release: `helm` (its values; serving.backend=gateway)
+# or `kserve` (the InferenceService through the kserve SDK; serving.backend=kserve).
+ROLLOUT ?= helm
+# MLflow as seen from this machine (through the gateway): the rollout moves its aliases too.
+MLFLOW_URL ?= http://localhost:8082
 # `make logs`: the app.kubernetes.io/component to show (serving-stable, serving-canary, ui,
 # mlflow, minio, bootstrap, loop).
 COMPONENT ?= serving-stable
@@ -182,8 +187,11 @@ down: $(KIND) ## Delete the kind cluster and everything in it.
 	$(KIND) delete cluster --name $(CLUSTER_NAME)
 
 .PHONY: status
-status: tools ## Show pods, the model version of each track, the canary weight and the last runs.
-	scripts/cluster-status.sh $(KUBECTL_BIN) $(HELM_BIN) $(ARGO_BIN) $(NAMESPACE) $(RELEASE) $(CONTEXT)
+status: install tools ## Show pods, the model version of each track, the canary weight and the last runs.
+	scripts/cluster-status.sh $(KUBECTL_BIN) $(ARGO_BIN) $(NAMESPACE) $(CONTEXT)
+	@echo
+	@echo "== serving ($(ROLLOUT))"
+	$(ROLLOUT_ENV) $(BIN)/digitloop rollout status
 
 .PHONY: argo-ui
 argo-ui: $(KUBECTL_BIN) ## Open Argo's UI: http://localhost:8083, or a port-forward to :2746.
@@ -191,27 +199,33 @@ argo-ui: $(KUBECTL_BIN) ## Open Argo's UI: http://localhost:8083, or a port-forw
 	@echo "forwarding http://localhost:2746 as well (Ctrl-C to stop)"
 	$(KUBECTL) -n argo port-forward svc/argo-workflows-server 2746:2746
 
+# canary/promote/rollback run `digitloop rollout`: the pipeline's own drivers and moves.
+ROLLOUT_ENV = DIGITLOOP_ROLLOUT=$(ROLLOUT) DIGITLOOP_HELM_BINARY=$(HELM_BIN) \
+  DIGITLOOP_HELM_RELEASE=$(RELEASE) DIGITLOOP_HELM_CHART=charts/digitloop \
+  DIGITLOOP_NAMESPACE=$(NAMESPACE) DIGITLOOP_KUBE_CONTEXT=$(CONTEXT) \
+  DIGITLOOP_MLFLOW_TRACKING_URI=$(MLFLOW_URL)
+
+# Only the helm driver needs the helm CLI.
+ROLLOUT_TOOLS = $(if $(filter helm,$(ROLLOUT)),$(HELM_BIN))
+
+# Checked before anything is fetched or built.
+ifneq ($(filter canary,$(MAKECMDGOALS)),)
+ifeq ($(VERSION),)
+$(error give the model version: make canary VERSION=4 WEIGHT=20)
+endif
+endif
+
 .PHONY: canary
-canary: ## Run model VERSION as a canary with WEIGHT percent of the traffic (Helm values).
-	@test -n "$(VERSION)" || { echo "error: give the model version: make canary VERSION=4 WEIGHT=20" >&2; exit 2; }
-	@$(MAKE) --no-print-directory $(HELM_BIN)
-	$(HELM) upgrade $(RELEASE) charts/digitloop -n $(NAMESPACE) --reuse-values \
-	  --set serving.canary.enabled=true --set-string serving.canary.modelVersion=$(VERSION) \
-	  --set serving.canary.weight=$(WEIGHT) --wait --timeout 10m
+canary: install $(ROLLOUT_TOOLS) ## Run model VERSION as a canary with WEIGHT percent of the traffic.
+	$(ROLLOUT_ENV) $(BIN)/digitloop rollout canary $(VERSION) --weight $(WEIGHT)
 
 .PHONY: promote
-promote: $(HELM_BIN) ## Make the canary's version stable and end the canary.
-	version=$$($(HELM) get values $(RELEASE) -n $(NAMESPACE) --all -o json \
-	  | python3 -c 'import json, sys; c = json.load(sys.stdin)["serving"]["canary"]; print(c["modelVersion"] if c.get("enabled") else "")'); \
-	test -n "$$version" || { echo "error: no canary to promote (make status)" >&2; exit 2; }; \
-	$(HELM) upgrade $(RELEASE) charts/digitloop -n $(NAMESPACE) --reuse-values \
-	  --set-string serving.stable.modelVersion=$$version \
-	  --set serving.canary.enabled=false --set serving.canary.weight=0 --wait --timeout 10m
+promote: install $(ROLLOUT_TOOLS) ## Make the canary's version stable and end the canary.
+	$(ROLLOUT_ENV) $(BIN)/digitloop rollout promote
 
 .PHONY: rollback
-rollback: $(HELM_BIN) ## End the canary; stable keeps its version.
-	$(HELM) upgrade $(RELEASE) charts/digitloop -n $(NAMESPACE) --reuse-values \
-	  --set serving.canary.enabled=false --set serving.canary.weight=0 --wait --timeout 10m
+rollback: install $(ROLLOUT_TOOLS) ## End the canary; stable keeps its version.
+	$(ROLLOUT_ENV) $(BIN)/digitloop rollout rollback
 
 .PHONY: loop
 loop: $(ARGO_BIN) ## Submit a run of the loop now and follow it.

@@ -2,7 +2,8 @@
 
 On the cluster the truth is the Helm release's values (``serving.stable.modelVersion``,
 ``serving.canary.{enabled,modelVersion,weight}``), so the pipeline and a person running
-``helm upgrade`` never fight; locally it is the embedded service's ``/admin/reload``.
+``helm upgrade`` never fight; with the KServe backend it is the InferenceService
+(:mod:`pipelines.rollout_kserve`); locally it is the embedded service's ``/admin/reload``.
 MLflow aliases follow: ``challenger`` is the canary, ``champion`` what stable serves.
 """
 
@@ -14,13 +15,14 @@ from typing import Protocol
 
 import httpx
 
+from model.errors import DigitloopError
 from model.registry import Registry
 from model.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from pipelines.settings import LoopSettings
 from services.state import RoutingState
 
 
-class RolloutError(RuntimeError):
+class RolloutError(DigitloopError, RuntimeError):
     """The serving side refused or could not be reached."""
 
 
@@ -107,7 +109,21 @@ class HelmRollout:
 
     def _helm(self, *args: str) -> str:
         command = [self.settings.helm_binary, *args, "--namespace", self.settings.namespace]
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+        if self.settings.kubeconfig:
+            command += ["--kubeconfig", self.settings.kubeconfig]
+        if self.settings.kube_context:
+            command += ["--kube-context", self.settings.kube_context]
+        # helm's own --timeout bounds the wait; this only catches a helm that hangs.
+        timeout = self.settings.rollout_timeout + 120
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False, timeout=timeout
+            )
+        except FileNotFoundError:
+            raise RolloutError(
+                f"{self.settings.helm_binary!r} not found: install helm or set "
+                "DIGITLOOP_HELM_BINARY (make tools puts a pinned one in ./bin)"
+            ) from None
         if result.returncode != 0:
             raise RolloutError(f"{' '.join(command)} failed: {result.stderr.strip()}")
         return result.stdout
@@ -145,7 +161,7 @@ def helm_upgrade_args(settings: LoopSettings, state: RoutingState) -> list[str]:
         "--reuse-values",
         "--wait",
         "--timeout",
-        "5m",
+        f"{settings.rollout_timeout}s",
     ]
     for item in sets:
         args += ["--set-string" if "modelVersion" in item else "--set", item]
@@ -155,5 +171,15 @@ def helm_upgrade_args(settings: LoopSettings, state: RoutingState) -> list[str]:
 def make_rollout(settings: LoopSettings) -> Rollout:
     if settings.rollout == "helm":
         return HelmRollout(settings)
+    if settings.rollout == "kserve":
+        from pipelines.rollout_kserve import KServeRollout
+
+        return KServeRollout.connect(
+            settings.inference_service,
+            settings.namespace,
+            kubeconfig=settings.kubeconfig,
+            context=settings.kube_context,
+            timeout=settings.rollout_timeout,
+        )
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     return ServiceRollout(settings.service_url, token)

@@ -84,10 +84,10 @@ class LoopSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
 
-    rollout: Literal["service", "helm"] = Field(
+    rollout: Literal["service", "helm", "kserve"] = Field(
         default="service",
-        description="How versions are rolled out: the embedded service's "
-        "/admin/reload, or `helm upgrade` of the release on the cluster.",
+        description="How versions are rolled out: the embedded service's /admin/reload, "
+        "`helm upgrade` of the release, or the KServe InferenceService through its SDK.",
     )
     service_url: str = Field(
         default="http://127.0.0.1:3000", description="The prediction service (rollout=service)."
@@ -99,6 +99,21 @@ class LoopSettings(BaseSettings):
     helm_chart: str = Field(default="charts/digitloop", description="Chart to upgrade with.")
     namespace: str = Field(default="digitloop", description="Kubernetes namespace of the release.")
     helm_binary: str = Field(default="helm", description="The helm executable.")
+    inference_service: str = Field(
+        default="digitloop-serving", description="The InferenceService (rollout=kserve)."
+    )
+    kubeconfig: str | None = Field(
+        default=None,
+        description="kubeconfig file for helm and KServe outside a pod; empty: "
+        "$KUBECONFIG or ~/.kube/config.",
+    )
+    kube_context: str | None = Field(
+        default=None,
+        description="kubeconfig context for helm and KServe outside a pod; empty: the current one.",
+    )
+    rollout_timeout: int = Field(
+        default=600, ge=10, description="Seconds a rollout may take to become ready."
+    )
     prometheus_url: str | None = Field(
         default=None, description="Prometheus, for canary error rate and p95 latency."
     )

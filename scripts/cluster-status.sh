@@ -1,25 +1,12 @@
 #!/usr/bin/env bash
-# What runs where: pods, the model version of each track, the canary weight, the last runs.
-#   scripts/cluster-status.sh KUBECTL HELM ARGO NAMESPACE RELEASE CONTEXT
+# What runs where: pods and the last workflow runs (`make status` adds the model version of
+# each track and the canary weight, from `digitloop rollout status`).
+#   scripts/cluster-status.sh KUBECTL ARGO NAMESPACE CONTEXT
 set -euo pipefail
-kubectl=$1 helm=$2 argo=$3 namespace=$4 release=$5 context=$6
+kubectl=$1 argo=$2 namespace=$3 context=$4
 
 echo "== pods ($namespace)"
 "$kubectl" --context "$context" -n "$namespace" get pods -o wide
-
-echo
-echo "== serving (helm values of release $release)"
-"$helm" --kube-context "$context" -n "$namespace" get values "$release" --all -o json | python3 -c '
-import json, sys
-serving = json.load(sys.stdin)["serving"]
-canary = serving["canary"]
-print(f"  backend: {serving[\"backend\"]}")
-print(f"  stable:  model {serving[\"stable\"][\"modelVersion\"]}, {serving[\"stable\"][\"replicas\"]} replica(s)")
-if canary.get("enabled"):
-    print(f"  canary:  model {canary[\"modelVersion\"]}, weight {canary[\"weight\"]} %")
-else:
-    print("  canary:  off")
-'
 
 echo
 echo "== last workflow runs"

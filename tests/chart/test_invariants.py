@@ -351,6 +351,23 @@ def test_the_workflow_role_is_namespaced_and_narrow() -> None:
     assert not any(o["kind"].startswith("Cluster") for _, o in render_scenario("default"))
 
 
+def test_with_kserve_the_workflow_may_only_read_and_patch_its_inference_service() -> None:
+    objs = render_scenario("kserve")
+    (role,) = [o for _, o in objs if o["kind"] == "Role"]
+    assert role["rules"][1:] == [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "resourceNames": ["digitloop-serving"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    (isvc,) = [o for _, o in objs if o["kind"] == "InferenceService"]
+    config = next(o for _, o in objs if o["metadata"]["name"] == "digitloop-config")["data"]
+    assert config["DIGITLOOP_ROLLOUT"] == "kserve"
+    assert config["DIGITLOOP_INFERENCE_SERVICE"] == isvc["metadata"]["name"]
+
+
 def test_network_policies_deny_by_default() -> None:
     policies = {
         o["metadata"]["name"]: o
