@@ -42,8 +42,10 @@ KIND_VERSION ?= v0.33.0
 KUBECTL_VERSION ?= v1.36.4
 HELM_VERSION ?= v4.3.0
 ARGO_VERSION ?= v4.0.6
-# Gateway API CRDs (standard channel) the Traefik chart below is written for.
+# Gateway API CRDs (standard channel) the Traefik chart below is written for, fetched by
+# kustomize at the commit of that tag: a tag can be moved, a commit names one tree.
 GATEWAY_API_VERSION ?= v1.5.1
+GATEWAY_API_COMMIT ?= e7677b70ae75d14a4448fba94870e7deea6cf0ad
 # Platform charts: Traefik (Gateway API), Argo Workflows, Prometheus, Grafana.
 TRAEFIK_CHART_VERSION ?= 41.3.0
 ARGO_WORKFLOWS_CHART_VERSION ?= 1.0.18
@@ -129,8 +131,9 @@ cluster: $(KIND) $(KUBECTL_BIN) ## Create the kind cluster (safe to re-run: an e
 
 .PHONY: platform
 platform: $(KUBECTL_BIN) $(HELM_BIN) ## Install Gateway API CRDs, Traefik, Argo Workflows, Prometheus and Grafana (pinned).
+	@echo "Gateway API $(GATEWAY_API_VERSION) CRDs (commit $(GATEWAY_API_COMMIT))"
 	$(KUBECTL) apply --server-side --force-conflicts \
-	  -f https://github.com/kubernetes-sigs/gateway-api/releases/download/$(GATEWAY_API_VERSION)/standard-install.yaml
+	  -k "github.com/kubernetes-sigs/gateway-api/config/crd?ref=$(GATEWAY_API_COMMIT)"
 	$(HELM) upgrade --install traefik traefik --repo https://traefik.github.io/charts \
 	  --version $(TRAEFIK_CHART_VERSION) -n traefik --create-namespace \
 	  -f charts/platform/traefik.values.yaml --wait --timeout 10m

@@ -12,7 +12,8 @@ fail() {
   failed=1
 }
 
-for tool in docker curl tar; do
+# git: kustomize fetches the Gateway API CRDs at a pinned commit with it.
+for tool in docker curl tar git; do
   command -v "$tool" >/dev/null || fail "$tool is not installed; install it and run make up again"
 done
 

@@ -40,7 +40,7 @@ def test_make_n_up_shows_the_steps_in_order() -> None:
         "scripts/install-tool.sh helm",
         "scripts/install-tool.sh argo",
         "create cluster --name digitloop --config kind-config.yaml",
-        "gateway-api/releases/download/v1.5.1/standard-install.yaml",
+        "gateway-api/config/crd?ref=e7677b70ae75d14a4448fba94870e7deea6cf0ad",
         "upgrade --install traefik",
         "upgrade --install argo-workflows",
         "upgrade --install prometheus",
@@ -222,3 +222,15 @@ def test_shell_scripts_pass_shellcheck() -> None:
         ["shellcheck", "-x", *scripts], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_the_installed_gateway_api_is_the_one_routes_are_validated_against() -> None:
+    """make up installs the CRDs at one commit; the HTTPRoute schema the chart tests use is
+    the same commit's (tests/chart/schemas/SOURCES.md)."""
+    text = CLUSTER_MK.read_text()
+    commit = re.search(r"^GATEWAY_API_COMMIT \?= ([0-9a-f]{40})$", text, re.M)
+    version = re.search(r"^GATEWAY_API_VERSION \?= (\S+)$", text, re.M)
+    assert commit and version
+    sources = (ROOT / "tests" / "chart" / "schemas" / "SOURCES.md").read_text()
+    (row,) = [line for line in sources.splitlines() if line.startswith("| `httproute-")]
+    assert f"gateway-api @ {commit[1]} (tag {version[1]})" in row
