@@ -130,56 +130,6 @@ def test_the_kind_node_is_pinned_by_digest() -> None:
     assert re.fullmatch(r"kindest/node:v1\.36\.\d+@sha256:[0-9a-f]{64}", kind["nodes"][0]["image"])
 
 
-def _resources(node: object) -> list[dict]:
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "resources" and isinstance(value, dict) and "requests" in value:
-                found.append(value)
-            else:
-                found.extend(_resources(value))
-    elif isinstance(node, list):
-        for item in node:
-            found.extend(_resources(item))
-    return found
-
-
-def _cpu(value: object) -> float:
-    text = str(value)
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
-
-
-def _mem(value: object) -> float:
-    text = str(value)
-    return (
-        float(text[:-2]) * (1024 if text.endswith("Gi") else 1) if text[-2:] in ("Gi", "Mi") else 0
-    )
-
-
-def test_platform_containers_have_requests_and_limits_within_budget() -> None:
-    """Requests of the platform (values files) + kind's own pods + the digitloop chart's peak
-    fit in 4 CPU and 8 GiB (the README's footprint table)."""
-    cpu = mem = 0.0
-    for path in sorted(PLATFORM.glob("*.values.yaml")):
-        blocks = _resources(yaml.safe_load(path.read_text()))
-        assert blocks, path.name
-        for block in blocks:
-            assert set(block["requests"]) == {"cpu", "memory"}, path.name
-            assert set(block["limits"]) == {"cpu", "memory"}, path.name
-            cpu += _cpu(block["requests"]["cpu"])
-            mem += _mem(block["requests"]["memory"])
-    # kind's node: kube-apiserver 250m, controller-manager 200m, scheduler 100m, etcd 100m/100Mi,
-    # two CoreDNS 100m/70Mi each, kindnet 100m/50Mi (the kubeadm and kind manifests' requests).
-    kind_cpu, kind_mem = 0.95, 290
-    from tests.chart.test_invariants import footprint
-
-    chart_cpu, chart_mem = footprint("canary-20")
-    total_cpu = cpu + kind_cpu + chart_cpu
-    total_mem = mem + kind_mem + chart_mem / 2**20
-    assert total_cpu <= 4.0, total_cpu
-    assert total_mem <= 8 * 1024, total_mem
-
-
 def test_platform_charts_and_images_are_pinned() -> None:
     text = CLUSTER_MK.read_text()
     for name in (
