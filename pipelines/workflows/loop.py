@@ -21,9 +21,12 @@ from hera.workflows import (
     DAG,
     ConfigMapEnvFrom,
     Container,
+    Counter,
     CronWorkflow,
     EmptyDirVolume,
     Env,
+    Gauge,
+    Label,
     Parameter,
     Resources,
     RetryStrategy,
@@ -124,13 +127,27 @@ class Step:
     outputs: dict[str, str] = field(default_factory=dict)  # key -> default if no file
     resources: Resources = field(default_factory=lambda: SMALL)
     deadline: int = 900  # seconds per attempt; helm upgrade --wait alone may take 5 min
+    # Argo's controller emits these from the outputs when the step ends (prefixed
+    # `argo_workflows_`); the step pods live too briefly to be scraped themselves.
+    metrics: tuple[Gauge | Counter, ...] = ()
 
 
 # Every output a `when` reads defaults to "false": a missing file means "do nothing".
 DAG_STEPS: dict[str, Step] = {
     "collect": Step(outputs={"canary_active": "false", "stable_version": "", "canary_version": ""}),
     "quality": Step(),
-    "drift": Step(outputs={"drift_detected": "false", "drift_score": ""}),
+    "drift": Step(
+        outputs={"drift_detected": "false", "drift_score": ""},
+        metrics=(
+            Gauge(
+                name="digitloop_drift_score",
+                help="Share of drifted features in the window of the loop's last drift check.",
+                value="{{outputs.parameters.drift_score}}",
+                when="{{status}} == Succeeded",
+                realtime=False,
+            ),
+        ),
+    ),
     "decide": Step(outputs={"retrain": "false"}),
     "retrain": Step(
         outputs={"gate_passed": "false", "challenger": "", "mnist_test_accuracy": ""},
@@ -138,7 +155,18 @@ DAG_STEPS: dict[str, Step] = {
         deadline=1800,
     ),
     "canary": Step(outputs={"canary": "", "weight": ""}),
-    "analyse": Step(outputs={"action": ""}),
+    "analyse": Step(
+        outputs={"action": ""},
+        metrics=(
+            Counter(
+                name="digitloop_canary_decisions",
+                help="Canary analyses by their outcome: promote, rollback or wait.",
+                labels=[Label(key="action", value="{{outputs.parameters.action}}")],
+                value="1",
+                when="{{status}} == Succeeded",
+            ),
+        ),
+    ),
 }
 FINISH = Step(outputs={"outcome": ""})  # the exit handler: summary, MLflow, webhook
 
@@ -182,6 +210,7 @@ def _container(name: str, step: Step, settings: WorkflowSettings) -> Container:
         ]
         or None,
         resources=step.resources,
+        metrics=list(step.metrics) or None,
         retry_strategy=RETRY,
         active_deadline_seconds=step.deadline,
         security_context=LOCKED_DOWN,

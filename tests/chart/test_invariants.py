@@ -260,9 +260,27 @@ def test_the_dashboard_queries_the_service_metrics() -> None:
         "digitloop_corrections_total",
         "digitloop_feedback_total",
         "digitloop_model_info",
+        # the loop's, emitted by Argo's controller (pipelines/workflows/loop.py)
+        "argo_workflows_digitloop_drift_score",
+        "argo_workflows_digitloop_canary_decisions",
     ):
         assert metric in text
     assert "{{model_version}}" in text  # Grafana's templates were not eaten by Helm
+    assert "{{action}}" in text
+
+
+def test_the_drift_panel_marks_the_loop_s_threshold() -> None:
+    import json
+
+    from pipelines.drift import DriftSettings
+
+    dashboard = next(
+        o for _, o in render_scenario("default") if o["metadata"]["name"] == "digitloop-dashboard"
+    )
+    panels = json.loads(dashboard["data"]["digitloop-serving.json"])["panels"]
+    (drift,) = [p for p in panels if "digitloop_drift_score" in json.dumps(p["targets"])]
+    steps = drift["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1]["value"] == DriftSettings.model_fields["drift_threshold"].default
 
 
 def test_the_workflow_files_are_the_generated_manifests() -> None:

@@ -450,6 +450,24 @@ def test_the_kind_port_mappings_reach_the_rendered_gateway_ports() -> None:
         assert listener_ports[name] == container_ports[name], name
 
 
+def test_prometheus_scrapes_the_metrics_argo_emits_for_the_loop() -> None:
+    """The loop's drift score and canary decisions are Argo custom metrics: the controller
+    must serve metrics (plain HTTP) and Prometheus must scrape its metrics Service."""
+    (config,) = by_kind("argo-workflows", "ConfigMap").values()
+    metrics = yaml.safe_load(config["data"]["config"])["metricsConfig"]
+    assert metrics["enabled"] is True and metrics["secure"] is False
+    service = by_kind("argo-workflows", "Service")["argo-workflows-workflow-controller"]
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "metrics"]
+    assert port["targetPort"] == metrics["port"]
+    scrape = yaml.safe_load(
+        by_kind("prometheus", "ConfigMap")["prometheus-server"]["data"]["prometheus.yml"]
+    )
+    (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "argo-workflows"]
+    namespace = service["metadata"].get("namespace", RELEASES["argo-workflows"].namespace)
+    target = f"{service['metadata']['name']}.{namespace}.svc:{port['port']}"
+    assert job["static_configs"] == [{"targets": [target]}]
+
+
 def test_grafana_and_the_loop_query_the_rendered_prometheus_and_dashboards_are_found() -> None:
     service = by_kind("prometheus", "Service")["prometheus-server"]
     url = f"http://prometheus-server.{service['metadata']['namespace']}.svc.cluster.local"

@@ -361,3 +361,19 @@ def test_render_command_writes_and_check_catches_a_stale_file(tmp_path, monkeypa
     cron.write_text(cron.read_text().replace("Forbid", "Allow"))
     result = runner.invoke(workflow_app, [*check, "--json"])
     assert result.exit_code == 1 and '"stale": ["cron-workflow.yaml"]' in result.stdout
+
+
+def test_every_step_metric_reads_an_output_the_step_declares() -> None:
+    """A metric on an output the step does not write would be emitted from an empty string."""
+    import re
+
+    from pipelines.workflows.loop import DAG_STEPS
+
+    with_metrics = {name: step for name, step in DAG_STEPS.items() if step.metrics}
+    assert set(with_metrics) == {"drift", "analyse"}
+    for name, step in with_metrics.items():
+        for metric in step.metrics:
+            assert metric.name.startswith("digitloop_")
+            text = str(vars(metric))
+            for output in re.findall(r"outputs\.parameters\.(\w+)", text):
+                assert output in step.outputs, (name, output)
