@@ -386,6 +386,28 @@ def test_with_kserve_the_workflow_may_only_read_and_patch_its_inference_service(
     assert config["DIGITLOOP_INFERENCE_SERVICE"] == isvc["metadata"]["name"]
 
 
+def test_with_kserve_knative_may_reach_the_predictor_s_queue_proxy() -> None:
+    def serving_policy(scenario: str) -> dict:
+        return next(
+            o
+            for _, o in render_scenario(scenario)
+            if o["metadata"]["name"] == "digitloop-netpol-serving"
+        )
+
+    rules = serving_policy("kserve")["spec"]["ingress"]
+    knative = [r for r in rules if {"port": 8012, "protocol": "TCP"} in r["ports"]]
+    assert len(knative) == 1
+    sources = {
+        f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for f in knative[0]["from"]
+    }
+    assert sources == {"knative-serving", "kourier-system"}
+    gateway_ports = {
+        p["port"] for r in serving_policy("default")["spec"]["ingress"] for p in r["ports"]
+    }
+    assert gateway_ports == {3000}
+
+
 def test_network_policies_deny_by_default() -> None:
     policies = {
         o["metadata"]["name"]: o
