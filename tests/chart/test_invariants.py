@@ -43,11 +43,13 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 def test_every_container_is_locked_down(scenario: str) -> None:
     for _, label, spec, _ in all_pods(scenario):
         pod = spec.get("securityContext", {})
-        assert pod.get("runAsNonRoot") is True, label
-        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", label
         for container in containers(spec):
             context = container.get("securityContext", {})
             where = f"{label}/{container.get('name', 'main')}"
+            # set on the pod or on the container (KServe's predictor: Knative takes no pod one)
+            assert context.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, where
+            seccomp = context.get("seccompProfile", pod.get("seccompProfile", {}))
+            assert seccomp.get("type") == "RuntimeDefault", where
             assert context.get("allowPrivilegeEscalation") is False, where
             assert context.get("readOnlyRootFilesystem") is True, where
             assert context.get("capabilities", {}).get("drop") == ["ALL"], where
@@ -203,6 +205,39 @@ def test_kserve_backend_uses_canary_traffic_percent() -> None:
     )
     isvc = next(o for _, o in render_scenario("kserve") if o["kind"] == "InferenceService")
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
+
+
+# What Knative (KServe's Serverless mode) accepts in a pod spec with its default features
+# (knative/serving pkg/apis/serving/fieldmask.go, PodSpecMask; emptyDir volumes are on by
+# default), and the fields KServe's ComponentExtensionSpec adds to a predictor.
+KNATIVE_POD_FIELDS = {
+    "serviceAccountName",
+    "containers",
+    "volumes",
+    "imagePullSecrets",
+    "enableServiceLinks",
+    "automountServiceAccountToken",
+}
+KSERVE_COMPONENT_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "labels",
+    "annotations",
+}
+
+
+@pytest.mark.parametrize("scenario", ["kserve"])
+def test_the_predictor_uses_only_what_knative_accepts_by_default(scenario: str) -> None:
+    (isvc,) = [o for _, o in render_scenario(scenario) if o["kind"] == "InferenceService"]
+    predictor = isvc["spec"]["predictor"]
+    assert set(predictor) - KSERVE_COMPONENT_FIELDS <= KNATIVE_POD_FIELDS
+    assert predictor["automountServiceAccountToken"] is False  # Knative allows only false
+    assert all("emptyDir" in volume for volume in predictor.get("volumes", []))
 
 
 def test_external_s3_drops_minio() -> None:
