@@ -191,8 +191,9 @@ seccompProfile:
 {{- end }}
 
 {{/*
-digitloop.servingEnv: the environment of a serving container for (dict "root" $ "track" T).
-On the gateway backend each pod serves one track; secrets come from Secrets only.
+digitloop.servingEnv: the environment of a serving container for (dict "root" $ "track" T),
+with "knative" true for KServe's predictor. Each pod serves one track; secrets come from
+Secrets only.
 */}}
 {{- define "digitloop.servingEnv" -}}
 {{- $root := .root }}
@@ -214,10 +215,13 @@ On the gateway backend each pod serves one track; secrets come from Secrets only
   value: /tmp
 - name: BENTOML_HOME
   value: /tmp/bentoml
+{{- if not .knative }}
+{{- /* Knative refuses fieldRef by default; there the host name, the default, is the pod's. */}}
 - name: DIGITLOOP_POD_NAME
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- end }}
 - name: DIGITLOOP_MLFLOW_TRACKING_URI
   value: {{ include "digitloop.trackingUri" $root | quote }}
 - name: DIGITLOOP_S3_ENDPOINT
