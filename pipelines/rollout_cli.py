@@ -35,7 +35,7 @@ def _change(
 ) -> None:
     """Apply ``move`` to what serves now, through the configured driver, and show the result."""
     setup_logging(verbose)
-    from pipelines.rollout import make_rollout, sync_aliases
+    from pipelines.rollout import make_rollout
     from pipelines.settings import LoopSettings
 
     with cli_errors():
@@ -47,10 +47,25 @@ def _change(
             stderr.print(f"{settings.rollout}: {describe(before)} -> {describe(after)}")
             rollout.apply(after)
         if aliases:
-            from model.registry import Registry
-
-            sync_aliases(Registry(), after)
+            _move_aliases(after)
     emit(as_dict(after), as_json, table(after))
+
+
+def _move_aliases(state: RoutingState) -> None:
+    """MLflow's aliases after the rollout: a failure here must say the rollout itself held."""
+    from mlflow.exceptions import MlflowException
+
+    from model.errors import DigitloopError
+    from model.registry import Registry
+    from pipelines.rollout import RolloutError, sync_aliases
+
+    try:
+        sync_aliases(Registry(), state)
+    except (MlflowException, DigitloopError, OSError) as exc:
+        raise RolloutError(
+            f"now serving {describe(state)}, but MLflow's aliases were not moved: {exc} "
+            "(check DIGITLOOP_MLFLOW_TRACKING_URI, then run the same command again)"
+        ) from exc
 
 
 def describe(state: RoutingState) -> str:

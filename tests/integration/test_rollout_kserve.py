@@ -160,3 +160,27 @@ def test_the_rollout_command_drives_kserve_and_moves_the_aliases(
     )
     assert refused.returncode == 2
     assert "no canary to promote" in refused.stderr
+
+
+def test_when_mlflow_is_down_the_command_says_the_rollout_held(stub: KubeStub) -> None:
+    from tests.serving import VENV_BIN, clean_env
+
+    env = clean_env(
+        DIGITLOOP_ROLLOUT="kserve",
+        DIGITLOOP_NAMESPACE=NAMESPACE,
+        DIGITLOOP_KUBECONFIG=str(stub.kubeconfig_path),
+        DIGITLOOP_MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # nothing listens on discard
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+    )
+    done = subprocess.run(
+        [str(VENV_BIN / "digitloop"), "rollout", "canary", "4", "--weight", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "now serving stable 3, canary 4 at 20 %, but MLflow's aliases were not moved" in (
+        " ".join(done.stderr.split())
+    )
+    assert len(stub.patches) == 1
