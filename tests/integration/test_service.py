@@ -278,6 +278,58 @@ def test_reload_canary_split_and_pin(service: Service, pngs, mnist):
     )
 
 
+def test_the_rollout_command_drives_the_service(service: Service):
+    """`digitloop rollout` (what `make canary` runs) through /admin/reload, aliases in MLflow."""
+    import subprocess
+
+    from model.registry import Registry
+    from model.settings import CHALLENGER_ALIAS, ModelSettings
+    from tests.serving import ADMIN_TOKEN, VENV_BIN, clean_env
+
+    env = clean_env(
+        DIGITLOOP_ROLLOUT="service",
+        DIGITLOOP_SERVICE_URL=service.url,
+        DIGITLOOP_ADMIN_TOKEN=ADMIN_TOKEN,
+        DIGITLOOP_MLFLOW_TRACKING_URI=service.env["DIGITLOOP_MLFLOW_TRACKING_URI"],
+        DIGITLOOP_REGISTERED_MODEL=service.env["DIGITLOOP_REGISTERED_MODEL"],
+        DIGITLOOP_DATA_DIR=service.env["DIGITLOOP_DATA_DIR"],
+    )
+
+    def rollout(*args: str) -> dict:
+        done = subprocess.run(
+            [str(VENV_BIN / "digitloop"), "rollout", *args, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    stable = rollout("status")["stable_model"]
+    other = "1" if stable == "2" else "2"
+    assert rollout("canary", other, "--weight", "30") == {
+        "stable_model": stable,
+        "canary_model": other,
+        "canary_weight": 30,
+    }
+    model = httpx.get(f"{service.url}/model", timeout=30).json()
+    assert (model["tracks"]["canary"]["model_version"], model["canary_weight"]) == (other, 30)
+    registry = Registry(
+        ModelSettings(
+            data_dir=Path(env["DIGITLOOP_DATA_DIR"]),
+            mlflow_tracking_uri=env["DIGITLOOP_MLFLOW_TRACKING_URI"],
+            registered_model=env["DIGITLOOP_REGISTERED_MODEL"],
+        )
+    )
+    assert registry.get(CHALLENGER_ALIAS).version == other
+    assert rollout("rollback") == {"stable_model": stable, "canary_model": None, "canary_weight": 0}
+    wait_for(
+        lambda: _model_on_every_worker(service, lambda m: "canary" not in m["tracks"]),
+        what="every worker to drop the canary",
+    )
+
+
 def test_metrics_count_predictions_and_corrections(service: Service, pngs):
     with service.client() as client:
         predicted = client.post(
