@@ -1,7 +1,8 @@
 """Render the digitloop chart offline through helm-python-sdk (Helm's Go library, no binary).
 
 Helpers shared by the chart tests: render a scenario into Kubernetes objects, find the pod
-specs in them, and validate custom resources against the CRD schemas vendored in schemas/.
+specs in them, count their resource requests, and validate custom resources against the CRD
+schemas vendored in schemas/.
 """
 
 from __future__ import annotations
@@ -122,3 +123,64 @@ def _openapi_to_jsonschema(node: Any) -> Any:
     ):
         out["additionalProperties"] = False
     return out
+
+
+# -- Quantities and pods -------------------------------------------------------------------
+
+_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "m": 10**-3,
+}  # fmt: skip
+
+
+def quantity(value: str | float) -> float:
+    """A Kubernetes quantity (CPU cores or bytes) as a number."""
+    text = str(value)
+    for suffix, factor in _SUFFIXES.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def requests(container: dict[str, Any]) -> tuple[float, float]:
+    asked = container["resources"]["requests"]
+    return quantity(asked["cpu"]), quantity(asked["memory"])
+
+
+def pod_requests(spec: dict[str, Any]) -> tuple[float, float]:
+    """A pod's effective requests, as the scheduler counts them: its containers and sidecars
+    (init containers that keep running) together, or its largest init container if more."""
+    inits = spec.get("initContainers", [])
+    sidecars = [requests(c) for c in inits if c.get("restartPolicy") == "Always"]
+    others = [requests(c) for c in inits if c.get("restartPolicy") != "Always"]
+    running = [requests(c) for c in spec["containers"]] + sidecars
+    return tuple(  # type: ignore[return-value]
+        max(
+            sum(r[i] for r in running),
+            max((o[i] + sum(s[i] for s in sidecars) for o in others), default=0.0),
+        )
+        for i in (0, 1)
+    )
+
+
+# Pods that run all the time (so they must be probed); jobs, hooks and workflow steps
+# run to completion.
+SERVER_KINDS = ("Deployment", "InferenceService")
+
+
+@cache
+def footprint(scenario: str) -> tuple[float, float]:
+    """Requests of what runs at once: every Deployment's pods, plus the largest of the jobs,
+    hooks and workflow steps (they run one at a time; the test pod only on `helm test`)."""
+    standing = [0.0, 0.0]
+    transient = [(0.0, 0.0)]
+    for _, obj in render_scenario(scenario):
+        for _label, spec, replicas in pod_specs(obj):
+            cpu, mem = pod_requests(spec)
+            if obj["kind"] in SERVER_KINDS:
+                standing[0] += cpu * replicas
+                standing[1] += mem * replicas
+            else:
+                transient.append((cpu, mem))
+    peak = max(transient)
+    return standing[0] + peak[0], standing[1] + peak[1]

@@ -14,6 +14,8 @@ from tests.chart.render import (
     NAMESPACE,
     ROOT,
     SCENARIOS,
+    SERVER_KINDS,
+    footprint,
     pod_specs,
     render,
     render_scenario,
@@ -21,8 +23,6 @@ from tests.chart.render import (
 
 pytestmark = pytest.mark.chart
 
-# Long-running containers must be probed; jobs, hooks and workflow steps run to completion.
-SERVER_KINDS = ("Deployment", "InferenceService")
 SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|ACCESS_KEY|WEBHOOK)", re.I)
 PINNED = re.compile(r"^[\w./-]+(:[\w.-]+)(@sha256:[0-9a-f]{64})?$|^[\w./-]+@sha256:[0-9a-f]{64}$")
 
@@ -460,37 +460,6 @@ def test_network_policies_deny_by_default() -> None:
         deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
     )
     assert set(policies) >= {f"digitloop-netpol-{c}" for c in ("serving", "ui", "mlflow", "minio")}
-
-
-def _cpu(value: str | int | float) -> float:
-    text = str(value)
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
-
-
-def _mem(value: str) -> float:
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-    for suffix, factor in units.items():
-        if str(value).endswith(suffix):
-            return float(str(value)[: -len(suffix)]) * factor
-    return float(value)
-
-
-def footprint(scenario: str) -> tuple[float, float]:
-    """Requests of what runs at once: every Deployment's pods, plus the largest of the jobs,
-    hooks and workflow steps (they run one at a time; the test pod only on `helm test`)."""
-    standing = [0.0, 0.0]
-    transient = [(0.0, 0.0)]
-    for _, obj in render_scenario(scenario):
-        for _label, spec, replicas in pod_specs(obj):
-            cpu = sum(_cpu(c["resources"]["requests"]["cpu"]) for c in containers(spec))
-            mem = sum(_mem(c["resources"]["requests"]["memory"]) for c in containers(spec))
-            if obj["kind"] in SERVER_KINDS:
-                standing[0] += cpu * replicas
-                standing[1] += mem * replicas
-            else:
-                transient.append((cpu, mem))
-    peak = max(transient)
-    return standing[0] + peak[0], standing[1] + peak[1]
 
 
 @pytest.mark.parametrize("scenario", ["default", "canary-20"])

@@ -22,7 +22,14 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
-from tests.chart.render import KUBE_VERSION, ROOT, render_scenario
+from tests.chart.render import (
+    KUBE_VERSION,
+    ROOT,
+    footprint,
+    pod_requests,
+    render_scenario,
+    requests,
+)
 
 pytestmark = pytest.mark.chart
 
@@ -146,44 +153,6 @@ def pinned_versions() -> dict[str, str]:
 
 def kind_nodes() -> int:
     return len(yaml.safe_load((ROOT / "kind-config.yaml").read_text())["nodes"])
-
-
-# -- Quantities and pods -------------------------------------------------------------------
-
-_SUFFIXES = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "m": 10**-3,
-}  # fmt: skip
-
-
-def quantity(value: str | float) -> float:
-    """A Kubernetes quantity (CPU cores or bytes) as a number."""
-    text = str(value)
-    for suffix, factor in _SUFFIXES.items():
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
-
-
-def requests(container: dict[str, Any]) -> tuple[float, float]:
-    asked = container["resources"]["requests"]
-    return quantity(asked["cpu"]), quantity(asked["memory"])
-
-
-def pod_requests(spec: dict[str, Any]) -> tuple[float, float]:
-    """A pod's effective requests, as the scheduler counts them: its containers and sidecars
-    (init containers that keep running) together, or its largest init container if more."""
-    inits = spec.get("initContainers", [])
-    sidecars = [requests(c) for c in inits if c.get("restartPolicy") == "Always"]
-    others = [requests(c) for c in inits if c.get("restartPolicy") != "Always"]
-    running = [requests(c) for c in spec["containers"]] + sidecars
-    return tuple(  # type: ignore[return-value]
-        max(
-            sum(r[i] for r in running),
-            max((o[i] + sum(s[i] for s in sidecars) for o in others), default=0.0),
-        )
-        for i in (0, 1)
-    )
 
 
 def pod_spec(obj: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
@@ -539,7 +508,6 @@ def test_everything_make_up_runs_fits_4_cpu_and_8_gib(
     for release in RELEASES:
         add(f"{release} (standing)", *chart_footprint(release).standing)
     add("platform: largest job or hook", *max(chart_footprint(r).transient for r in RELEASES))
-    from tests.chart.test_invariants import footprint
 
     scenarios = {scenario: footprint(scenario) for scenario in DIGITLOOP_SCENARIOS}
     for scenario, (cpu, memory) in scenarios.items():
