@@ -8,6 +8,7 @@ the embedded service, the Helm release or the KServe InferenceService), so ``mak
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -48,7 +49,7 @@ def _change(
             rollout.apply(after)
         if aliases:
             _move_aliases(after)
-    emit(as_dict(after), as_json, table(after))
+    emit(asdict(after), as_json, table(after))
 
 
 def _move_aliases(state: RoutingState) -> None:
@@ -75,14 +76,6 @@ def describe(state: RoutingState) -> str:
     return f"stable {state.stable_model}{canary}"
 
 
-def as_dict(state: RoutingState) -> dict[str, object]:
-    return {
-        "stable_model": state.stable_model,
-        "canary_model": state.canary_model,
-        "canary_weight": state.canary_weight,
-    }
-
-
 def table(state: RoutingState) -> Table:
     view = Table("track", "model version", "share of traffic")
     view.add_row("stable", state.stable_model, f"{100 - state.canary_weight} %")
@@ -100,7 +93,7 @@ def status(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:
 
     with cli_errors():
         state = make_rollout(LoopSettings()).current()
-    emit(as_dict(state), as_json, table(state))
+    emit(asdict(state), as_json, table(state))
 
 
 @rollout_app.command("canary")

@@ -30,6 +30,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def digitloop_rollout(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``digitloop rollout ARGS`` (what ``make canary`` and friends run) with only ``env``'s
+    DIGITLOOP_* settings."""
+    return subprocess.run(
+        [str(VENV_BIN / "digitloop"), "rollout", *args],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def register_models(
     mnist,
     env: dict[str, str],

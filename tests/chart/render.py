@@ -54,6 +54,12 @@ def render_scenario(name: str) -> tuple[tuple[str, dict[str, Any]], ...]:
     return tuple(objects(render(scenario_values(name))))
 
 
+def inference_service(values: dict[str, Any]) -> dict[str, Any]:
+    """The InferenceService the chart renders with ``values`` (a kserve backend)."""
+    (isvc,) = [o for _, o in objects(render(values)) if o["kind"] == "InferenceService"]
+    return isvc
+
+
 def objects(rendered: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
     for path, text in sorted(rendered.items()):
         if path.endswith("NOTES.txt"):

@@ -15,7 +15,7 @@ from kserve import ApiClient
 
 from pipelines.rollout_kserve import as_inference_service, predictor_changes, routing_state
 from services.state import RoutingState
-from tests.chart.render import objects, render
+from tests.chart.render import inference_service
 from tests.kube_stub import merge_patch
 
 pytestmark = pytest.mark.chart
@@ -37,8 +37,7 @@ def values_for(state: RoutingState) -> dict[str, Any]:
 
 
 def rendered_isvc(state: RoutingState) -> dict[str, Any]:
-    (isvc,) = [o for _, o in objects(render(values_for(state))) if o["kind"] == "InferenceService"]
-    return isvc
+    return inference_service(values_for(state))
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ generation it made are real; the API server is ``tests/kube_stub.py`` since none
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from pipelines.rollout import RolloutError, make_rollout, promoted, rolled_back,
 from pipelines.rollout_kserve import KServeRollout, predictor_container, with_track_env
 from pipelines.settings import LoopSettings
 from services.state import RoutingState
-from tests.chart.render import objects, render
+from tests.chart.render import inference_service
 from tests.kube_stub import KubeStub, kube_stub
 
 pytestmark = pytest.mark.integration
@@ -27,8 +26,7 @@ NAMESPACE = "digitloop"
 
 @pytest.fixture
 def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeStub]:
-    values = {"serving": {"backend": "kserve", "stable": {"modelVersion": "3"}}}
-    (isvc,) = [o for _, o in objects(render(values)) if o["kind"] == "InferenceService"]
+    isvc = inference_service({"serving": {"backend": "kserve", "stable": {"modelVersion": "3"}}})
     with kube_stub() as stub:
         stub.add(isvc)
         stub.kubeconfig(tmp_path / "kubeconfig")
@@ -116,7 +114,7 @@ def test_the_rollout_command_drives_kserve_and_moves_the_aliases(
     """`digitloop rollout` (what `make canary/promote` run) through the SDK, with MLflow."""
     from model.registry import Registry
     from model.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS, ModelSettings
-    from tests.serving import VENV_BIN, clean_env, register_models
+    from tests.serving import digitloop_rollout, register_models
 
     env = {"DIGITLOOP_DATA_DIR": str(tmp_path / "data")}
     first, second = register_models(mnist, env, count=2, n_train=500, epochs=1)
@@ -129,13 +127,7 @@ def test_the_rollout_command_drives_kserve_and_moves_the_aliases(
     }
 
     def digitloop(*args: str) -> dict:
-        done = subprocess.run(
-            [str(VENV_BIN / "digitloop"), "rollout", *args, "--json"],
-            env=clean_env(**env),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = digitloop_rollout(env, *args, "--json")
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -151,34 +143,22 @@ def test_the_rollout_command_drives_kserve_and_moves_the_aliases(
     assert registry.get(CHAMPION_ALIAS).version == second
     assert len(stub.patches) == 2  # the repeated canary patched nothing
 
-    refused = subprocess.run(
-        [str(VENV_BIN / "digitloop"), "rollout", "promote"],
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = digitloop_rollout(env, "promote")
     assert refused.returncode == 2
     assert "no canary to promote" in refused.stderr
 
 
 def test_when_mlflow_is_down_the_command_says_the_rollout_held(stub: KubeStub) -> None:
-    from tests.serving import VENV_BIN, clean_env
+    from tests.serving import digitloop_rollout
 
-    env = clean_env(
-        DIGITLOOP_ROLLOUT="kserve",
-        DIGITLOOP_NAMESPACE=NAMESPACE,
-        DIGITLOOP_KUBECONFIG=str(stub.kubeconfig_path),
-        DIGITLOOP_MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # nothing listens on discard
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
-    )
-    done = subprocess.run(
-        [str(VENV_BIN / "digitloop"), "rollout", "canary", "4", "--weight", "20"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {
+        "DIGITLOOP_ROLLOUT": "kserve",
+        "DIGITLOOP_NAMESPACE": NAMESPACE,
+        "DIGITLOOP_KUBECONFIG": str(stub.kubeconfig_path),
+        "DIGITLOOP_MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens on discard
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    done = digitloop_rollout(env, "canary", "4", "--weight", "20")
     assert done.returncode == 2
     assert "now serving stable 3, canary 4 at 20 %, but MLflow's aliases were not moved" in (
         " ".join(done.stderr.split())

@@ -280,29 +280,21 @@ def test_reload_canary_split_and_pin(service: Service, pngs, mnist):
 
 def test_the_rollout_command_drives_the_service(service: Service):
     """`digitloop rollout` (what `make canary` runs) through /admin/reload, aliases in MLflow."""
-    import subprocess
-
     from model.registry import Registry
     from model.settings import CHALLENGER_ALIAS, ModelSettings
-    from tests.serving import ADMIN_TOKEN, VENV_BIN, clean_env
+    from tests.serving import ADMIN_TOKEN, digitloop_rollout
 
-    env = clean_env(
-        DIGITLOOP_ROLLOUT="service",
-        DIGITLOOP_SERVICE_URL=service.url,
-        DIGITLOOP_ADMIN_TOKEN=ADMIN_TOKEN,
-        DIGITLOOP_MLFLOW_TRACKING_URI=service.env["DIGITLOOP_MLFLOW_TRACKING_URI"],
-        DIGITLOOP_REGISTERED_MODEL=service.env["DIGITLOOP_REGISTERED_MODEL"],
-        DIGITLOOP_DATA_DIR=service.env["DIGITLOOP_DATA_DIR"],
-    )
+    env = {
+        "DIGITLOOP_ROLLOUT": "service",
+        "DIGITLOOP_SERVICE_URL": service.url,
+        "DIGITLOOP_ADMIN_TOKEN": ADMIN_TOKEN,
+        "DIGITLOOP_MLFLOW_TRACKING_URI": service.env["DIGITLOOP_MLFLOW_TRACKING_URI"],
+        "DIGITLOOP_REGISTERED_MODEL": service.env["DIGITLOOP_REGISTERED_MODEL"],
+        "DIGITLOOP_DATA_DIR": service.env["DIGITLOOP_DATA_DIR"],
+    }
 
     def rollout(*args: str) -> dict:
-        done = subprocess.run(
-            [str(VENV_BIN / "digitloop"), "rollout", *args, "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = digitloop_rollout(env, *args, "--json")
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
