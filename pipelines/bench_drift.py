@@ -393,25 +393,22 @@ def _table(summary: dict[str, Any]) -> Table:
     )
     for column in ("population", "windows", "detected", "95% interval", "mean share", "target"):
         table.add_column(column, justify="left" if column == "population" else "right")
-    fa = summary["false_alarms"]
-    table.add_row(
-        "unshifted MNIST (false alarms)",
-        str(fa["n_windows"]),
-        f"{fa['rate']:.3f}",
-        f"{fa['ci95'][0]:.3f}-{fa['ci95'][1]:.3f}",
-        f"{fa['mean_drift_score']:.3f}",
-        f"<= {TARGET_FALSE_ALARMS}",
-    )
-    mix = summary["shifted_share_of_window"]
-    for name, entry in summary["power"].items():
+
+    def add_row(population: str, entry: dict, target: str) -> None:
         table.add_row(
-            name if mix == 1.0 else f"{name} ({mix:.0%} of each window)",
+            population,
             str(entry["n_windows"]),
             f"{entry['rate']:.3f}",
             f"{entry['ci95'][0]:.3f}-{entry['ci95'][1]:.3f}",
             f"{entry['mean_drift_score']:.3f}",
-            f">= {TARGET_POWER}",
+            target,
         )
+
+    add_row("unshifted MNIST (false alarms)", summary["false_alarms"], f"<= {TARGET_FALSE_ALARMS}")
+    mix = summary["shifted_share_of_window"]
+    for name, entry in summary["power"].items():
+        population = name if mix == 1.0 else f"{name} ({mix:.0%} of each window)"
+        add_row(population, entry, f">= {TARGET_POWER}")
     timing = summary["timing_10k"]
     table.caption = (
         f"10,000 predictions: featurise {timing['featurise_s']} s + Evidently "
