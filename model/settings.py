@@ -12,10 +12,14 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
 
-class DigitloopSettings(BaseSettings):
-    """Base of every component's settings that lives in the project data directory."""
+class DigitloopEnv(BaseSettings):
+    """Base of every component's settings: ``DIGITLOOP_<FIELD>`` variables or a ``.env`` file."""
 
     model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
+
+
+class DigitloopSettings(DigitloopEnv):
+    """Base of every component's settings that lives in the project data directory."""
 
     data_dir: Path = Field(
         default=Path(".digitloop"),

@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from torch import nn
 
 from model.errors import DatasetError
 from model.registry import ModelVersionInfo
+from model.settings import DigitloopEnv
 from pipelines.features import CLASS_COLUMN, featurise
 from pipelines.reference import (
     Reference,
@@ -64,13 +64,11 @@ class WindowTooSmallError(DatasetError):
     """The window holds fewer images than a drift check needs (``drift_window_min``)."""
 
 
-class DriftSettings(BaseSettings):
+class DriftSettings(DigitloopEnv):
     """Thresholds and methods of the drift step, from ``DIGITLOOP_*`` environment variables.
 
     Calibrated on 200-image windows against a 5,000-image reference (see the module doc).
     """
-
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
 
     drift_threshold: float = Field(
         default=0.13,

@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.settings import DigitloopEnv
 
 
-class DecisionSettings(BaseSettings):
+class DecisionSettings(DigitloopEnv):
     """When to retrain, what a challenger must show, and how a canary is judged."""
-
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
 
     # -- retrain ---------------------------------------------------------------------
     min_new_labels: int = Field(
@@ -79,10 +78,8 @@ class DecisionSettings(BaseSettings):
     )
 
 
-class LoopSettings(BaseSettings):
+class LoopSettings(DigitloopEnv):
     """Where the loop acts and what it retrains with."""
-
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
 
     rollout: Literal["service", "helm", "kserve"] = Field(
         default="service",

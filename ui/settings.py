@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.settings import DigitloopEnv
 
 
-class UISettings(BaseSettings):
+class UISettings(DigitloopEnv):
     """Where the app listens and which prediction service it talks to.
 
     Every field reads ``DIGITLOOP_<FIELD>`` from the environment (or a ``.env`` file).
     """
-
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
 
     service_url: str = Field(
         default="http://127.0.0.1:3000",

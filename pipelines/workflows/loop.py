@@ -50,8 +50,8 @@ from hera.workflows.models import (
     WorkflowTemplateRef,
 )
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.settings import DigitloopEnv
 from pipelines.dag import NEEDS, ORDER, WHEN
 
 NAME = "digitloop-loop"
@@ -65,10 +65,8 @@ LABELS = {
 UID = 10001  # any non-root uid; the image's files only need to be world-readable
 
 
-class WorkflowSettings(BaseSettings):
+class WorkflowSettings(DigitloopEnv):
     """Where and how the loop runs on the cluster, read from ``DIGITLOOP_*`` variables."""
-
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
 
     image: str = Field(
         default="digitloop-app:0.1.0",
