@@ -355,8 +355,11 @@ def test_the_settings_we_chose_reach_the_rendered_objects() -> None:
     ]
     server = by_kind("argo-workflows", "Deployment")["argo-workflows-server"]
     assert "--auth-mode=server" in server["spec"]["template"]["spec"]["containers"][0]["args"]
-    bindings = [o for o in platform("argo-workflows").objects if o["kind"] == "RoleBinding"]
-    assert "digitloop" in {b["metadata"]["namespace"] for b in bindings}
+    # Argo's release puts nothing in the app's namespace, which it installs before (the
+    # digitloop chart's Roles grant the executor's workflowtaskresults rights there).
+    assert {o["metadata"].get("namespace", "argo") for o in platform("argo-workflows").objects} == {
+        "argo"
+    }
     prometheus = by_kind("prometheus", "Deployment")["prometheus-server"]
     (container,) = [
         c
