@@ -2,14 +2,16 @@
 
 On the cluster the truth is the Helm release's values (``serving.stable.modelVersion``,
 ``serving.canary.{enabled,modelVersion,weight}``), so the pipeline and a person running
-``helm upgrade`` never fight; with the KServe backend it is the InferenceService
+``helm upgrade`` never fight. They are read from the routing ConfigMap the chart renders from
+those values (``helm get values`` would need Helm's release Secrets, which hold every rendered
+Secret) and changed with ``helm upgrade``; with the KServe backend the truth is the InferenceService
 (:mod:`pipelines.rollout_kserve`); locally it is the embedded service's ``/admin/reload``.
 MLflow aliases follow: ``challenger`` is the canary, ``champion`` what stable serves.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 from typing import Protocol
 
@@ -101,8 +103,57 @@ class ServiceRollout:
             raise RolloutError(f"/admin/reload answered {answer.status_code}: {answer.text}")
 
 
+def read_routing_config_map(settings: LoopSettings) -> dict[str, str]:
+    """The data of the routing ConfigMap: in a pod with the pod's service account (a ``get``
+    of that one ConfigMap is all the loop's reading steps may do), elsewhere a kubeconfig."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+    from urllib3.exceptions import HTTPError
+
+    name, namespace = settings.routing_config_map, settings.namespace
+    try:
+        if settings.kubeconfig is None and settings.kube_context is None and in_cluster():
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            api_client = client.ApiClient(configuration)
+        else:
+            api_client = config.new_client_from_config(
+                config_file=settings.kubeconfig, context=settings.kube_context
+            )
+    except (ConfigException, OSError) as exc:
+        raise RolloutError(f"cannot load the Kubernetes configuration: {exc}") from exc
+    with api_client:
+        try:
+            found = client.CoreV1Api(api_client).read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            hint = " (is the digitloop chart installed?)" if exc.status == 404 else ""
+            raise RolloutError(
+                f"cannot read ConfigMap {namespace}/{name}: {exc.status} {exc.reason}{hint}"
+            ) from exc
+        except HTTPError as exc:
+            raise RolloutError(f"cannot reach the Kubernetes API: {exc}") from exc
+    return dict(found.data or {})
+
+
+def in_cluster() -> bool:
+    return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def routing_from_config_map(data: dict[str, str]) -> RoutingState:
+    """The chart's routing ConfigMap (templates/serving-routing-configmap.yaml) as a state."""
+    try:
+        canary = data.get("canary_model") or None
+        return RoutingState(
+            data["stable_model"], canary, int(data.get("canary_weight", 0)) if canary else 0
+        )
+    except (KeyError, ValueError) as exc:
+        raise RolloutError(f"the routing ConfigMap is not the chart's: {data!r}") from exc
+
+
 class HelmRollout:
-    """The cluster: the release's values, changed with ``helm upgrade --reuse-values``."""
+    """The cluster: the release's values, read from the routing ConfigMap, changed with
+    ``helm upgrade``."""
 
     def __init__(self, settings: LoopSettings) -> None:
         self.settings = settings
@@ -129,24 +180,20 @@ class HelmRollout:
         return result.stdout
 
     def current(self) -> RoutingState:
-        values = json.loads(
-            self._helm("get", "values", self.settings.helm_release, "--all", "--output", "json")
-        )
-        serving = values["serving"]
-        canary = serving.get("canary", {})
-        enabled = bool(canary.get("enabled")) and canary.get("modelVersion")
-        return RoutingState(
-            str(serving["stable"]["modelVersion"]),
-            str(canary["modelVersion"]) if enabled else None,
-            int(canary.get("weight", 0)) if enabled else 0,
-        )
+        return routing_from_config_map(read_routing_config_map(self.settings))
 
     def apply(self, state: RoutingState) -> None:
         self._helm(*helm_upgrade_args(self.settings, state))
 
 
 def helm_upgrade_args(settings: LoopSettings, state: RoutingState) -> list[str]:
-    """The ``helm upgrade`` arguments that set ``state``, the same a person would type."""
+    """The ``helm upgrade`` arguments that set ``state``, the same a person would type.
+
+    ``--reset-then-reuse-values``: the chart's own defaults, then every value set on the
+    release so far, then these; ``--reuse-values`` would keep the defaults of the chart the
+    release was first installed with. ``--no-hooks``: a rollout only moves traffic, the
+    install's jobs (buckets, model version 1) are not its business.
+    """
     sets = [
         f"serving.stable.modelVersion={state.stable_model}",
         f"serving.canary.enabled={'true' if state.canary_model else 'false'}",
@@ -158,7 +205,8 @@ def helm_upgrade_args(settings: LoopSettings, state: RoutingState) -> list[str]:
         "upgrade",
         settings.helm_release,
         settings.helm_chart,
-        "--reuse-values",
+        "--reset-then-reuse-values",
+        "--no-hooks",
         "--wait",
         "--timeout",
         f"{settings.rollout_timeout}s",

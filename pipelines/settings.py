@@ -95,6 +95,11 @@ class LoopSettings(DigitloopEnv):
     helm_release: str = Field(default="digitloop", description="Helm release (rollout=helm).")
     helm_chart: str = Field(default="charts/digitloop", description="Chart to upgrade with.")
     namespace: str = Field(default="digitloop", description="Kubernetes namespace of the release.")
+    routing_config_map: str = Field(
+        default="digitloop-routing",
+        description="ConfigMap the chart writes what serves where into (rollout=helm): read "
+        "instead of the release, whose Secrets only the rollout steps may read.",
+    )
     helm_binary: str = Field(default="helm", description="The helm executable.")
     inference_service: str = Field(
         default="digitloop-serving", description="The InferenceService (rollout=kserve)."

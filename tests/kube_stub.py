@@ -1,10 +1,12 @@
-"""A loopback stand-in for the Kubernetes API, holding InferenceServices.
+"""A loopback stand-in for the Kubernetes API, holding InferenceServices and ConfigMaps.
 
 No API server runs on this machine, so the KServe rollout tests point the real ``kserve`` SDK
 (and the ``kubernetes`` client under it) at this: GET and JSON merge-PATCH (RFC 7386) of
 ``/apis/serving.kserve.io/v1beta1/namespaces/<ns>/inferenceservices/<name>``. Each PATCH bumps
 ``metadata.generation`` and, as KServe's controller would once the revision is up, reports
 the generation observed and Ready. Every PATCH is kept with its content type for the asserts.
+ConfigMaps (``/api/v1/namespaces/<ns>/configmaps/<name>``) are only read, as the Helm rollout
+reads the chart's routing ConfigMap.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import yaml
 PATH = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices/(?P<name>[^/?]+)"
 )
+CONFIG_MAP_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/?]+)")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -51,6 +54,7 @@ class Patch:
 class KubeStub:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     patches: list[Patch] = field(default_factory=list)
+    config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     url: str = ""
     kubeconfig_path: Path | None = None
     # False: a patched revision never becomes ready (a model that does not load, say)
@@ -120,6 +124,14 @@ def _handler(stub: KubeStub) -> type[BaseHTTPRequestHandler]:
             return key, stub.objects[key]
 
         def do_GET(self) -> None:
+            match = CONFIG_MAP_PATH.match(self.path)
+            if match:
+                config_map = stub.config_maps.get((match["ns"], match["name"]))
+                if config_map is None:
+                    self._send(404, {"kind": "Status", "status": "Failure", "reason": "NotFound"})
+                else:
+                    self._send(200, config_map)
+                return
             found = self._object()
             if found:
                 self._send(200, found[1])

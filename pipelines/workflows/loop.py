@@ -77,7 +77,13 @@ class WorkflowSettings(DigitloopEnv):
     timezone: str = Field(default="UTC", description="IANA time zone of the schedule.")
     service_account: str = Field(
         default="digitloop-workflow",
-        description="Service account of the step pods (the chart creates it and its RBAC).",
+        description="Service account of the reading steps' pods: reports outputs, reads what "
+        "serves where (the chart creates it and its RBAC).",
+    )
+    rollout_service_account: str = Field(
+        default="digitloop-rollout",
+        description="Service account of the steps that change the release (canary, analyse): "
+        "the only one that may upgrade it.",
     )
     config_map: str = Field(
         default="digitloop-config", description="ConfigMap whose keys become the steps' env."
@@ -128,6 +134,9 @@ class Step:
     # Argo's controller emits these from the outputs when the step ends (prefixed
     # `argo_workflows_`); the step pods live too briefly to be scraped themselves.
     metrics: tuple[Gauge | Counter, ...] = ()
+    # Changes the release (helm upgrade / the InferenceService): runs as the rollout account,
+    # every other step as the reading one, which can touch nothing of the release.
+    rolls_out: bool = False
 
 
 # Every output a `when` reads defaults to "false": a missing file means "do nothing".
@@ -152,9 +161,10 @@ DAG_STEPS: dict[str, Step] = {
         resources=LARGE,
         deadline=1800,
     ),
-    "canary": Step(outputs={"canary": "", "weight": ""}),
+    "canary": Step(outputs={"canary": "", "weight": ""}, rolls_out=True),
     "analyse": Step(
         outputs={"action": ""},
+        rolls_out=True,
         metrics=(
             Counter(
                 name="digitloop_canary_decisions",
@@ -211,6 +221,7 @@ def _container(name: str, step: Step, settings: WorkflowSettings) -> Container:
         metrics=list(step.metrics) or None,
         retry_strategy=RETRY,
         active_deadline_seconds=step.deadline,
+        service_account_name=settings.rollout_service_account if step.rolls_out else None,
         security_context=LOCKED_DOWN,
         volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp")],
     )

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from services.state import RoutingState
+
 from tests.chart.render import (
     CHART,
     NAMESPACE,
@@ -397,34 +399,125 @@ def test_secrets_are_generated_once_per_render_and_shared() -> None:
     assert "given-token" not in "".join(v for k, v in given.items() if "secret" not in k)
 
 
-def test_the_workflow_role_is_namespaced_and_narrow() -> None:
-    role = next(o for _, o in render_scenario("default") if o["kind"] == "Role")
-    assert role["metadata"]["namespace"] == NAMESPACE
-    rules = {
-        (tuple(r["apiGroups"]), r2): r["verbs"] for r in role["rules"] for r2 in r["resources"]
+def roles(scenario: str) -> dict[str, dict[tuple[str, str], list[str]]]:
+    """Role name -> {(apiGroup, resource or resource/name): verbs} of a scenario."""
+    found: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for _, o in render_scenario(scenario):
+        if o["kind"] != "Role":
+            continue
+        assert o["metadata"]["namespace"] == NAMESPACE
+        rules = found.setdefault(o["metadata"]["name"], {})
+        for rule in o["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for name in rule.get("resourceNames", [""]):
+                        key = (group, f"{resource}/{name}" if name else resource)
+                        rules[key] = rule["verbs"]
+    return found
+
+
+def bound_accounts(scenario: str) -> dict[str, str]:
+    """Service account -> the Role bound to it."""
+    return {
+        subject["name"]: o["roleRef"]["name"]
+        for _, o in render_scenario(scenario)
+        if o["kind"] == "RoleBinding"
+        for subject in o["subjects"]
     }
-    assert rules[(("argoproj.io",), "workflowtaskresults")] == ["create", "patch"]
-    assert "secrets" in {res for (_, res) in rules}
-    for (_, resource), verbs in rules.items():
-        assert "*" not in verbs and resource != "*"
+
+
+def step_accounts(scenario: str) -> dict[str, str]:
+    """Template name -> the service account its pod runs as in the rendered WorkflowTemplate."""
+    (template,) = [o for _, o in render_scenario(scenario) if o["kind"] == "WorkflowTemplate"]
+    default = template["spec"]["serviceAccountName"]
+    return {
+        t["name"]: t.get("serviceAccountName", default)
+        for t in template["spec"]["templates"]
+        if "container" in t
+    }
+
+
+EXECUTOR = {("argoproj.io", "workflowtaskresults"): ["create", "patch"]}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "reads"),
+    [
+        ("default", ("", "configmaps/digitloop-routing")),
+        ("kserve", ("serving.kserve.io", "inferenceservices/digitloop-serving")),
+    ],
+)
+def test_the_reading_steps_may_only_report_and_read_what_serves(
+    scenario: str, reads: tuple[str, str]
+) -> None:
+    """collect, quality, drift, decide, retrain and finish: no Secret, nothing of the release
+    to write; Argo's executor reports their outputs, collect reads the routing."""
+    accounts = step_accounts(scenario)
+    readers = {name: account for name, account in accounts.items()}
+    for step in ("canary", "analyse"):
+        readers.pop(step)
+    assert set(readers) == {"collect", "quality", "drift", "decide", "retrain", "finish"}
+    assert set(readers.values()) == {"digitloop-workflow"}
+    role = roles(scenario)[bound_accounts(scenario)["digitloop-workflow"]]
+    assert role == {**EXECUTOR, reads: ["get"]}
+
+
+def test_only_the_rollout_steps_may_upgrade_the_release() -> None:
+    accounts = step_accounts("default")
+    assert {s for s, a in accounts.items() if a == "digitloop-rollout"} == {"canary", "analyse"}
+    role = roles("default")[bound_accounts("default")["digitloop-rollout"]]
+    # `helm upgrade` of the release applies every object the chart renders (--no-hooks: no
+    # Jobs) and keeps the release in Secrets: the rollout account may write each such kind.
+    group_of = {"v1": ""}
+    kinds = {
+        (group_of.get(o["apiVersion"], o["apiVersion"].split("/")[0]), o["kind"])
+        for _, o in render_scenario("canary-20")
+        if "helm.sh/hook" not in o["metadata"].get("annotations", {})
+    }
+    plural = {
+        "NetworkPolicy": "networkpolicies",
+        "PodDisruptionBudget": "poddisruptionbudgets",
+    }
+    for group, kind in kinds | {("", "Secret")}:
+        resource = plural.get(kind, kind.lower() + "s")
+        verbs = role.get((group, resource))
+        assert verbs is not None, f"the rollout account cannot touch {kind}"
+        assert {"get", "patch", "update"} <= set(verbs), (kind, verbs)
+    for verbs in role.values():
+        assert "*" not in verbs
     assert not any(o["kind"].startswith("Cluster") for _, o in render_scenario("default"))
 
 
-def test_with_kserve_the_workflow_may_only_read_and_patch_its_inference_service() -> None:
+def test_with_kserve_the_rollout_steps_may_only_read_and_patch_its_inference_service() -> None:
     objs = render_scenario("kserve")
-    (role,) = [o for _, o in objs if o["kind"] == "Role"]
-    assert role["rules"][1:] == [
-        {
-            "apiGroups": ["serving.kserve.io"],
-            "resources": ["inferenceservices"],
-            "resourceNames": ["digitloop-serving"],
-            "verbs": ["get", "patch"],
-        }
-    ]
+    role = roles("kserve")[bound_accounts("kserve")["digitloop-rollout"]]
+    assert role == {
+        **EXECUTOR,
+        ("serving.kserve.io", "inferenceservices/digitloop-serving"): ["get", "patch"],
+    }
     (isvc,) = [o for _, o in objs if o["kind"] == "InferenceService"]
     config = next(o for _, o in objs if o["metadata"]["name"] == "digitloop-config")["data"]
     assert config["DIGITLOOP_ROLLOUT"] == "kserve"
     assert config["DIGITLOOP_INFERENCE_SERVICE"] == isvc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("scenario", ["default", "canary-20", "canary-0"])
+def test_the_routing_config_map_says_what_the_values_say(scenario: str) -> None:
+    from pipelines.rollout import routing_from_config_map
+    from tests.chart.render import scenario_values
+
+    objs = render_scenario(scenario)
+    (routing,) = [o for _, o in objs if o["metadata"]["name"] == "digitloop-routing"]
+    serving = scenario_values(scenario).get("serving", {})
+    canary = serving.get("canary", {})
+    expected = RoutingState(
+        str(serving.get("stable", {}).get("modelVersion", "champion")),
+        str(canary["modelVersion"]) if canary.get("enabled") else None,
+        canary.get("weight", 0) if canary.get("enabled") else 0,
+    )
+    assert routing_from_config_map(routing["data"]) == expected
+    config = next(o for _, o in objs if o["metadata"]["name"] == "digitloop-config")["data"]
+    assert config["DIGITLOOP_ROUTING_CONFIG_MAP"] == routing["metadata"]["name"]
 
 
 def test_with_kserve_knative_may_reach_the_predictor_s_queue_proxy() -> None:

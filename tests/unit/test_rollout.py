@@ -39,7 +39,9 @@ def test_moves() -> None:
 def test_helm_upgrade_args_are_what_a_person_types() -> None:
     settings = LoopSettings(helm_release="r", helm_chart="c", rollout_timeout=300)
     args = helm_upgrade_args(settings, CANARY)
-    assert args[:4] == ["upgrade", "r", "c", "--reuse-values"]
+    # The chart's defaults, then every value set so far, then these: --reuse-values would keep
+    # the first install's defaults. No hooks: a rollout only moves traffic.
+    assert args[:5] == ["upgrade", "r", "c", "--reset-then-reuse-values", "--no-hooks"]
     assert args[args.index("--timeout") + 1] == "300s"
     # versions are strings ("3", "champion"): --set would make 3 a number
     assert args[args.index("serving.stable.modelVersion=3") - 1] == "--set-string"

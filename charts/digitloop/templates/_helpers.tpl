@@ -67,7 +67,8 @@ digitloop.image: "repository:tag" of one of .Values.images, for (dict "root" $ "
 
 {{/*
 digitloop.secretsName, digitloop.configName, digitloop.minioSecretName,
-digitloop.workflowServiceAccount: names other objects and the workflow refer to.
+digitloop.workflowServiceAccount, digitloop.rolloutServiceAccount, digitloop.routingName:
+names other objects and the workflow refer to.
 */}}
 {{- define "digitloop.secretsName" -}}
 {{- include "digitloop.componentName" (dict "root" . "component" "secrets") }}
@@ -84,6 +85,12 @@ digitloop.workflowServiceAccount: names other objects and the workflow refer to.
 {{- end }}
 {{- define "digitloop.workflowServiceAccount" -}}
 {{- include "digitloop.componentName" (dict "root" . "component" "workflow") }}
+{{- end }}
+{{- define "digitloop.rolloutServiceAccount" -}}
+{{- include "digitloop.componentName" (dict "root" . "component" "rollout") }}
+{{- end }}
+{{- define "digitloop.routingName" -}}
+{{- include "digitloop.componentName" (dict "root" . "component" "routing") }}
 {{- end }}
 {{- define "digitloop.appServiceAccount" -}}
 {{- include "digitloop.componentName" (dict "root" . "component" "app") }}
@@ -319,7 +326,9 @@ spec:
 {{/*
 digitloop.workflowFile: a generated Argo manifest from files/, for (dict "root" $ "file" PATH).
 The values the generator put in (WorkflowSettings' defaults) are replaced by the release's; a
-generator default that changes makes tests/chart fail until these replacements follow.
+generator default that changes makes tests/chart fail until these replacements follow. The
+step pods run as one of two accounts: the reading steps as the workflow account, the steps
+that change the release (canary, analyse) as the rollout account.
 */}}
 {{- define "digitloop.workflowFile" -}}
 {{- $root := .root }}
@@ -333,6 +342,7 @@ generator default that changes makes tests/chart fail until these replacements f
 {{- $doc = $doc | replace "name: digitloop-config\n" (printf "name: %s\n" (include "digitloop.configName" $root)) }}
 {{- $doc = $doc | replace "name: digitloop-secrets\n" (printf "name: %s\n" (include "digitloop.secretsName" $root)) }}
 {{- $doc = $doc | replace "serviceAccountName: digitloop-workflow\n" (printf "serviceAccountName: %s\n" (include "digitloop.workflowServiceAccount" $root)) }}
+{{- $doc = $doc | replace "serviceAccountName: digitloop-rollout\n" (printf "serviceAccountName: %s\n" (include "digitloop.rolloutServiceAccount" $root)) }}
 {{- $doc = $doc | replace "\n  - '*/10 * * * *'\n" (printf "\n  - %s\n" (squote $root.Values.workflow.schedule)) }}
 {{- $doc }}
 {{- end }}
