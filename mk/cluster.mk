@@ -12,8 +12,9 @@ KIND_CONFIG ?= kind-config.yaml
 # Namespace and Helm release of the digitloop chart.
 NAMESPACE ?= digitloop
 RELEASE ?= digitloop
-# Tag of both digitloop images (pinned; never latest).
-IMAGE_TAG ?= 0.1.0
+# Tag of both digitloop images: the version and a digest of every file they are built from
+# (scripts/image-tag.sh), so changed code or chart gives new tags; worked out once per run.
+IMAGE_TAG ?= $(eval IMAGE_TAG := $(shell scripts/image-tag.sh))$(IMAGE_TAG)
 # The serving image (from the Bento) and the app image (docker/app.Dockerfile).
 SERVING_IMAGE ?= digitloop-serving:$(IMAGE_TAG)
 APP_IMAGE ?= digitloop-app:$(IMAGE_TAG)
@@ -23,6 +24,8 @@ GATEWAY_PORTS ?= 8080 8081 8082 8083 8084
 MIN_FREE_DISK_GB ?= 20
 # How long a Helm install may take (the first digitloop install trains model version 1).
 HELM_TIMEOUT ?= 20m
+# A values file for the digitloop release on top of the chart's (make up DEPLOY_VALUES=my.yaml).
+DEPLOY_VALUES ?=
 # `make canary`: the model version of the canary and its share of traffic in percent.
 VERSION ?=
 WEIGHT ?= 20
@@ -122,7 +125,8 @@ preflight: ## Check Docker, free ports and disk before `make up`.
 
 .PHONY: cluster
 cluster: $(KIND) $(KUBECTL_BIN) ## Create the kind cluster (safe to re-run: an existing one is kept).
-	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER_NAME)'; then \
+# grep without -q: under pipefail, grep -q quitting early can SIGPIPE kind and read as "no".
+	@if $(KIND) get clusters 2>/dev/null | grep -x '$(CLUSTER_NAME)' >/dev/null; then \
 	  echo "kind cluster $(CLUSTER_NAME) exists"; \
 	else \
 	  $(KIND) create cluster --name $(CLUSTER_NAME) --config $(KIND_CONFIG) --wait 180s; \
@@ -134,6 +138,10 @@ platform: $(KUBECTL_BIN) $(HELM_BIN) ## Install Gateway API CRDs, Traefik, Argo 
 	@echo "Gateway API $(GATEWAY_API_VERSION) CRDs (commit $(GATEWAY_API_COMMIT))"
 	$(KUBECTL) apply --server-side --force-conflicts \
 	  -k "github.com/kubernetes-sigs/gateway-api/config/crd?ref=$(GATEWAY_API_COMMIT)"
+# Traefik's Gateway comes next: its kinds must be served, not only created.
+	$(KUBECTL) wait --for=condition=Established --timeout=120s \
+	  crd/gatewayclasses.gateway.networking.k8s.io crd/gateways.gateway.networking.k8s.io \
+	  crd/httproutes.gateway.networking.k8s.io crd/tlsroutes.gateway.networking.k8s.io
 	$(HELM) upgrade --install traefik traefik --repo https://traefik.github.io/charts \
 	  --version $(TRAEFIK_CHART_VERSION) -n traefik --create-namespace \
 	  -f charts/platform/traefik.values.yaml --wait --timeout 10m
@@ -149,15 +157,21 @@ platform: $(KUBECTL_BIN) $(HELM_BIN) ## Install Gateway API CRDs, Traefik, Argo 
 	$(KUBECTL) apply -f charts/platform/routes.yaml
 
 .PHONY: images
-images: install $(KIND) ## Build the serving image (Bento) and the app image, and load both into kind.
+images: install $(KIND) ## Build the images of IMAGE_TAG (unless built) and load them into kind.
+	@test -n "$(IMAGE_TAG)" || { echo "error: no image tag: scripts/image-tag.sh needs git and this checkout" >&2; exit 1; }
 	scripts/build-images.sh $(BIN)/bentoml $(SERVING_IMAGE) $(APP_IMAGE) $(IMAGE_TAG)
-	$(KIND) load docker-image --name $(CLUSTER_NAME) $(SERVING_IMAGE) $(APP_IMAGE)
+	scripts/kind-load.sh $(KIND) $(CLUSTER_NAME) $(SERVING_IMAGE) $(APP_IMAGE)
 
+# --reset-then-reuse-values: the chart's defaults, then every value the release was given
+# since (the loop's and `make canary`'s rollouts among them), then the new image tags: a
+# second `make up` keeps an active canary and what stable serves. Without it, new --set
+# values replace all the earlier ones (helm pkg/action/upgrade.go, reuseValues).
 .PHONY: deploy
-deploy: $(HELM_BIN) $(KUBECTL_BIN) ## Install or upgrade the digitloop chart and wait until it is ready.
+deploy: images $(HELM_BIN) $(KUBECTL_BIN) ## Install or upgrade the digitloop chart on this tree's images and wait until it is ready.
 	$(HELM) upgrade --install $(RELEASE) charts/digitloop -n $(NAMESPACE) --create-namespace \
+	  --reset-then-reuse-values \
 	  --set images.serving.tag=$(IMAGE_TAG) --set images.app.tag=$(IMAGE_TAG) \
-	  --timeout $(HELM_TIMEOUT)
+	  $(if $(DEPLOY_VALUES),-f $(DEPLOY_VALUES)) --timeout $(HELM_TIMEOUT)
 	$(KUBECTL) -n $(NAMESPACE) wait --for=condition=Available deployment --all --timeout=$(HELM_TIMEOUT)
 
 .PHONY: urls
@@ -181,8 +195,7 @@ up: ## Create the cluster and run everything on it (safe to run again).
 	@$(MAKE) --no-print-directory tools
 	@$(MAKE) --no-print-directory cluster
 	@$(MAKE) --no-print-directory platform
-	@$(MAKE) --no-print-directory images
-	@$(MAKE) --no-print-directory deploy
+	@$(MAKE) --no-print-directory deploy IMAGE_TAG=$(IMAGE_TAG)
 	@$(MAKE) --no-print-directory urls
 
 .PHONY: down

@@ -12,7 +12,6 @@ MLflow aliases follow: ``challenger`` is the canary, ``champion`` what stable se
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import Protocol
 
 import httpx
@@ -20,6 +19,7 @@ import httpx
 from model.errors import DigitloopError
 from model.registry import Registry
 from model.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from pipelines.helm_cli import Helm, upgrade_serialised
 from pipelines.settings import LoopSettings
 from services.state import RoutingState
 
@@ -158,36 +158,45 @@ class HelmRollout:
     def __init__(self, settings: LoopSettings) -> None:
         self.settings = settings
 
-    def _helm(self, *args: str) -> str:
-        command = [self.settings.helm_binary, *args, "--namespace", self.settings.namespace]
-        if self.settings.kubeconfig:
-            command += ["--kubeconfig", self.settings.kubeconfig]
-        if self.settings.kube_context:
-            command += ["--kube-context", self.settings.kube_context]
-        # helm's own --timeout bounds the wait; this only catches a helm that hangs.
-        timeout = self.settings.rollout_timeout + 120
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, check=False, timeout=timeout
-            )
-        except FileNotFoundError:
-            raise RolloutError(
-                f"{self.settings.helm_binary!r} not found: install helm or set "
-                "DIGITLOOP_HELM_BINARY (make tools puts a pinned one in ./bin)"
-            ) from None
-        if result.returncode != 0:
-            raise RolloutError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-        return result.stdout
-
     def current(self) -> RoutingState:
         return routing_from_config_map(read_routing_config_map(self.settings))
 
     def apply(self, state: RoutingState) -> None:
-        self._helm(*helm_upgrade_args(self.settings, state))
+        """Upgrade the release to ``state``, taking turns with any other Helm operation on it
+        (a person's `make canary`, the loop's next run) and recovering a release that a killed
+        helm left pending (:mod:`pipelines.helm_cli`)."""
+        s = self.settings
+        helm = Helm(
+            binary=s.helm_binary,
+            namespace=s.namespace,
+            kubeconfig=s.kubeconfig,
+            kube_context=s.kube_context,
+            # helm's --timeout bounds its wait (--no-hooks: nothing else); this catches a hang.
+            timeout=s.rollout_timeout + 120,
+        )
+        upgrade_serialised(
+            helm,
+            s.helm_release,
+            s.helm_chart,
+            helm_upgrade_flags(s, state),
+            stuck_after=s.helm_stuck_after,
+            max_wait=s.helm_busy_wait,
+            rollback_flags=("--wait", "--timeout", f"{s.rollout_timeout}s"),
+        )
 
 
 def helm_upgrade_args(settings: LoopSettings, state: RoutingState) -> list[str]:
-    """The ``helm upgrade`` arguments that set ``state``, the same a person would type.
+    """The ``helm upgrade`` command line that sets ``state``, the same a person would type."""
+    return [
+        "upgrade",
+        settings.helm_release,
+        settings.helm_chart,
+        *helm_upgrade_flags(settings, state),
+    ]
+
+
+def helm_upgrade_flags(settings: LoopSettings, state: RoutingState) -> list[str]:
+    """The flags of that upgrade.
 
     ``--reset-then-reuse-values``: the chart's own defaults, then every value set on the
     release so far, then these; ``--reuse-values`` would keep the defaults of the chart the
@@ -202,9 +211,6 @@ def helm_upgrade_args(settings: LoopSettings, state: RoutingState) -> list[str]:
     if state.canary_model:
         sets.append(f"serving.canary.modelVersion={state.canary_model}")
     args = [
-        "upgrade",
-        settings.helm_release,
-        settings.helm_chart,
         "--reset-then-reuse-values",
         "--no-hooks",
         "--wait",

@@ -116,6 +116,19 @@ class LoopSettings(DigitloopEnv):
     rollout_timeout: int = Field(
         default=600, ge=10, description="Seconds a rollout may take to become ready."
     )
+    helm_busy_wait: int = Field(
+        default=240,
+        ge=0,
+        description="Seconds a helm rollout waits, retrying, while another Helm operation "
+        "changes the release (a person's `make canary`, `make deploy`).",
+    )
+    helm_stuck_after: int = Field(
+        default=3900,
+        ge=60,
+        description="Seconds after which a release still pending is stuck (its helm was "
+        "killed) and is rolled back to its last deployed revision: longer than any Helm "
+        "operation on it runs (make deploy: 20 min for its wait and for each of its 2 hooks).",
+    )
     prometheus_url: str | None = Field(
         default=None, description="Prometheus, for canary error rate and p95 latency."
     )

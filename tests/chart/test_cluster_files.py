@@ -47,8 +47,9 @@ def test_make_n_up_shows_the_steps_in_order() -> None:
         "upgrade --install grafana",
         "charts/platform/routes.yaml",
         "scripts/build-images.sh",
-        "load docker-image --name digitloop digitloop-serving:0.1.0 digitloop-app:0.1.0",
-        "upgrade --install digitloop charts/digitloop",
+        f"scripts/kind-load.sh {ROOT}/bin/kind-v0.33.0 digitloop digitloop-serving:",
+        "upgrade --install digitloop charts/digitloop -n digitloop --create-namespace",
+        "--reset-then-reuse-values",
         "wait --for=condition=Available deployment --all",
         "http://localhost:8080",
     ]
@@ -57,6 +58,63 @@ def test_make_n_up_shows_the_steps_in_order() -> None:
         s for s, p in zip(steps, positions, strict=True) if p < 0
     ]
     assert positions == sorted(positions)
+    # One content tag for both images, built, loaded and installed alike.
+    (tag,) = set(re.findall(r"digitloop-(?:serving|app):(\S+)", out))
+    assert re.fullmatch(r"0\.1\.0-[0-9a-f]{12}", tag)
+    assert f"--set images.serving.tag={tag} --set images.app.tag={tag}" in out
+
+
+def image_tag(checkout) -> str:
+    return subprocess.run(
+        ["bash", "scripts/image-tag.sh"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+
+
+def test_the_image_tag_follows_the_content(tmp_path) -> None:
+    """A new tag for changed code or chart (a fixed tag kept old images running), the same
+    tag for the same files in another checkout, none for what git ignores."""
+    clones = [tmp_path / "a", tmp_path / "b"]
+    for clone in clones:
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+        # this tree's script, on the committed files
+        shutil.copy(ROOT / "scripts" / "image-tag.sh", clone / "scripts" / "image-tag.sh")
+    clone = clones[0]
+    first = image_tag(clone)
+    assert first == image_tag(clones[1])
+    values = clone / "charts" / "digitloop" / "values.yaml"
+    values.write_text(values.read_text() + "# edited\n")
+    chart_edit = image_tag(clone)
+    assert chart_edit != first
+    (clone / "model" / "new_module.py").write_text("X = 1\n")  # untracked, not ignored
+    code_edit = image_tag(clone)
+    assert code_edit != chart_edit
+    (clone / "model" / "__pycache__").mkdir(exist_ok=True)
+    (clone / "model" / "__pycache__" / "x.pyc").write_bytes(b"ignored")
+    assert image_tag(clone) == code_edit
+
+
+def test_the_image_tag_covers_everything_the_images_are_built_from() -> None:
+    """What the Dockerfile copies and the Bento includes is hashed: the chart the loop's
+    rollout upgrades with (baked into the app image) is then the one deploy installed."""
+    script = (ROOT / "scripts" / "image-tag.sh").read_text()
+    inputs = set(re.search(r"^inputs=\((.*)\)$", script, re.M).group(1).split())
+    dockerfile = (ROOT / "docker" / "app.Dockerfile").read_text()
+    copied = {
+        source.rstrip("/")
+        for line in re.findall(r"^COPY (?!--from)(.*)$", dockerfile, re.M)
+        for source in line.split()[:-1]
+    }
+    bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    included = {pattern.split("/")[0] for pattern in bento["include"]}
+    assert copied | included | {"bentofile.yaml", "docker"} <= inputs
+    config = (ROOT / "charts" / "digitloop" / "templates" / "config-configmap.yaml").read_text()
+    assert "DIGITLOOP_HELM_CHART: /app/charts/digitloop" in config
+    assert "COPY charts/digitloop /app/charts/digitloop" in dockerfile
 
 
 def test_every_tool_download_is_checked_against_a_sha256() -> None:
@@ -184,3 +242,58 @@ def test_the_installed_gateway_api_is_the_one_routes_are_validated_against() -> 
     sources = (ROOT / "tests" / "chart" / "schemas" / "SOURCES.md").read_text()
     (row,) = [line for line in sources.splitlines() if line.startswith("| `httproute-")]
     assert f"gateway-api @ {commit[1]} (tag {version[1]})" in row
+
+
+FAKE_DOCKER = """#!/usr/bin/env bash
+# docker as preflight calls it: version and info (with --format), ps.
+case "$*" in
+  "version --format {{.Server.APIVersion}}") echo "$FAKE_API" ;;
+  "info --format {{.NCPU}}") echo "$FAKE_CPUS" ;;
+  "info --format {{.MemTotal}}") echo "$FAKE_MEM" ;;
+  info | ps*) ;;
+  *) echo "unexpected: docker $*" >&2; exit 2 ;;
+esac
+"""
+
+
+def preflight(tmp_path, api: str, cpus: int, mem_bytes: int) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "FAKE_API": api,
+        "FAKE_CPUS": str(cpus),
+        "FAKE_MEM": str(mem_bytes),
+    }
+    # no ports to check (none given), no disk needed (0 GB)
+    return subprocess.run(
+        ["bash", "scripts/preflight.sh", "digitloop", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# What Docker Desktop reports for its "8 GB" setting: the VM's MemTotal, about 7.7 GiB.
+DOCKER_DESKTOP_8GB = 8_232_525_824
+
+
+def test_preflight_takes_docker_desktop_s_8_gb_as_enough(tmp_path) -> None:
+    result = preflight(tmp_path, "1.52", 4, DOCKER_DESKTOP_8GB)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    low = preflight(tmp_path, "1.52", 4, 6 * 1024**3)
+    assert low.returncode == 0
+    assert "warning: Docker has 4 CPUs and 6.0 GiB of memory" in low.stderr
+
+
+def test_preflight_refuses_a_docker_without_save_platform(tmp_path) -> None:
+    old = preflight(tmp_path, "1.47", 4, DOCKER_DESKTOP_8GB)
+    assert old.returncode == 1
+    assert "Docker's API is 1.47; make up needs Docker 28 or newer" in old.stderr
+    assert preflight(tmp_path, "1.48", 4, DOCKER_DESKTOP_8GB).returncode == 0

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from services.state import RoutingState
-
 from tests.chart.render import (
     CHART,
     NAMESPACE,

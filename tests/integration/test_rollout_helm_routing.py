@@ -4,6 +4,8 @@ ConfigMap is the chart's own render, so the chart and the reader cannot drift ap
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,24 @@ def test_a_missing_routing_config_map_says_what_to_check(tmp_path: Path) -> None
             RolloutError, match=r"digitloop/digitloop-routing: 404.*chart installed"
         ):
             make_rollout(settings).current()
+
+
+def test_the_helm_rollout_takes_turns_with_another_operation(tmp_path: Path) -> None:
+    """A person's `make canary` holds the release: the loop's upgrade waits, then goes, with
+    the flags that keep earlier values and run no hooks."""
+    from tests.unit.test_helm_cli import BUSY, OK, FakeHelm, fixture
+
+    # The other upgrade started a moment ago: pending, not stuck.
+    status = json.loads(fixture("status-pending-upgrade.json"))
+    status["info"]["last_deployed"] = datetime.now(UTC).isoformat()
+    fake = FakeHelm(tmp_path, {"upgrade": [BUSY, OK], "status": [{"stdout": json.dumps(status)}]})
+    settings = LoopSettings(
+        rollout="helm", helm_binary=str(fake.binary), namespace=NAMESPACE, helm_busy_wait=30
+    )
+    make_rollout(settings).apply(RoutingState("3", "4", 20))
+    verbs = [call[0] for call in fake.calls()]
+    assert verbs == ["upgrade", "status", "upgrade"]
+    upgrade = fake.calls()[-1]
+    assert upgrade[:3] == ["upgrade", "digitloop", "charts/digitloop"]
+    assert {"--reset-then-reuse-values", "--no-hooks", "--wait"} <= set(upgrade)
+    assert upgrade[upgrade.index("--namespace") + 1] == NAMESPACE
