@@ -35,13 +35,15 @@ help: ## List every target with a one-line description.
 
 ##@ Development
 
-$(BIN)/digitloop: pyproject.toml
+$(BIN)/digitloop: pyproject.toml requirements/serving.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	@# torch alone first, without its dependencies: the CPU index serves torch, PyPI the rest.
 	$(BIN)/pip install --no-deps $(TORCH_SPEC)
-	$(BIN)/pip install -e ".[all,dev]"
+	@# The serving closure at the serving image's exact pins: the venv the tests run in is what
+	@# the image installs (requirements/serving.txt, from `make lock-serving`).
+	$(BIN)/pip install -c requirements/serving.txt -e ".[all,dev]"
 	@touch $@
 
 .PHONY: install
@@ -77,7 +79,12 @@ bench: install ## Benchmark serving: BentoML vs FastAPI vs KServe, side by side 
 
 .PHONY: bento
 bento: install ## Build the serving Bento (bentoml build); containerize it where Docker runs.
+	$(BIN)/python scripts/lock-serving.py --check
 	$(BIN)/bentoml build
+
+.PHONY: lock-serving
+lock-serving: install ## Pin the serving image's packages to the venv's (requirements/serving.txt, serving-torch.sh).
+	$(BIN)/python scripts/lock-serving.py
 
 ##@ Loop
 

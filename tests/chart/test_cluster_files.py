@@ -110,7 +110,10 @@ def test_the_image_tag_covers_everything_the_images_are_built_from() -> None:
         for source in line.split()[:-1]
     }
     bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
-    included = {pattern.split("/")[0] for pattern in bento["include"]}
+    included = {pattern.split("/")[0] for pattern in bento["include"]} | {
+        bento["python"]["requirements_txt"].split("/")[0],
+        bento["docker"]["setup_script"].split("/")[0],
+    }
     assert copied | included | {"bentofile.yaml", "docker"} <= inputs
     config = (ROOT / "charts" / "digitloop" / "templates" / "config-configmap.yaml").read_text()
     assert "DIGITLOOP_HELM_CHART: /app/charts/digitloop" in config
