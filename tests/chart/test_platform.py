@@ -454,6 +454,9 @@ def test_grafana_and_the_loop_query_the_rendered_prometheus_and_dashboards_are_f
         by_kind("prometheus", "ConfigMap")["prometheus-server"]["data"]["prometheus.yml"]
     )
     assert "digitloop-serving" in {job["job_name"] for job in scrape["scrape_configs"]}
+    # Grafana's $__rate_interval needs the real scrape interval (it assumes 15 s otherwise).
+    intervals = {d["jsonData"]["timeInterval"] for d in datasources["datasources"]}
+    assert intervals == {scrape["global"]["scrape_interval"]}
     grafana = by_kind("grafana", "Deployment")["grafana"]["spec"]["template"]["spec"]
     (sidecar,) = [c for c in grafana["containers"] if c["name"] == "grafana-sc-dashboard"]
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
