@@ -300,3 +300,79 @@ def test_preflight_refuses_a_docker_without_save_platform(tmp_path) -> None:
     assert old.returncode == 1
     assert "Docker's API is 1.47; make up needs Docker 28 or newer" in old.stderr
     assert preflight(tmp_path, "1.48", 4, DOCKER_DESKTOP_8GB).returncode == 0
+
+
+def test_every_port_forward_in_the_readme_reaches_a_port_that_is_served() -> None:
+    """The README once sent people to MinIO's console on 9001, which the chart turns off."""
+    from tests.chart.render import render_scenario
+
+    readme = (ROOT / "README.md").read_text()
+    forwards = re.findall(r"kubectl -n (\S+) port-forward (svc|deploy)/(\S+) (\d+)", readme)
+    assert forwards
+    objects = {
+        (o["kind"], o["metadata"]["name"]): o
+        for _, o in render_scenario("default")
+        if o["kind"] in ("Service", "Deployment")
+    }
+    for namespace, kind, name, port in forwards:
+        assert namespace == "digitloop"
+        obj = objects[("Service" if kind == "svc" else "Deployment", name)]
+        if kind == "svc":
+            ports = {p["port"] for p in obj["spec"]["ports"]}
+        else:
+            ports = {
+                p["containerPort"]
+                for c in obj["spec"]["template"]["spec"]["containers"]
+                for p in c.get("ports", [])
+            }
+        assert int(port) in ports, (kind, name, port, ports)
+
+
+FAKE_TOOLS = """#!/usr/bin/env bash
+# docker and kind as scripts/kind-load.sh calls them; every call is logged.
+echo "$(basename "$0") $*" >> "$FAKE_LOG"
+case "$(basename "$0") $1" in
+  "docker version") echo linux/amd64 ;;
+  "docker exec") [[ " $FAKE_ON_NODE " == *" ${*: -1} "* ]] ;;
+  "docker save") touch "${*: -2:1}" 2>/dev/null || true ;;
+  "kind load") [[ -f ${*: -1} ]] ;;
+esac
+"""
+
+
+def kind_load(tmp_path, on_node: str) -> list[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("docker", "kind"):
+        (bin_dir / name).write_text(FAKE_TOOLS)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "FAKE_ON_NODE": on_node}
+    subprocess.run(
+        ["bash", "scripts/kind-load.sh", str(bin_dir / "kind"), "digitloop", "a:1", "b:1"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return log.read_text().splitlines()
+
+
+def test_images_are_loaded_through_a_single_platform_archive(tmp_path) -> None:
+    """kind#3795: `kind load docker-image` saves every platform and its import fails with
+    Docker's containerd image store; one platform's archive loads with both stores."""
+    calls = kind_load(tmp_path, on_node="docker.io/library/b:1")
+    saves = [c for c in calls if c.startswith("docker save")]
+    assert len(saves) == 1
+    assert re.fullmatch(
+        r"docker save --platform linux/amd64 --output \S+/images\.tar a:1", saves[0]
+    )
+    (load,) = [c for c in calls if c.startswith("kind load")]
+    assert re.fullmatch(r"kind load image-archive --name digitloop \S+/images\.tar", load)
+    assert not any("docker-image" in c for c in calls)
+
+
+def test_images_the_node_has_are_not_loaded_again(tmp_path) -> None:
+    calls = kind_load(tmp_path, on_node="docker.io/library/a:1 docker.io/library/b:1")
+    assert not any(c.startswith(("docker save", "kind load")) for c in calls)
