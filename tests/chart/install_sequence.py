@@ -139,7 +139,7 @@ def make_commands(*args: str) -> list[list[str]]:
 def commands(text: str) -> Iterator[list[str]]:
     for line in text.replace("\\\n", " ").splitlines():
         line = line.strip()
-        if not line or line.startswith(("make ", "echo ", "test -n ")):
+        if not line or line.startswith(("#", "make ", "echo ", "test -n ")):
             continue
         # The `cluster` target's re-run guard: the branch that creates the cluster is what
         # a first run executes (a re-run keeps the existing cluster, which is the same).
