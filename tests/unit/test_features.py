@@ -136,7 +136,9 @@ def test_featurise_gives_every_column_for_a_network():
     assert outputs.embeddings.shape == (12, 128)
     np.testing.assert_allclose(outputs.probabilities.sum(axis=1), 1.0, rtol=1e-5)
     summary = EmbeddingSummary.fit(outputs.embeddings, outputs.probabilities.argmax(1), 3)
-    frame = featurise(net, images, summary)
+    # The same batches as above: float32 sums over other batch sizes may differ in the last
+    # bits (seen: 1.4e-5 relative with torch 2.13.0+cpu), which is not what this checks.
+    frame = featurise(net, images, summary, batch_size=5)
     assert list(frame.columns) == [*numerical_columns(3), CLASS_COLUMN]
     assert len(frame) == 12
     assert frame[numerical_columns(3)].dtypes.eq(np.float64).all()
