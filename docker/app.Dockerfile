@@ -21,12 +21,15 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-deps "torch==${TORCH_VERSION}+cpu" --extra-index-url "${TORCH_INDEX}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY model ./model
 COPY services ./services
 COPY ui ./ui
 COPY pipelines ./pipelines
 COPY digitloop ./digitloop
-RUN pip install ".[serve,ui,pipelines]" ${EXTRA_PACKAGES}
+# The serving closure at the versions the tests ran with (requirements/serving.txt, as the
+# serving image and `make install`); the UI and pipelines extras resolve around them.
+RUN pip install -c requirements/serving.txt ".[serve,ui,pipelines]" ${EXTRA_PACKAGES}
 # MNIST, downloaded once here and verified by model.data against the official SHA-256s.
 RUN DIGITLOOP_DATA_DIR=/opt/digitloop python -c "from model.data import load_mnist; load_mnist()" \
     && test -s /opt/digitloop/mnist/mnist.npz

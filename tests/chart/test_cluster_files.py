@@ -214,6 +214,9 @@ def test_the_dockerfile_pins_its_base_and_user() -> None:
     assert "DIGITLOOP_MNIST_PATH=/opt/digitloop/mnist/mnist.npz" in text
     assert "COPY charts/digitloop /app/charts/digitloop" in text
     assert "download.pytorch.org/whl/cpu" in text
+    # the versions the tests ran with, as the serving image installs them
+    assert 'pip install -c requirements/serving.txt ".[serve,ui,pipelines]"' in text
+    assert "!requirements/" in (ROOT / ".dockerignore").read_text().splitlines()
 
 
 def test_the_mnist_path_of_the_image_is_where_the_loader_caches() -> None:
