@@ -94,6 +94,14 @@ def simulate(
             help="drift, or bad-model (a deliberately poor challenger first: must roll back)."
         ),
     ] = "drift",
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop/--no-loop",
+            help="Run the loop in this process between windows; --no-loop only plays the "
+            "users: the loop runs elsewhere, such as the cluster's CronWorkflow (give --url).",
+        ),
+    ] = True,
     train_epochs: Annotated[int, typer.Option(min=1, help="Epochs of version 1 if trained.")] = 8,
     out: Annotated[Path, typer.Option(help="Where the plot and summary go.")] = Path(
         ".digitloop/simulate/out"
@@ -101,7 +109,8 @@ def simulate(
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Simulated users draw, get answers and correct them while the loop runs between windows."""
+    """Simulated users draw, get answers and correct them while the loop runs between windows
+    (or elsewhere, with --no-loop)."""
     setup_logging(verbose)
     from contextlib import nullcontext
 
@@ -111,6 +120,10 @@ def simulate(
 
     if scenario not in ("drift", "bad-model"):
         raise typer.BadParameter("scenario must be drift or bad-model")
+    if not loop and not url:
+        raise typer.BadParameter(
+            "--no-loop plays the users against a stack whose loop runs elsewhere: give its --url"
+        )
     config = SimConfig(
         windows_before=windows_before,
         windows_after=windows_after,
@@ -128,7 +141,7 @@ def simulate(
     )
     with cli_errors(), stack as running:
         service_url = url or running.service_url
-        summary = run_simulation(service_url, config, out, console=stderr)
+        summary = run_simulation(service_url, config, out, console=stderr, loop=loop)
     emit(summary.as_dict(), as_json)
     if not as_json:
         stderr.print(f"plot: {summary.plot}")

@@ -20,7 +20,14 @@ from pipelines.simulate import (
 )
 
 
-def run_simulation(service_url: str, config: SimConfig, out: Path, console: Console) -> SimSummary:
+def run_simulation(
+    service_url: str, config: SimConfig, out: Path, console: Console, loop: bool = True
+) -> SimSummary:
+    """Simulated users against ``service_url``; with ``loop`` the loop runs in this process
+    between windows (and the champion is scored on MNIST at the end), without it the users
+    only draw and label, and the loop that sees their traffic runs elsewhere (a cluster's
+    CronWorkflow): nothing here then reads or writes the model registry, except the
+    bad-model scenario's challenger."""
     from model.data import load_mnist
     from model.evaluate import evaluate
     from model.registry import Registry
@@ -40,13 +47,12 @@ def run_simulation(service_url: str, config: SimConfig, out: Path, console: Cons
         config.drift, mnist.x_test[shifted], mnist.y_test[shifted], config.seed
     )
     loop_settings = LoopSettings(service_url=service_url)
-    registry = Registry()
 
     def loop_cycle(index: int) -> dict:
         return run_once(LoopContext(run_id=f"sim-{index:03d}", loop=loop_settings), console=console)
 
     def inject_bad() -> str:
-        return register_bad_challenger(registry, mnist, loop_settings)
+        return register_bad_challenger(Registry(), mnist, loop_settings)
 
     table = Table("window", "phase", "accuracy", "drift", "stable", "canary", "events")
 
@@ -71,15 +77,17 @@ def run_simulation(service_url: str, config: SimConfig, out: Path, console: Cons
             config,
             in_dist,
             drifted,
-            loop_cycle,
+            loop_cycle if loop else None,
             inject_bad if config.scenario == "bad-model" else None,
             show,
         )
     console.print(table)
-    net, _ = registry.load("champion")
-    final = evaluate(net, mnist.x_test, mnist.y_test).accuracy
+    final = None
+    if loop:
+        net, _ = Registry().load("champion")
+        final = evaluate(net, mnist.x_test, mnist.y_test).accuracy
     plot = plot_windows(results, out / "simulation.png")
-    summary = summarise(results, final, str(plot))
+    summary = summarise(results, final, str(plot), loop=loop)
     write_json(summary, out / "summary.json")
     return summary
 

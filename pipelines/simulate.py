@@ -4,7 +4,9 @@ Phase 1 draws in-distribution digits (MNIST test), phase 2 a drifted population 
 built-in drawing style from :mod:`pipelines.shifts`, or any ``.npz`` of ``x``/``y``).
 Users confirm right answers and correct wrong ones, each with probability
 ``label_prob``. Between windows the loop runs as its scheduler would; the drift it finds
-is its own: the simulator never tells it which phase it is in.
+is its own: the simulator never tells it which phase it is in. Without a loop cycle the
+simulator only plays the users, and the loop runs elsewhere (a cluster's CronWorkflow)
+on the traffic they leave in the store.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ui.client import DigitloopClient
+from ui.client import DigitloopClient, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +57,13 @@ class WindowResult:
 class SimSummary:
     accuracy_drifted_before: float
     accuracy_drifted_after: float
-    drift_detected: bool
+    drift_detected: bool | None  # None: the loop ran elsewhere, its findings are not seen here
     promoted_version: str | None
     rolled_back: list[str]
     mnist_accuracy_final: float | None
     windows: list[dict[str, Any]]
     plot: str | None = None
+    loop: bool = True  # whether the loop ran here, between windows
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,18 +88,50 @@ def user_window(
     labels: np.ndarray,
     rng: np.random.Generator,
     label_prob: float,
-) -> tuple[int, int, int]:
-    """Users draw ``images`` and label answers: returns (n, right, labelled)."""
+) -> tuple[int, int, int, Counter[tuple[str, str]]]:
+    """Users draw ``images`` and label answers: returns (n, right, labelled, served), where
+    ``served`` counts the answers by (track, model version)."""
     right = labelled = 0
+    served: Counter[tuple[str, str]] = Counter()
     for start in range(0, len(images), 64):
         chunk = images[start : start + 64]
         answers = client.predict_batch_pixels(chunk)
         for answer, truth in zip(answers, labels[start : start + 64], strict=True):
             right += answer.label == int(truth)
+            served[answer.track, answer.model_version] += 1
             if rng.random() < label_prob:
                 client.feedback(answer.prediction_id, int(truth), source="simulator")
                 labelled += 1
-    return len(images), right, labelled
+    return len(images), right, labelled, served
+
+
+def window_serving(
+    info: ModelInfo, served: Counter[tuple[str, str]]
+) -> tuple[str, str | None, int]:
+    """What served a window: (stable version, canary version or None, canary percent).
+
+    A service holding both tracks (the embedded stack) says so in ``/model``. Behind a
+    gateway each pod serves one track and ``/model`` speaks for whichever pod answered, so
+    the window's answers tell instead: the version each track answered with most, and the
+    canary's share of the answers.
+    """
+    if info.only_track is None and "stable" in info.tracks:
+        canary = info.tracks.get("canary")
+        return (
+            info.tracks["stable"].model_version,
+            canary.model_version if canary else None,
+            info.canary_weight,
+        )
+    versions: dict[str, str] = {}
+    for (track, version), _ in served.most_common():
+        versions.setdefault(track, version)
+    total = sum(served.values())
+    on_canary = sum(n for (track, _), n in served.items() if track == "canary")
+    return (
+        versions.get("stable", "-"),
+        versions.get("canary"),
+        round(100 * on_canary / total) if total else 0,
+    )
 
 
 def simulate(
@@ -103,12 +139,13 @@ def simulate(
     config: SimConfig,
     in_dist: tuple[np.ndarray, np.ndarray],
     drifted: tuple[np.ndarray, np.ndarray],
-    loop_cycle: Callable[[int], dict[str, Any]],
+    loop_cycle: Callable[[int], dict[str, Any]] | None,
     inject_bad: Callable[[], str] | None = None,
     on_window: Callable[[WindowResult], None] | None = None,
 ) -> list[WindowResult]:
     """Run the windows; ``loop_cycle(i)`` runs one loop after window ``i`` and returns its
-    summary; ``inject_bad()`` registers a poor challenger and makes it the canary."""
+    summary (None: the loop runs elsewhere, the users only draw and label);
+    ``inject_bad()`` registers a poor challenger and makes it the canary."""
     rng = np.random.default_rng(config.seed)
     results: list[WindowResult] = []
     plan = ["in-distribution"] * config.windows_before + ["drifted"] * config.windows_after
@@ -122,13 +159,12 @@ def simulate(
         cursor[phase] = start + config.window_size
         window = slice(start, start + config.window_size)
         images, labels = x[window], y[window]
-        n, right, labelled = user_window(client, images, labels, rng, config.label_prob)
-        info = client.model_info()
-        canary = info.tracks.get("canary")
+        n, right, labelled, served = user_window(client, images, labels, rng, config.label_prob)
+        stable_version, canary_version, canary_weight = window_serving(client.model_info(), served)
         # The loop runs between windows, as its scheduler would; after the last one its
         # verdict could no longer show in any window.
         summary: dict[str, Any] = {}
-        if index < len(plan) - 1:
+        if loop_cycle is not None and index < len(plan) - 1:
             time.sleep(config.settle_s)
             summary = loop_cycle(index)
         events += _events(summary)
@@ -138,9 +174,9 @@ def simulate(
             n=n,
             accuracy=right / n if n else 0.0,
             labelled=labelled,
-            stable_version=info.tracks["stable"].model_version,
-            canary_version=canary.model_version if canary else None,
-            canary_weight=info.canary_weight,
+            stable_version=stable_version,
+            canary_version=canary_version,
+            canary_weight=canary_weight,
             drift_score=summary.get("drift_score"),
             events=events,
         )
@@ -163,8 +199,13 @@ def _events(summary: dict[str, Any]) -> list[str]:
 
 
 def summarise(
-    results: list[WindowResult], mnist_accuracy: float | None, plot: str | None = None
+    results: list[WindowResult],
+    mnist_accuracy: float | None,
+    plot: str | None = None,
+    loop: bool = True,
 ) -> SimSummary:
+    """The run's summary; with ``loop=False`` the loop ran elsewhere, so whether it found
+    drift is unknown here (None), not False."""
     drifted = [r for r in results if r.phase == "drifted"]
     events = [e for r in results for e in r.events]
     promoted = [e.split(" v", 1)[1] for e in events if e.startswith("promoted v")]
@@ -172,12 +213,13 @@ def summarise(
     return SimSummary(
         accuracy_drifted_before=drifted[0].accuracy if drifted else float("nan"),
         accuracy_drifted_after=drifted[-1].accuracy if drifted else float("nan"),
-        drift_detected=any(e.startswith("drift detected") for e in events),
+        drift_detected=any(e.startswith("drift detected") for e in events) if loop else None,
         promoted_version=promoted[-1] if promoted else None,
         rolled_back=rolled,
         mnist_accuracy_final=mnist_accuracy,
         windows=[asdict(r) for r in results],
         plot=plot,
+        loop=loop,
     )
 
 
