@@ -242,7 +242,6 @@ def helm(cluster: Cluster, argv: list[str]) -> None:
         cluster.problems.append(f"helm before the cluster exists: {shlex.join(argv)}")
         return
     start = argv.index("upgrade") + 1
-    positional = [a for a in argv[start:] if not a.startswith("-")]
     # Helm's flags that take a value, so their values are not taken for the release or chart.
     valued = {
         "--repo",
@@ -274,6 +273,7 @@ def helm(cluster: Cluster, argv: list[str]) -> None:
             set_value(given, assignment, as_string)
 
     existing = cluster.releases.get(name)
+    # Installed only when there is no revision: a failed one is upgraded, like a deployed one.
     installing = existing is None and "--install" in flags
     if existing is None and not installing:
         cluster.problems.append(f"helm upgrade of {name}, which is not installed")
