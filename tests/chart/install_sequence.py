@@ -14,11 +14,12 @@ the API serves, the images on the node and each release's values. It checks that
 - our images are on the node, with the tags the release asks for;
 - and, replayed after the loop's own rollout, that nothing the rollout set is reset.
 
-The Helm behaviour modelled here is read from Helm v4.3.0's source (tests/fixtures/helm/
-SOURCES.md): `upgrade --install` installs only when the release has no revision (or was
-uninstalled), else upgrades, whatever the last status (pkg/cmd/upgrade.go); crds/ is applied
-on install only; hooks run by event (pkg/action/hooks.go) unless --no-hooks; values are
-combined by pkg/action/upgrade.go's reuseValues (see :func:`upgrade_config`).
+The Helm behaviour modelled here is read from Helm's source, v4.2.4 and main, from which
+the pinned v4.3.0 is cut (the tag is not in the mirror read; tests/fixtures/helm/SOURCES.md):
+`upgrade --install` installs only when the release has no revision (or was uninstalled),
+else upgrades, whatever the last status (pkg/cmd/upgrade.go); crds/ is applied on install
+only; hooks run by event, by weight then name (pkg/action/hooks.go), unless --no-hooks;
+values are combined by pkg/action/upgrade.go's reuseValues (see :func:`upgrade_config`).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def set_value(values: dict[str, Any], assignment: str, as_string: bool) -> None:
 
 
 def upgrade_config(flags: set[str], previous: dict[str, Any], given: dict[str, Any]) -> dict:
-    """The release config after an upgrade (Helm v4.3.0 pkg/action/upgrade.go, reuseValues):
+    """The release config after an upgrade (Helm 4 pkg/action/upgrade.go, reuseValues):
     --reset-values: only what is given; --reuse-values and --reset-then-reuse-values: what is
     given over the previous config (the first also keeps the old chart's defaults); none of
     them: what is given, or the previous config when nothing is given."""
