@@ -2,31 +2,159 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from model.data import CACHE_NAME, download_mnist
+from model.errors import DigitloopError
+from model.settings import ModelSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Tests never download: they use the shared copy of MNIST (override for another checkout).
-MNIST_PATH = Path(
-    os.environ.get("DIGITLOOP_TEST_MNIST", REPO_ROOT.parent / "shared/data/mnist.npz")
-)
 VENV_BIN = Path(sys.executable).parent
 
 
+# --- MNIST for the tests ---------------------------------------------------------------------
+# The tests use the first copy that exists, in this order, and download only when none does:
+#   1. DIGITLOOP_TEST_MNIST (set for the tests alone),
+#   2. ../shared/data/mnist.npz (beside the clone; what offline CI uses),
+#   3. the product's configured copy, DIGITLOOP_MNIST_PATH (ModelSettings().mnist_path),
+#   4. the product's cache of an earlier download, <data dir>/mnist/mnist.npz (what
+#      `make dev` or `digitloop train` left, or an earlier test run),
+#   5. the product's checksummed download (model.data.download_mnist) into that cache, once.
+# A path someone set (1 or 3) that does not exist stops the search: a typo never turns into a
+# silent download of another copy.
+SHARED_MNIST = Path("shared/data/mnist.npz")  # beside the clone
+
+
+@dataclass(frozen=True)
+class MnistCandidate:
+    """One place MNIST may be: what it is (for messages), its path, and whether a person set it."""
+
+    source: str
+    path: Path
+    explicit: bool = False
+
+
+class MnistNotFound(Exception):
+    """No copy of MNIST was found and none could be downloaded; the message says what was tried."""
+
+
+def mnist_candidates(
+    env: Mapping[str, str], settings: ModelSettings, repo_root: Path = REPO_ROOT
+) -> tuple[list[MnistCandidate], Path]:
+    """The places to look, in order, and the cache a download goes to (the last candidate)."""
+    candidates = []
+    if env.get("DIGITLOOP_TEST_MNIST"):
+        candidates.append(
+            MnistCandidate("DIGITLOOP_TEST_MNIST", Path(env["DIGITLOOP_TEST_MNIST"]), True)
+        )
+    candidates.append(
+        MnistCandidate("the shared copy beside the clone", repo_root.parent / SHARED_MNIST)
+    )
+    if settings.mnist_path is not None:
+        candidates.append(MnistCandidate("DIGITLOOP_MNIST_PATH", settings.mnist_path, True))
+    cache = settings.mnist_cache_dir / CACHE_NAME
+    if not cache.is_absolute():  # the data dir is relative to where `make` runs: the root
+        cache = repo_root / cache
+    candidates.append(MnistCandidate("the cache of an earlier download", cache))
+    return candidates, cache
+
+
+def find_mnist(candidates: Sequence[MnistCandidate]) -> Path | None:
+    """The first candidate that exists, or ``None``; a missing path a person set is an error."""
+    for candidate in candidates:
+        if candidate.path.is_file():
+            return candidate.path
+        if candidate.explicit:
+            raise MnistNotFound(
+                f"MNIST copy not found at {candidate.path} ({candidate.source} is set): point "
+                f"{candidate.source} at an existing mnist.npz, or unset it"
+            )
+    return None
+
+
+def resolve_mnist(
+    candidates: Sequence[MnistCandidate],
+    cache: Path,
+    base_url: str,
+    checksums: dict[str, str] | None = None,
+    announce: Callable[[str], None] = print,
+) -> Path:
+    """The first copy of MNIST that exists, else the product's checksummed download into
+    ``cache`` (``checksums`` default to the official SHA-256s)."""
+    found = find_mnist(candidates)
+    if found is not None:
+        return found
+    tried = "".join(f"\n  - {c.source}: {c.path} (not found)" for c in candidates)
+    announce(
+        f"MNIST: no local copy found, downloading it once from {base_url} into {cache} "
+        "(checksummed; later runs reuse it)"
+    )
+    try:
+        return download_mnist(base_url, cache, checksums)
+    except (DigitloopError, OSError) as exc:  # OSError: the cache cannot be written
+        raise MnistNotFound(
+            f"MNIST copy not found, and the download failed. Tried:{tried}\n"
+            f"  - download from {base_url} into {cache}: {exc}\n"
+            "Set DIGITLOOP_TEST_MNIST (or DIGITLOOP_MNIST_PATH) to a local mnist.npz with "
+            "x_train, y_train, x_test, y_test, or run with network once."
+        ) from exc
+
+
+# Read once, when pytest starts, before any test changes the environment.
+_MNIST_SETTINGS = ModelSettings()
+MNIST_CANDIDATES, MNIST_CACHE = mnist_candidates(os.environ, _MNIST_SETTINGS)
+# Where the tests' MNIST is: the first copy that exists, else where the download will put it.
+# Tests that hand MNIST_PATH to a child process also use the `mnist_path` fixture (directly or
+# through `mnist`), which makes it exist first.
+try:
+    _MNIST_FOUND, _MNIST_PROBLEM = find_mnist(MNIST_CANDIDATES), None
+except MnistNotFound as exc:
+    _MNIST_FOUND, _MNIST_PROBLEM = None, str(exc)  # the `mnist_path` fixture fails with it
+MNIST_PATH = _MNIST_FOUND or MNIST_CACHE
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _MNIST_PROBLEM is not None:
+        return f"mnist: {_MNIST_PROBLEM}"
+    source = next((c.source for c in MNIST_CANDIDATES if c.path == _MNIST_FOUND), None)
+    if source is not None:
+        return f"mnist: {MNIST_PATH} ({source})"
+    return f"mnist: no copy yet; downloaded into {MNIST_CACHE} when a test first needs it"
+
+
 @pytest.fixture(scope="session")
-def mnist_path() -> Path:
-    if not MNIST_PATH.exists():
-        pytest.fail(f"MNIST copy not found at {MNIST_PATH}; set DIGITLOOP_TEST_MNIST")
-    return MNIST_PATH
+def mnist_path(request: pytest.FixtureRequest) -> Path:
+    config = request.config
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+
+    def announce(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(message, yellow=True)
+        else:
+            print(message, file=sys.stderr)
+
+    # Capture off while resolving, so the message and the download's progress are seen.
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        try:
+            return resolve_mnist(
+                MNIST_CANDIDATES, MNIST_CACHE, _MNIST_SETTINGS.mnist_base_url, announce=announce
+            )
+        except MnistNotFound as exc:
+            problem = str(exc)
+    pytest.fail(problem, pytrace=False)  # outside the handler: the reason, not a traceback
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +166,7 @@ def mnist(mnist_path: Path):
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_path: Path) -> Path:
-    """A fresh project data directory, with MNIST pointed at the shared copy."""
+    """A fresh project data directory, with MNIST pointed at the tests' copy."""
     directory = tmp_path / "data"
     monkeypatch.setenv("DIGITLOOP_DATA_DIR", str(directory))
     monkeypatch.setenv("DIGITLOOP_MNIST_PATH", str(mnist_path))

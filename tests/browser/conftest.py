@@ -3,8 +3,9 @@
 The app is ``python -m ui.cli`` (what ``digitloop ui`` runs) in a child process on
 127.0.0.1, in front of a real ``bentoml serve`` of the service (tests/serving.py).
 Playwright never downloads a browser: it drives ``/usr/bin/chromium`` (Debian's package;
-override with DIGITLOOP_TEST_CHROMIUM). Screenshots go to ``test-artifacts/browser/``
-(override with DIGITLOOP_TEST_ARTIFACTS).
+override with DIGITLOOP_TEST_CHROMIUM). When browser tests are selected and that browser is
+missing, the session stops before anything runs, saying how to install it. Screenshots go to
+``test-artifacts/browser/`` (override with DIGITLOOP_TEST_ARTIFACTS).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ import pytest
 from tests.conftest import REPO_ROOT, free_port, stop, wait_http
 from tests.serving import Service, clean_env
 
+BROWSER_TESTS = Path(__file__).resolve().parent
+# The one place the browser is found: DIGITLOOP_TEST_CHROMIUM, else Debian's package.
 CHROMIUM = Path(os.environ.get("DIGITLOOP_TEST_CHROMIUM", "/usr/bin/chromium"))
+INSTALL_CHROMIUM = """\
+The browser tests (tests/browser/) need Chromium, and there is no executable at {path}.
+Install it, or point DIGITLOOP_TEST_CHROMIUM at a Chromium binary:
+  Debian/Ubuntu: sudo apt-get install chromium fonts-liberation
+  macOS:         brew install --cask chromium
+                 export DIGITLOOP_TEST_CHROMIUM=/Applications/Chromium.app/Contents/MacOS/Chromium
+Or run without them: make test PYTEST_ARGS='-m "not browser"'"""
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -35,6 +45,25 @@ CHROMIUM_FLAGS = [
 ARTIFACTS = Path(os.environ.get("DIGITLOOP_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
 
 
+def chromium_found() -> bool:
+    return CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop before anything runs when browser tests are selected and Chromium is missing."""
+    selected = any(BROWSER_TESTS in Path(item.path).parents for item in session.items)
+    if not selected or chromium_found():
+        return
+    message = INSTALL_CHROMIUM.format(path=CHROMIUM)
+    reporter = session.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "Chromium not found", red=True)
+        reporter.write_line(message)
+        message = f"Chromium not found at {CHROMIUM}; see above"
+    pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     directory = ARTIFACTS / "browser"
@@ -46,11 +75,7 @@ def artifacts() -> Path:
 # while it is open, which would break later tests that call asyncio.run.
 @pytest.fixture(scope="package")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) "
-            "or point DIGITLOOP_TEST_CHROMIUM at a Chromium binary"
-        )
+    # CHROMIUM exists: pytest_collection_finish stopped the session otherwise.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
