@@ -1,7 +1,8 @@
 """Errors of the serving component, each tied to the HTTP status it answers with.
 
 The service turns any of these into ``{"error": <message>}`` with the status below, in
-one place (:func:`services.service.error_response`); nothing else becomes a 5xx.
+one place (``DigitService._error``); nothing else becomes a 5xx. Which route answers
+which status is documented in :mod:`services.openapi`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ class RequestProblem(ServingError):
 
 
 class PayloadTooLarge(ServingError):
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-class BatchTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
@@ -63,9 +60,11 @@ class FeedbackNotDurable(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
-# Domain errors raised below the service, and the status each answers with.
+# Domain errors raised below the service, and the status each answers with. A request the
+# OpenAPI schema accepts can still hold bytes that are not an image, or a drawing without
+# ink: 422, the content is unusable; 400 is for a request that breaks the schema.
 STATUS_OF: dict[type[Exception], HTTPStatus] = {
-    InvalidImageError: HTTPStatus.BAD_REQUEST,
+    InvalidImageError: HTTPStatus.UNPROCESSABLE_ENTITY,
     EmptyDrawingError: HTTPStatus.UNPROCESSABLE_ENTITY,
     ModelNotFoundError: HTTPStatus.NOT_FOUND,
 }

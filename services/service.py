@@ -4,28 +4,32 @@ Routes (DESIGN.md, "Serving HTTP API"): ``/predict``, ``/predict_batch``, ``/fee
 ``/model``, ``/admin/reload``, plus BentoML's ``/livez``, ``/readyz`` and ``/metrics``.
 The model lifecycle (load in the background, ready flag, hot reload) is in
 :class:`ModelSlots`; per-request work in :mod:`services.inference`; storage in
-:mod:`services.store`. Every expected error answers ``{"error": ...}`` with its 4xx.
+:mod:`services.store`. Every expected error answers ``{"error": ...}`` with its 4xx;
+``/predict_batch`` answers each image, an error entry for one it cannot predict. Request
+bodies and their bounds are the models of :mod:`services.inputs`; ``/docs.json`` serves the
+OpenAPI document of all this (:mod:`services.openapi`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
 import time
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import bentoml
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 from starlette.responses import JSONResponse, Response
 
+from model.errors import InvalidImageError
 from services.errors import (
     BadRequest,
-    BatchTooLarge,
     DuplicateFeedbackError,
     FeedbackNotDurable,
     Forbidden,
@@ -50,19 +54,59 @@ log = logging.getLogger("digitloop.service")
 WORKERS = int(os.environ.get("DIGITLOOP_WORKERS", "2"))
 
 
+# The answers. Their schemas are the OpenAPI document's (services/openapi.py).
+TrackName = Literal["stable", "canary"]
+
+
 class Prediction(BaseModel):
     prediction_id: str = Field(description="Pass it back to /feedback.")
-    label: int = Field(description="The predicted digit.")
-    probabilities: list[float] = Field(description="Probability of each digit 0-9.")
+    label: int = Field(ge=0, le=9, description="The predicted digit.")
+    probabilities: list[float] = Field(
+        min_length=10, max_length=10, description="Probability of each digit 0-9."
+    )
     model_version: str
-    track: str = Field(description="'stable' or 'canary'.")
+    track: TrackName = Field(description="The track that answered.")
+
+
+class ImageError(BaseModel):
+    """A /predict_batch item for an image that could not be predicted; the others are."""
+
+    index: int = Field(ge=0, description="The image's position in the request, from 0.")
+    status: int = Field(
+        description="What /predict answers for this image alone: 413 over the size limit, "
+        "422 not a readable image or too little ink."
+    )
+    error: str = Field(description="Why, in plain words.")
+
+
+BatchAnswer = list[Prediction | ImageError]
+_BATCH_ANSWER: TypeAdapter[BatchAnswer] = TypeAdapter(BatchAnswer)
 
 
 class FeedbackAck(BaseModel):
     prediction_id: str
-    label: int
+    label: int = Field(ge=0, le=9)
     correct: bool = Field(description="Whether the prediction was right.")
-    durable: str = Field(description="'stored' in the store, or 'spooled' until it is back.")
+    durable: Literal["stored", "spooled"] = Field(
+        description="'stored' in the store, or 'spooled' until it is back."
+    )
+
+
+class TrackState(BaseModel):
+    model_version: str
+    aliases: list[str] = Field(description="MLflow aliases of the version (champion, ...).")
+    trained_on: dict[str, Any] = Field(description="What the version was trained on.")
+    mnist_test_accuracy: float | None
+
+
+class ModelState(BaseModel):
+    """What each track serves and the split: the answer of /model and /admin/reload."""
+
+    tracks: dict[TrackName, TrackState]
+    canary_weight: int = Field(ge=0, le=100, description="Percent of requests to the canary.")
+    only_track: TrackName | None = Field(
+        description="The one track this replica serves (a cluster pod), or null: both."
+    )
 
 
 # GET routes: BentoML's APIs are POST only, so /model is a FastAPI route on the service
@@ -149,8 +193,9 @@ class DigitService:
         """Predict one digit: PNG/JPEG bytes (raw body or multipart `image`) or `pixels`."""
         started = time.perf_counter()
         try:
-            digit = self._one_input(image, pixels, ctx)
-            answer = self._predict(digit[None], ctx, started)[0]
+            _raise_problem(ctx)
+            digit = self._digit(image if image is not None else pixels)
+            answer = self._predict(digit[None], self._pick(ctx), started)[0]
         except Exception as exc:  # every error becomes a response
             return self._error(ctx, "/predict", started, exc)
         self._observe("/predict", started)
@@ -163,31 +208,37 @@ class DigitService:
         images: list[bytes] | None = None,
         pixels: list[list[list[float]]] | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
-    ) -> list[Prediction]:
-        """Predict many digits in one forward pass: multipart `images` or `pixels`."""
-        import numpy as np
+    ) -> BatchAnswer:
+        """Predict many digits in one forward pass: multipart `images` or `pixels`.
 
-        from services.inference import array_to_pixels, image_bytes_to_pixels
+        One answer per image, in order: a prediction, or for an image that cannot be
+        predicted (not readable, too little ink, too large) an error with its index and the
+        status /predict would answer; the others are predicted all the same.
+        """
+        import numpy as np
 
         started = time.perf_counter()
         try:
             _raise_problem(ctx)
-            count = len(images or []) + len(pixels or [])
-            if count == 0:
-                raise BadRequest("send one or more `images` (multipart files) or `pixels`")
-            if count > self.settings.max_batch:
-                raise BatchTooLarge(
-                    f"{count} images in one batch; at most {self.settings.max_batch}"
-                )
-            digits = [
-                image_bytes_to_pixels(data, self.settings.max_image_bytes) for data in images or []
-            ]
-            digits += [array_to_pixels(p) for p in pixels or []]
-            answers = self._predict(np.stack(digits), ctx, started)
+            picked = self._pick(ctx)
+            answers: list[Prediction | ImageError | None] = []
+            digits = []
+            for index, item in enumerate(images if images is not None else pixels or []):
+                try:
+                    digits.append(self._digit(item))
+                except Exception as exc:
+                    status = status_of(exc)
+                    if status is None:
+                        raise  # a fault of ours, not of the image: the whole request is 500
+                    answers.append(ImageError(index=index, status=int(status), error=str(exc)))
+                else:
+                    answers.append(None)
+            predicted = iter(self._predict(np.stack(digits), picked, started) if digits else [])
+            answer = [item if item is not None else next(predicted) for item in answers]
         except Exception as exc:  # every error becomes a response
             return self._error(ctx, "/predict_batch", started, exc)
         self._observe("/predict_batch", started)
-        return answers
+        return Response(_BATCH_ANSWER.dump_json(answer), media_type="application/json")
 
     @bentoml.api(route="/feedback", input_spec=FeedbackInput)
     async def feedback(
@@ -202,11 +253,7 @@ class DigitService:
 
         started = time.perf_counter()
         try:
-            _raise_problem(ctx)
-            if not 0 <= label <= 9:
-                raise BadRequest(f"label must be a digit 0-9, got {label}")
-            if not source or len(source) > 64:
-                raise BadRequest("source must be 1-64 characters")
+            _raise_problem(ctx)  # the bounds (label 0-9, id format, source) are FeedbackInput's
             ref = self.ids.parse(prediction_id)
             record = FeedbackRecord(
                 prediction_id=prediction_id, label=label, ts=datetime.now(UTC), source=source
@@ -259,8 +306,6 @@ class DigitService:
         try:
             self._authorize(ctx)
             _raise_problem(ctx)
-            if canary_weight is not None and not 0 <= canary_weight <= 100:
-                raise BadRequest(f"canary_weight must be 0-100, got {canary_weight}")
             with self._admin_lock:
                 self.slots.apply(
                     stable_model=stable_model,
@@ -275,26 +320,35 @@ class DigitService:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _one_input(
-        self, image: bytes | None, pixels: list[list[float]] | None, ctx: bentoml.Context
-    ):
+    def _digit(self, drawing: bytes | list[list[float]]):
+        """One image (PNG/JPEG bytes, or rows of pixels) as the 28x28 digit the network takes.
+
+        The request's shape was checked by its model (services/inputs.py); what is left is
+        the content: bytes that do not decode, rows of unequal length, no ink (422), an
+        image over the size limit (413).
+        """
         from services.inference import array_to_pixels, image_bytes_to_pixels
 
-        _raise_problem(ctx)
-        if (image is None) == (pixels is None):
-            raise BadRequest(
-                "send exactly one of an image (PNG/JPEG body or multipart "
-                "`image`) or `pixels` (a 2-D array, JSON)"
+        if isinstance(drawing, bytes):
+            return image_bytes_to_pixels(drawing, self.settings.max_image_bytes)
+        if len({len(row) for row in drawing}) > 1:
+            raise InvalidImageError(
+                "the rows of `pixels` differ in length: send a rectangular array"
             )
-        if image is not None:
-            return image_bytes_to_pixels(image, self.settings.max_image_bytes)
-        return array_to_pixels(pixels)
+        return array_to_pixels(drawing)
 
-    def _predict(self, digits, ctx: bentoml.Context, started: float) -> list[Prediction]:
+    def _pick(self, ctx: bentoml.Context | None):
+        """The track and model that answer this request (header X-Digitloop-Track pins it)."""
+        pinned = ctx.request.headers.get(TRACK_HEADER) if ctx is not None else None
+        if pinned is not None and not pinned.strip():
+            # Sent but blank: a pin that names no track, not the absence of one.
+            raise BadRequest(f"{TRACK_HEADER} must be 'stable' or 'canary', got ''")
+        return self.slots.pick(pinned)
+
+    def _predict(self, digits, picked, started: float) -> list[Prediction]:
         from services.store import PredictionRecord
 
-        pinned = ctx.request.headers.get(TRACK_HEADER) if ctx is not None else None
-        track, classifier = self.slots.pick(pinned)
+        track, classifier = picked
         probabilities = classifier.predict(digits)
         labels = probabilities.argmax(axis=1)
         now = datetime.now(UTC)
@@ -364,6 +418,19 @@ class DigitService:
             ctx.response.status_code = int(status)  # BentoML copies it onto the response
         self._observe(route, started, int(status))
         return JSONResponse({"error": message}, status_code=int(status))
+
+
+@info_app.get("/docs.json", include_in_schema=False)
+def openapi_document() -> JSONResponse:
+    """The OpenAPI document: BentoML's, made to tell every status and bound (services/openapi)."""
+    return JSONResponse(_openapi_document())
+
+
+@functools.cache
+def _openapi_document() -> dict[str, Any]:
+    from services.openapi import document
+
+    return document(DigitService.openapi_spec.asdict())
 
 
 def _raise_problem(ctx: bentoml.Context | None) -> None:

@@ -21,14 +21,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.errors import DigitloopError
-from services.settings import TRACK_HEADER
+from services.settings import TRACK_HEADER, ServingSettings
 
 Track = Literal["stable", "canary"]
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_TIMEOUT_S = 10.0
-# The service refuses larger batches with 413; the client splits longer lists.
-MAX_BATCH = 64
+# The most images the service takes in one /predict_batch, by default (its setting
+# DIGITLOOP_MAX_BATCH; larger batches get 413); the client splits longer lists.
+MAX_BATCH: int = ServingSettings.model_fields["max_batch"].default
 
 
 class Prediction(BaseModel):
@@ -51,6 +52,16 @@ class Prediction(BaseModel):
         """The ``k`` most probable digits with their probabilities, most probable first."""
         order = sorted(range(10), key=lambda digit: self.probabilities[digit], reverse=True)
         return [(digit, self.probabilities[digit]) for digit in order[:k]]
+
+
+class ImageError(BaseModel):
+    """An item of ``/predict_batch`` for an image the service could not predict."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    index: int = Field(ge=0, description="The image's position in the list sent, from 0.")
+    status: int = Field(description="What /predict answers for it alone (413, 422).")
+    error: str = Field(description="Why, fit to show to a person.")
 
 
 class FeedbackAck(BaseModel):
@@ -198,9 +209,20 @@ class DigitloopClient:
     def predict_batch(
         self, images: Sequence[bytes], track: Track | None = None
     ) -> list[Prediction]:
-        """Predict several PNG/JPEG images; longer lists go in requests of 64 images.
+        """Predict several PNG/JPEG images; longer lists go in requests of MAX_BATCH images.
 
-        One unreadable image fails its whole request (the service answers one error).
+        All or nothing: an image the service cannot predict raises ServiceError with its
+        status and index ("image 3: ..."). :meth:`predict_batch_each` answers each instead.
+        """
+        return _all_predicted(self.predict_batch_each(images, track))
+
+    def predict_batch_each(
+        self, images: Sequence[bytes], track: Track | None = None
+    ) -> list[Prediction | ImageError]:
+        """Predict several PNG/JPEG images: one answer per image, in order.
+
+        An image the service cannot predict (not readable, too little ink, too large) gets
+        an :class:`ImageError` (its ``index`` in ``images``); the others are predicted.
         """
 
         def body(chunk: Sequence[bytes], start: int) -> dict[str, Any]:
@@ -216,20 +238,23 @@ class DigitloopClient:
     def predict_batch_pixels(
         self, images: np.ndarray | Sequence[np.ndarray], track: Track | None = None
     ) -> list[Prediction]:
-        """Predict several 2-D grey arrays (the simulator's path), 64 per request."""
+        """Predict several 2-D grey arrays (the simulator's path), MAX_BATCH per request.
+
+        All or nothing, as :meth:`predict_batch`.
+        """
 
         def body(chunk: Sequence[np.ndarray], start: int) -> dict[str, Any]:
             return {"json": {"pixels": [np.asarray(image).tolist() for image in chunk]}}
 
-        return self._batched(images, body, track)
+        return _all_predicted(self._batched(images, body, track))
 
     def _batched(
         self,
         items: Sequence[Any],
         body: Callable[[Sequence[Any], int], dict[str, Any]],
         track: Track | None,
-    ) -> list[Prediction]:
-        predictions: list[Prediction] = []
+    ) -> list[Prediction | ImageError]:
+        answers: list[Prediction | ImageError] = []
         for start in range(0, len(items), MAX_BATCH):
             chunk = items[start : start + MAX_BATCH]
             answer = self._request(
@@ -241,8 +266,14 @@ class DigitloopClient:
                     f"The prediction service answered {_count(answer)} predictions "
                     f"for {len(chunk)} images.",
                 )
-            predictions += [_parse(Prediction, item) for item in answer]
-        return predictions
+            for item in answer:
+                if isinstance(item, dict) and "error" in item and "prediction_id" not in item:
+                    failed = _parse(ImageError, item)
+                    # The service counts from the start of its request: count from ours.
+                    answers.append(failed.model_copy(update={"index": start + failed.index}))
+                else:
+                    answers.append(_parse(Prediction, item))
+        return answers
 
     def feedback(self, prediction_id: str, label: int, source: str | None = None) -> FeedbackAck:
         """Record the true digit of a prediction. Raises ServiceError 409 if already recorded."""
@@ -294,6 +325,16 @@ class DigitloopClient:
                     f"The prediction service answered {path} with something that is not JSON.",
                 ) from None
         raise ServiceError(response.status_code, _error_message(response))
+
+
+def _all_predicted(answers: list[Prediction | ImageError]) -> list[Prediction]:
+    """The predictions, or ServiceError for the first image the service could not predict."""
+    predictions = []
+    for answer in answers:
+        if isinstance(answer, ImageError):
+            raise ServiceError(answer.status, f"image {answer.index}: {answer.error}")
+        predictions.append(answer)
+    return predictions
 
 
 def _track(track: Track | None) -> dict[str, str]:

@@ -163,7 +163,7 @@ def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, p
     [
         (
             {"content": b"not an image", "headers": {"content-type": "image/png"}},
-            400,
+            422,
             "not a readable",
         ),
         (
@@ -171,7 +171,7 @@ def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, p
                 "content": b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,
                 "headers": {"content-type": "image/png"},
             },
-            400,
+            422,
             "not a readable",
         ),
         ({"content": b"x" * 2_000_001, "headers": {"content-type": "image/png"}}, 413, "at most"),

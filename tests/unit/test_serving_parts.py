@@ -90,7 +90,8 @@ def test_settings_validation_and_secrets(tmp_path: Path, monkeypatch):
 
 
 def test_error_statuses():
-    assert status_of(InvalidImageError("x")) == HTTPStatus.BAD_REQUEST
+    # Not an image: the request is well formed, its content unusable (services/errors.py).
+    assert status_of(InvalidImageError("x")) == HTTPStatus.UNPROCESSABLE_ENTITY
     assert status_of(EmptyDrawingError("x")) == HTTPStatus.UNPROCESSABLE_ENTITY
     assert status_of(PayloadTooLarge("x")) == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     assert status_of(UnknownPrediction("x")) == HTTPStatus.NOT_FOUND
