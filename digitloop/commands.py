@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated
 
@@ -22,9 +23,13 @@ def dev(
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run the embedded stack: MLflow, serving, sketchpad, loop scheduler (Ctrl-C stops)."""
+    """Run the embedded stack: MLflow, serving, sketchpad, loop scheduler (Ctrl-C stops).
+
+    SIGINT, SIGTERM and SIGHUP stop every process it started and exit 0 (128 + the signal
+    while it still starts); a second signal skips the grace periods.
+    """
     setup_logging(verbose)
-    from digitloop.stack import EmbeddedStack, StackConfig
+    from digitloop.stack import EmbeddedStack, StackConfig, StopSignal
     from pipelines.loop import run_once
     from pipelines.loop_cli import new_run_id
     from pipelines.steps import LoopContext
@@ -36,32 +41,45 @@ def dev(
         ui_port=ui_port,
         mlflow_port=mlflow_port,
     )
-    with cli_errors(), EmbeddedStack(config) as stack:
-        stderr.print(f"""
+
+    def say(message: str) -> None:  # never fails: after SIGHUP the terminal may be gone
+        with suppress(Exception):
+            stderr.print(message)
+
+    stop = threading.Event()
+    started = False
+    try:
+        with cli_errors(), EmbeddedStack(config, handle_signals=True) as stack:
+            started = True
+            say(f"""
 [bold]digitloop is running[/]
   sketchpad   {stack.ui_url}
-  service     {stack.service_url}  (API docs at /docs, metrics at /metrics)
+  service     {stack.service_url}  (API docs at /, OpenAPI at /docs.json, metrics at /metrics)
   MLflow      {stack.mlflow_url}
   loop        every {every:g} min (same steps as the CronWorkflow); logs in {data_dir}/logs
 Ctrl-C stops everything.""")
-        stop = threading.Event()
 
-        def scheduler() -> None:
-            while not stop.wait(every * 60):
-                try:
-                    run_once(LoopContext(run_id=new_run_id()), console=stderr)
-                except Exception as exc:  # a failed run is reported; the next one retries
-                    stderr.print(f"[red]loop run failed:[/] {exc}")
+            def scheduler() -> None:
+                while not stop.wait(every * 60):
+                    try:
+                        run_once(LoopContext(run_id=new_run_id()), console=stderr)
+                    except Exception as exc:  # a failed run is reported; the next one retries
+                        say(f"[red]loop run failed:[/] {exc}")
 
-        thread = threading.Thread(target=scheduler, name="loop-scheduler", daemon=True)
-        thread.start()
-        try:
-            while thread.is_alive():
-                thread.join(timeout=1)
-        except KeyboardInterrupt:
-            stderr.print("stopping...")
-        finally:
-            stop.set()
+            thread = threading.Thread(target=scheduler, name="loop-scheduler", daemon=True)
+            thread.start()
+            try:
+                while thread.is_alive():
+                    thread.join(timeout=1)
+            except StopSignal as exc:  # SIGINT, SIGTERM, SIGHUP: the stack stops on the way out
+                say(f"{exc}: stopping...")
+            finally:
+                stop.set()
+    except StopSignal as exc:  # what started is stopped already
+        if not started:
+            say(f"{exc} while starting: stopped")
+            raise typer.Exit(code=128 + exc.signum) from None
+    say("stopped")
 
 
 def simulate(
@@ -136,7 +154,9 @@ def simulate(
         nullcontext()
         if url
         else EmbeddedStack(
-            StackConfig(data_dir=data_dir, with_ui=False, workers=1, train_epochs=train_epochs)
+            StackConfig(data_dir=data_dir, with_ui=False, workers=1, train_epochs=train_epochs),
+            # SIGTERM or a closed terminal stops the stack it started, as `digitloop dev` does.
+            handle_signals=True,
         )
     )
     with cli_errors(), stack as running:

@@ -1,8 +1,16 @@
 """The embedded stack on one machine: MLflow server, prediction service, sketchpad UI.
 
-Used by ``digitloop dev`` (everything, until Ctrl-C) and ``digitloop simulate`` (a
-stack of its own for one run). Every process listens on 127.0.0.1, runs in its own
-process group, and is stopped in reverse order, SIGTERM first.
+Used by ``digitloop dev`` (everything, until SIGINT, SIGTERM or SIGHUP) and ``digitloop
+simulate`` (a stack of its own for one run). Every process listens on 127.0.0.1 and runs
+in a session of its own, so a terminal's Ctrl-C or hang-up reaches only the parent, which
+stops them: in reverse order, SIGTERM to the process group, a grace period, then SIGKILL.
+
+What the children spawn: MLflow's server runs uvicorn, its job runner and the huey
+consumers in its own process group (MLflow starts a job's subprocess in a session of its
+own, which kills itself when orphaned); BentoML's arbiter (circus) starts each worker in a
+session of its own and stops them itself on SIGTERM, waiting for their shutdown hooks (the
+service flushes its predictions log there). So :meth:`EmbeddedStack.stop` also collects
+every descendant while it waits, and kills whatever outlives its group leader.
 """
 
 from __future__ import annotations
@@ -12,15 +20,38 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import httpx
 from rich.console import Console
 
 BIN = Path(sys.executable).parent
+
+# The signals that stop ``digitloop dev``: Ctrl-C, kill and process managers, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Seconds from SIGTERM to SIGKILL, per process; the service flushes its predictions log and
+# tries its feedback spool once more (store timeouts: 2 s connect, 5 s read), as Kubernetes'
+# default 30 s would let it.
+GRACE_S = {"serving": 20.0}
+DEFAULT_GRACE_S = 10.0
+
+
+class StopSignal(KeyboardInterrupt):
+    """Raised in the main thread by the first stop signal (``handle_signals=True``).
+
+    A KeyboardInterrupt, so whatever cleans up on Ctrl-C cleans up on SIGTERM and SIGHUP too.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -40,6 +71,16 @@ class EmbeddedStack(AbstractContextManager):
     config: StackConfig
     console: Console = field(default_factory=lambda: Console(stderr=True))
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    # Stop on SIGINT, SIGTERM and SIGHUP (main thread only): the first raises StopSignal in
+    # the main thread, which unwinds through stop(); a later SIGINT or SIGTERM makes stop()
+    # skip the grace periods (it still stops everything).
+    handle_signals: bool = False
+    signalled: int | None = field(default=None, init=False)
+    _hurry: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
+    _deferring: bool = field(default=False, init=False, repr=False)
+    _deferred: int | None = field(default=None, init=False, repr=False)
+    _previous_handlers: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
     _saved_environ: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -69,6 +110,9 @@ class EmbeddedStack(AbstractContextManager):
         }
 
     def __enter__(self) -> EmbeddedStack:
+        self._stopping = False
+        if self.handle_signals:
+            self._install_signal_handlers()
         self._saved_environ = dict(os.environ)
         os.environ.update(self.env())  # this process (loop, simulator) shares them too
         logs = self.config.data_dir / "logs"
@@ -126,27 +170,86 @@ class EmbeddedStack(AbstractContextManager):
                     logs,
                 )
         except BaseException:
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                os.environ.clear()
+                os.environ.update(self._saved_environ)
+                self._restore_signal_handlers()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-        os.environ.clear()
-        os.environ.update(self._saved_environ)
+        try:
+            self.stop()
+        finally:
+            os.environ.clear()
+            os.environ.update(self._saved_environ)
+            self._restore_signal_handlers()
+
+    # -- signals -----------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        """Handle SIGINT, SIGTERM and SIGHUP, whatever this process inherited.
+
+        SIGINT is handled even when it was ignored at start (``cmd &`` in a script, where
+        Python then installs no KeyboardInterrupt): the stack must stop on a Ctrl-C-style
+        signal; run it in a session of its own (``setsid``) to keep it away from a
+        terminal's Ctrl-C. SIGHUP stays ignored when it was (``nohup``: asked to outlive
+        the terminal). The children get the default dispositions back at exec (a handled
+        signal is reset there, an ignored one would stay ignored).
+        """
+        for signum in STOP_SIGNALS:
+            previous = signal.getsignal(signum)
+            if signum == signal.SIGHUP and previous == signal.SIG_IGN:
+                continue
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signalled is not None:
+            # A second SIGINT or SIGTERM: no second unwind, but no more waiting. Not SIGHUP:
+            # a closed terminal may send it twice (kernel to the foreground group, shell to
+            # its jobs) and nobody is there to be impatient.
+            if signum != signal.SIGHUP:
+                self._hurry.set()
+            return
+        self.signalled = signum
+        if self._stopping:  # stopping already: finish as planned
+            return
+        if self._deferring:  # between a fork and the bookkeeping that stops the child
+            self._deferred = signum
+            return
+        raise StopSignal(signum)
+
+    @contextmanager
+    def _signals_deferred(self) -> Iterator[None]:
+        """Raise a stop signal that arrives inside the block only at its end."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._deferred is not None:
+            signum, self._deferred = self._deferred, None
+            raise StopSignal(signum)
 
     def _start(
         self, name: str, command: list[str], ready_url: str, logs: Path, timeout: float = 180
     ) -> None:
-        log = (logs / f"{name}.log").open("a")
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, **self.env()},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes.append((name, process))
+        with (logs / f"{name}.log").open("a") as log, self._signals_deferred():
+            process = subprocess.Popen(
+                command,
+                env={**os.environ, **self.env()},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self.processes.append((name, process))
         deadline = time.monotonic() + timeout
         with self.console.status(f"starting {name}..."):
             while time.monotonic() < deadline:
@@ -199,21 +302,90 @@ class EmbeddedStack(AbstractContextManager):
         ]
 
     def stop(self) -> None:
+        """Stop every process, the last started first; safe to call more than once.
+
+        Each gets SIGTERM on its process group and its grace period (GRACE_S), then
+        SIGKILL; descendants outside the group (BentoML's workers) that outlive it are
+        stopped the same way. A stop signal meanwhile (``handle_signals``) skips the waits.
+        """
+        self._stopping = True  # from now on a stop signal does not unwind
         for name, process in reversed(self.processes):
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(timeout=30)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    kill(process)
-            self.console.print(f"[dim]{name} stopped[/]")
+            grace = 0.0 if self._hurry.is_set() else GRACE_S.get(name, DEFAULT_GRACE_S)
+            how = stop_tree(process, grace, self._hurry)
+            self._say(f"[dim]{name} stopped{how}[/]")
         self.processes.clear()
 
+    def _say(self, message: str) -> None:
+        """Print, but never fail: the terminal may be gone (SIGHUP)."""
+        with suppress(Exception):
+            self.console.print(message)
 
-def kill(process: subprocess.Popen) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+
+def descendants(pid: int) -> dict[int, Any]:
+    """Every living descendant of ``pid`` as psutil processes, by pid (none when it is gone)."""
+    import psutil
+
+    try:
+        return {child.pid: child for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def stop_tree(process: subprocess.Popen, grace: float, hurry: threading.Event | None = None) -> str:
+    """Stop ``process``, its process group and every descendant: SIGTERM, ``grace`` seconds
+    (less once ``hurry`` is set), SIGKILL. Returns "" or how it had to be stopped."""
+    import psutil
+
+    # Only while ``process`` is not reaped is its pid sure to be its own.
+    seen = descendants(process.pid) if process.poll() is None else {}
+    how = ""
+    if process.poll() is None:
+        _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while process.poll() is None and time.monotonic() < deadline:
+            if hurry is not None and hurry.is_set():
+                break
+            seen.update(descendants(process.pid))  # including any started meanwhile
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.2)
+        if process.poll() is None:
+            seen.update(descendants(process.pid))
+            how = " (killed)"
+            _signal_group(process, signal.SIGKILL)
     process.wait()
+    # Whatever outlived the group: processes in groups of their own (BentoML's workers)
+    # or orphaned grandchildren. psutil checks each is still the process seen (pid reuse).
+    left = [child for child in seen.values() if _alive(child)]
+    if left:
+        for child in left:
+            with suppress(psutil.Error):
+                child.terminate()
+        wait = 0.0 if hurry is not None and hurry.is_set() else min(grace, 5.0)
+        _gone, alive = psutil.wait_procs(left, timeout=wait)
+        for child in alive:
+            with suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(alive, timeout=5)
+        how += f" ({len(left)} left behind, stopped)"
+    return how
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Signal the process group ``process`` leads (start_new_session), else ``process``."""
+    with suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+
+
+def _alive(child: Any) -> bool:
+    import psutil
+
+    try:
+        return child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def admin_token(data_dir: Path) -> str:

@@ -196,13 +196,11 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None)
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """SIGTERM, ``timeout`` seconds, SIGKILL: the process, its group and every descendant
+    (MLflow's job consumers, BentoML's workers), as ``digitloop dev`` stops its own."""
+    from digitloop.stack import stop_tree
+
+    stop_tree(process, grace=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -229,6 +227,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=root,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,7 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import MNIST_PATH, REPO_ROOT, VENV_BIN, free_port, stop, tiny_split, wait_http
+from digitloop.stack import stop_tree
+from tests.conftest import MNIST_PATH, REPO_ROOT, VENV_BIN, free_port, tiny_split, wait_http
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -107,6 +107,9 @@ class Service:
             "DIGITLOOP_FLUSH_INTERVAL_S": "1",
             "DIGITLOOP_MNIST_PATH": str(MNIST_PATH),
             "BENTOML_DO_NOT_TRACK": "True",
+            # Its own home: BentoML empties $BENTOML_HOME/prometheus_multiproc_dir when a
+            # server starts, so servers sharing ~/bentoml lose each other's metrics.
+            "BENTOML_HOME": str(self.log_path.parent / f"bentoml-{self.port}"),
         }
         env = clean_env(**{**defaults, **self.env})  # the test's settings win
         with self.log_path.open("a") as log:
@@ -127,9 +130,23 @@ class Service:
                 start_new_session=True,
             )
         try:
+            # Each worker loads its model on its own and /readyz answers for the worker that
+            # took the connection: several fresh connections in a row must find it ready.
+            deadline = time.monotonic() + timeout
             wait_http(f"{self.url}{ready_path}", timeout=timeout, process=self.process)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}\n--- bentoml serve log ---\n{self.log_tail()}") from None
+            in_a_row = 0
+            while in_a_row < 6:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.url}{ready_path} not ready on every worker")
+                ready = httpx.get(f"{self.url}{ready_path}", timeout=5).is_success
+                in_a_row = in_a_row + 1 if ready else 0
+                if not ready:
+                    time.sleep(0.3)
+        except BaseException as exc:  # not ready: nobody will stop it but us
+            self.stop()
+            if isinstance(exc, RuntimeError | TimeoutError):
+                raise RuntimeError(f"{exc}\n--- bentoml serve log ---\n{self.log_tail()}") from None
+            raise
         return self
 
     def log_tail(self, lines: int = 40) -> str:
@@ -161,10 +178,10 @@ class Service:
         return self.process.wait(timeout=60)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            stop(self.process, timeout=30)
+        """SIGTERM to the group, 30 s, SIGKILL; also the workers, which BentoML's arbiter
+        starts in sessions of their own (they would outlive a killed arbiter)."""
+        if self.process is not None:
+            stop_tree(self.process, grace=30)
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)

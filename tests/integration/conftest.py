@@ -46,7 +46,11 @@ class S3Server:
                 stderr=subprocess.STDOUT,
             )
         # moto's own API answers 200 once the server takes requests.
-        wait_http(f"{self.url}/moto-api/", timeout=30, process=self.process)
+        try:
+            wait_http(f"{self.url}/moto-api/", timeout=30, process=self.process)
+        except BaseException:  # not up: nobody will stop it but us
+            stop(self.process)
+            raise
 
     def stop(self) -> None:
         if self.process is not None:
