@@ -170,16 +170,15 @@ class EmbeddedStack(AbstractContextManager):
                     logs,
                 )
         except BaseException:
-            try:
-                self.stop()
-            finally:
-                os.environ.clear()
-                os.environ.update(self._saved_environ)
-                self._restore_signal_handlers()
+            self._close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """Stop everything, then give back the environment and signal handlers it changed."""
         try:
             self.stop()
         finally:
