@@ -107,7 +107,6 @@ class Release:
     chart: str
     namespace: str
     config: dict[str, Any]  # the values given to the release so far (Helm's release.Config)
-    status: str = "deployed"  # or "failed": a first install that did not finish
 
 
 @dataclass
