@@ -35,7 +35,7 @@ help: ## List every target with a one-line description.
 
 ##@ Development
 
-$(BIN)/digitloop: pyproject.toml requirements/serving.txt
+$(BIN)/digitloop: pyproject.toml bench/pyproject.toml requirements/serving.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
@@ -43,7 +43,9 @@ $(BIN)/digitloop: pyproject.toml requirements/serving.txt
 	$(BIN)/pip install --no-deps $(TORCH_SPEC)
 	@# The serving closure at the serving image's exact pins: the venv the tests run in is what
 	@# the image installs (requirements/serving.txt, from `make lock-serving`).
-	$(BIN)/pip install -c requirements/serving.txt -e ".[all,dev]"
+	@# bench/ (benchmarks, simulator) is its own distribution: it never ships in the wheel or
+	@# the images, and adds `digitloop bench` and `digitloop simulate` here.
+	$(BIN)/pip install -c requirements/serving.txt -e ".[all,dev]" -e ./bench
 	@touch $@
 
 .PHONY: install

@@ -287,8 +287,8 @@ class EmbeddedStack(AbstractContextManager):
 
     def _canary_args(self) -> list[str]:
         """Serve the challenger as the canary when one is set: a restart keeps the canary."""
+        from contracts.registry import CHALLENGER_ALIAS
         from model.registry import Registry
-        from model.settings import CHALLENGER_ALIAS
         from pipelines.settings import DecisionSettings
 
         if Registry().alias_version(CHALLENGER_ALIAS) is None:

@@ -22,6 +22,7 @@ RUN pip install --no-deps "torch==${TORCH_VERSION}+cpu" --extra-index-url "${TOR
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements ./requirements
+COPY contracts ./contracts
 COPY model ./model
 COPY services ./services
 COPY ui ./ui

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-from model.errors import ChecksumError, DatasetError, DownloadError
+from contracts.errors import ChecksumError, DatasetError, DownloadError
 from model.settings import ModelSettings
 
 log = logging.getLogger(__name__)

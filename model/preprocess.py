@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from model.errors import EmptyDrawingError, InvalidImageError
+from contracts.errors import EmptyDrawingError, InvalidImageError
 
 MNIST_SIZE = 28
 BOX_SIZE = 20

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from model.errors import ModelNotFoundError
+from contracts.errors import ModelNotFoundError
+from contracts.registry import CHAMPION_ALIAS
 from model.evaluate import Evaluation, plot_confusion
-from model.settings import CHAMPION_ALIAS, ModelSettings
+from model.settings import ModelSettings
 from model.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)

@@ -5,27 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REGISTERED_MODEL_NAME = "digitloop-mnist"
-CHAMPION_ALIAS = "champion"
-CHALLENGER_ALIAS = "challenger"
-
-
-class DigitloopEnv(BaseSettings):
-    """Base of every component's settings: ``DIGITLOOP_<FIELD>`` variables or a ``.env`` file."""
-
-    model_config = SettingsConfigDict(env_prefix="DIGITLOOP_", env_file=".env", extra="ignore")
-
-
-class DigitloopSettings(DigitloopEnv):
-    """Base of every component's settings that lives in the project data directory."""
-
-    data_dir: Path = Field(
-        default=Path(".digitloop"),
-        description="Project data directory: MNIST cache, embedded MLflow store, local store "
-        "and spool, generated secrets.",
-    )
+from contracts.registry import REGISTERED_MODEL_NAME
+from contracts.settings import DigitloopSettings
 
 
 class ModelSettings(DigitloopSettings):

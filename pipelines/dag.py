@@ -1,6 +1,6 @@
 """The loop's DAG as data: steps in order, what each reads, when each runs.
 
-The single description both runners use: :mod:`pipelines.loop` runs it in-process and
+The single description both runners use: :mod:`pipelines.runners.local` runs it in-process and
 :mod:`pipelines.workflows.loop` renders it as Argo's DAG (``depends`` and ``when``).
 No heavy imports here, so rendering the workflow does not load torch.
 """

@@ -1,7 +1,7 @@
 """Thresholds of the loop's decisions, read from ``DIGITLOOP_*`` environment variables.
 
 Each default is the one DESIGN.md's rules are tuned with. Whether a window drifted is the
-drift step's call (its thresholds are ``DriftSettings`` in :mod:`pipelines.drift`).
+drift step's call (its thresholds are ``DriftSettings`` in :mod:`pipelines.drift.detect`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from model.settings import DigitloopEnv
+from contracts.settings import DigitloopEnv
 
 
 class DecisionSettings(DigitloopEnv):

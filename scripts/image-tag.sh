@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-inputs=(pyproject.toml README.md bentofile.yaml requirements model services ui pipelines digitloop docker charts/digitloop)
+inputs=(pyproject.toml README.md bentofile.yaml requirements contracts model services ui pipelines digitloop docker charts/digitloop)
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
 [[ -n $version ]] || { echo "error: no version in pyproject.toml" >&2; exit 1; }
 

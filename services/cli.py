@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from model.cli import stderr
+from contracts.cli import stderr
 
 
 def serve(

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from model.errors import DigitloopError, EmptyDrawingError, InvalidImageError, ModelNotFoundError
+from contracts.errors import (
+    DigitloopError,
+    EmptyDrawingError,
+    InvalidImageError,
+    ModelNotFoundError,
+)
 
 
 class ServingError(DigitloopError):

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from contracts.api import TRACK_HEADER
 from services.inputs import (
     EXAMPLE_DRAWING,
     MAX_BATCH,
@@ -36,7 +37,7 @@ from services.inputs import (
     PredictInput,
     ReloadInput,
 )
-from services.settings import TRACK_HEADER, ServingSettings
+from services.settings import ServingSettings
 
 OPENAPI_VERSION = "3.1.0"  # JSON Schema 2020-12, as pydantic writes it
 REF = "#/components/schemas/{model}"

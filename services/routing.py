@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from contracts.api import TRACK_HEADER, Track
 from services.errors import BadRequest
-from services.settings import TRACK_HEADER, Track
 
 
 class TrafficSplit:

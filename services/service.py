@@ -27,7 +27,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.responses import JSONResponse, Response
 
-from model.errors import InvalidImageError
+from contracts.api import TRACK_HEADER
+from contracts.errors import InvalidImageError
 from services.errors import (
     BadRequest,
     DuplicateFeedbackError,
@@ -45,7 +46,7 @@ from services.inputs import (
     ReloadInput,
     request_problem,
 )
-from services.settings import TRACK_HEADER, ServingSettings
+from services.settings import ServingSettings
 
 log = logging.getLogger("digitloop.service")
 

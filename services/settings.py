@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from model.settings import DigitloopSettings
+from contracts.api import Track
+from contracts.settings import DigitloopSettings
 from services.ids import new_secret
-
-Track = Literal["stable", "canary"]
-TRACK_HEADER = "X-Digitloop-Track"
 
 
 class ServingSettings(DigitloopSettings):

@@ -13,12 +13,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from contracts.api import Track
+from contracts.routing import RoutingState
 from model.registry import Registry
 from services.errors import NotReady
 from services.inference import Classifier
 from services.routing import TrafficSplit
-from services.settings import ServingSettings, Track
-from services.state import RoutingState, StateFile
+from services.settings import ServingSettings
+from services.state import StateFile
 
 log = logging.getLogger("digitloop.slots")
 

@@ -9,22 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class RoutingState:
-    stable_model: str
-    canary_model: str | None = None
-    canary_weight: int = 0
-
-    def with_changes(self, **changes: object) -> RoutingState:
-        merged = {**asdict(self), **{k: v for k, v in changes.items() if v is not None}}
-        if merged.get("canary_model") in ("", "none"):
-            merged["canary_model"] = None
-            merged["canary_weight"] = 0
-        return RoutingState(**merged)  # type: ignore[arg-type]
+from contracts.routing import RoutingState
 
 
 class StateFile:

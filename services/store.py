@@ -33,8 +33,8 @@ from xml.etree.ElementTree import ParseError
 import numpy as np
 from pydantic import Field, SecretStr, field_validator
 
-from model.errors import DigitloopError
-from model.settings import DigitloopSettings
+from contracts.errors import DigitloopError
+from contracts.settings import DigitloopSettings
 
 if TYPE_CHECKING:
     from services.prediction_log import (

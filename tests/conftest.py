@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
+from contracts.errors import DigitloopError
 from model.data import CACHE_NAME, download_mnist
-from model.errors import DigitloopError
 from model.settings import ModelSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

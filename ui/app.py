@@ -2,7 +2,7 @@
 
 The handlers (:func:`predict_drawing`, :func:`send_feedback`, :func:`clear_drawing`,
 :func:`predict_files`, :func:`service_status`) are plain functions of a
-:class:`~ui.client.DigitloopClient` and the session; they return small dataclasses and never
+:class:`~services.client.DigitloopClient` and the session; they return small dataclasses and never
 raise for anything the service or the person does, so tests call them without a browser.
 :func:`build_app` only lays out the components and maps those results onto them.
 
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from ui.client import DigitloopClient, Prediction, ServiceError, ServiceUnavailable
+from services.client import DigitloopClient, Prediction, ServiceError, ServiceUnavailable
 
 if TYPE_CHECKING:
     import gradio as gr

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from model.cli import VerboseOption, setup_logging, stderr
+from contracts.cli import VerboseOption, setup_logging, stderr
 
 
 def ui(
@@ -56,8 +56,8 @@ def ui(
         stderr.print(f"[bold red]error:[/] {problems}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
+    from services.client import DigitloopClient
     from ui.app import build_app, launch
-    from ui.client import DigitloopClient
 
     client = DigitloopClient.from_settings(settings)
     state = "ready" if client.ready() else "not answering yet (the page will say so)"

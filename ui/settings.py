@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from model.settings import DigitloopEnv
+from contracts.settings import DigitloopEnv
 
 
 class UISettings(DigitloopEnv):

@@ -1,5 +1,5 @@
 """The loop's Argo workflows, defined with Hera and rendered to ``manifests/``.
 
 :mod:`pipelines.workflows.loop` holds the definitions (no cluster needed to build or render
-them); :mod:`pipelines.workflows.cli` is ``digitloop workflow render``.
+them); :mod:`pipelines.cli` is ``digitloop workflow render``.
 """

@@ -1,6 +1,6 @@
 """The loop on Argo: a WorkflowTemplate holding the DAG, and a CronWorkflow that runs it.
 
-Each DAG task is one pod running ``digitloop loop step NAME`` (:mod:`pipelines.loop_cli`)
+Each DAG task is one pod running ``digitloop loop step NAME`` (:mod:`pipelines.cli`)
 in the app image; steps hand their outputs to each other through the store, and write the
 scalars the DAG's ``when`` conditions need to ``/tmp/outputs/<key>`` (Argo output
 parameters). The tasks, their dependencies and conditions come from :mod:`pipelines.dag`,
@@ -51,7 +51,7 @@ from hera.workflows.models import (
 )
 from pydantic import Field, field_validator
 
-from model.settings import DigitloopEnv
+from contracts.settings import DigitloopEnv
 from pipelines.dag import NEEDS, ORDER, WHEN
 
 NAME = "digitloop-loop"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.rollout import helm_upgrade_args
+from contracts.routing import RoutingState
+from pipelines.rollout.helm import helm_upgrade_args
 from pipelines.settings import LoopSettings
-from services.state import RoutingState
 from tests.chart.install_sequence import (
     Cluster,
     commands,

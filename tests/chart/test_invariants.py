@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.state import RoutingState
+from contracts.routing import RoutingState
 from tests.chart.render import (
     CHART,
     NAMESPACE,
@@ -314,7 +314,7 @@ def test_the_dashboard_queries_the_service_metrics() -> None:
 def test_the_drift_panel_marks_the_loop_s_threshold() -> None:
     import json
 
-    from pipelines.drift import DriftSettings
+    from pipelines.drift.detect import DriftSettings
 
     dashboard = next(
         o for _, o in render_scenario("default") if o["metadata"]["name"] == "digitloop-dashboard"
@@ -502,7 +502,7 @@ def test_with_kserve_the_rollout_steps_may_only_read_and_patch_its_inference_ser
 
 @pytest.mark.parametrize("scenario", ["default", "canary-20", "canary-0"])
 def test_the_routing_config_map_says_what_the_values_say(scenario: str) -> None:
-    from pipelines.rollout import routing_from_config_map
+    from pipelines.rollout.helm import routing_from_config_map
     from tests.chart.render import scenario_values
 
     objs = render_scenario(scenario)

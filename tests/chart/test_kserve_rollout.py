@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from kserve import ApiClient
 
-from pipelines.rollout_kserve import as_inference_service, predictor_changes, routing_state
-from services.state import RoutingState
+from contracts.routing import RoutingState
+from pipelines.rollout.kserve import as_inference_service, predictor_changes, routing_state
 from tests.chart.render import inference_service
 from tests.kube_stub import merge_patch
 

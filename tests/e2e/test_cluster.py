@@ -612,10 +612,11 @@ def test_a_bad_challenger_is_rolled_back(client: httpx.Client, loop: dict, work:
 
 def register_bad_challenger() -> str:
     """A model trained on shuffled labels, registered in the cluster's MLflow."""
+    from digitloop_bench.simulator.population import train_bad_challenger
+
     from model.data import load_mnist
     from model.registry import Registry
     from model.settings import ModelSettings
-    from pipelines.simulate import train_bad_challenger
 
     settings = ModelSettings(
         mlflow_tracking_uri=MLFLOW, **({"mnist_path": MNIST} if MNIST.exists() else {})

@@ -29,7 +29,7 @@ def test_the_e2e_values_reach_the_loop():
 
 
 def test_every_setting_named_exists():
-    from pipelines.drift import DriftSettings
+    from pipelines.drift.detect import DriftSettings
     from pipelines.settings import DecisionSettings, LoopSettings
 
     known = {

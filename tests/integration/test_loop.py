@@ -10,16 +10,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from digitloop_bench.shifts import make_shift
+from digitloop_bench.simulator.population import train_bad_challenger
 
 from model.registry import Registry
 from model.settings import ModelSettings
 from pipelines.decisions import Tally
-from pipelines.drift import DriftSettings
-from pipelines.loop import run_once
-from pipelines.rollout import ServiceRollout, sync_aliases, with_canary
+from pipelines.drift.detect import DriftSettings
+from pipelines.rollout import sync_aliases, with_canary
+from pipelines.rollout.service import ServiceRollout
+from pipelines.runners.local import run_once
 from pipelines.settings import DecisionSettings, LoopSettings
-from pipelines.shifts import make_shift
-from pipelines.simulate import train_bad_challenger
 from pipelines.steps import LoopContext
 from services.store import StoreSettings
 from tests.serving import ADMIN_TOKEN, Service, register_models

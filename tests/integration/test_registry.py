@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from model.errors import ModelNotFoundError
+from contracts.errors import ModelNotFoundError
 from model.evaluate import evaluate
 from model.network import predict_proba
 from model.registry import Registry, TrainingRecord

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from contracts.routing import RoutingState
 from pipelines.rollout import RolloutError, make_rollout
 from pipelines.settings import LoopSettings
-from services.state import RoutingState
 from tests.chart.render import NAMESPACE, render_scenario
 from tests.kube_stub import kube_stub
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from contracts.routing import RoutingState
 from pipelines.rollout import RolloutError, make_rollout, promoted, rolled_back, with_canary
-from pipelines.rollout_kserve import KServeRollout, predictor_container, with_track_env
+from pipelines.rollout.kserve import KServeRollout, predictor_container, with_track_env
 from pipelines.settings import LoopSettings
-from services.state import RoutingState
 from tests.chart.render import inference_service
 from tests.kube_stub import KubeStub, kube_stub
 
@@ -112,8 +112,9 @@ def test_the_rollout_command_drives_kserve_and_moves_the_aliases(
     stub: KubeStub, tmp_path: Path, mnist
 ) -> None:
     """`digitloop rollout` (what `make canary/promote` run) through the SDK, with MLflow."""
+    from contracts.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
     from model.registry import Registry
-    from model.settings import CHALLENGER_ALIAS, CHAMPION_ALIAS, ModelSettings
+    from model.settings import ModelSettings
     from tests.serving import digitloop_rollout, register_models
 
     env = {"DIGITLOOP_DATA_DIR": str(tmp_path / "data")}

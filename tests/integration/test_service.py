@@ -280,8 +280,9 @@ def test_reload_canary_split_and_pin(service: Service, pngs, mnist):
 
 def test_the_rollout_command_drives_the_service(service: Service):
     """`digitloop rollout` (what `make canary` runs) through /admin/reload, aliases in MLflow."""
+    from contracts.registry import CHALLENGER_ALIAS
     from model.registry import Registry
-    from model.settings import CHALLENGER_ALIAS, ModelSettings
+    from model.settings import ModelSettings
     from tests.serving import ADMIN_TOKEN, digitloop_rollout
 
     env = {

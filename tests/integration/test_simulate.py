@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from digitloop_bench.simulator.population import SimConfig
+from digitloop_bench.simulator.run import run_simulation
 from rich.console import Console
 
-from digitloop.simulation import run_simulation
 from digitloop.stack import EmbeddedStack, StackConfig
-from pipelines.simulate import SimConfig
 from tests.conftest import MNIST_PATH, free_port
 from tests.serving import register_models
 

@@ -110,8 +110,9 @@ def test_no_loop_needs_the_url_of_a_stack_whose_loop_runs_elsewhere(tmp_path: Pa
 def test_what_served_a_window_behind_a_gateway():
     from collections import Counter
 
-    from pipelines.simulate import window_serving
-    from ui.client import ModelInfo
+    from digitloop_bench.simulator.population import window_serving
+
+    from services.client import ModelInfo
 
     answers = Counter({("stable", "1"): 140, ("canary", "2"): 60, ("canary", "1"): 1})
     # Behind a gateway, /model speaks for the one pod that answered it: the answers tell.

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.client import DigitloopClient, Prediction, ServiceError
 from tests.serving import Service
 from ui.app import (
     BATCH_COLUMNS,
@@ -25,7 +26,6 @@ from ui.app import (
     send_feedback,
     service_status,
 )
-from ui.client import DigitloopClient, Prediction, ServiceError
 
 pytestmark = pytest.mark.integration
 

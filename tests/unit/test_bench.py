@@ -15,11 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from model.preprocess import decode_image, to_mnist
-from services.bench import cost as cost_module
-from services.bench.loadgen import (
+from digitloop_bench.serving import cost as cost_module
+from digitloop_bench.serving.loadgen import (
     BOUNDARY,
     CANVAS,
     SERVER_KINDS,
@@ -36,7 +33,7 @@ from services.bench.loadgen import (
     write_expected,
     write_request_set,
 )
-from services.bench.run import (
+from digitloop_bench.serving.run import (
     BenchConfig,
     BenchError,
     plot,
@@ -44,6 +41,9 @@ from services.bench.run import (
     split_connections,
     table,
 )
+from PIL import Image
+
+from model.preprocess import decode_image, to_mnist
 
 # --- percentiles and aggregation --------------------------------------------------------
 
@@ -315,7 +315,7 @@ def test_config_quick_and_validation():
 @pytest.mark.timeout(300)
 def test_quick_run_of_the_fastapi_leg(data_dir: Path):
     """Train a tiny model, serve it with the FastAPI baseline, load it for a few seconds."""
-    from services.bench.run import run_bench
+    from digitloop_bench.serving.run import run_bench
 
     config = BenchConfig.make(
         quick=True,

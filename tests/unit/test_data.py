@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contracts.errors import ChecksumError, DatasetError, DownloadError
 from model.data import (
     MNIST_FILES,
     download_mnist,
     load_labelled_npz,
     load_mnist,
 )
-from model.errors import ChecksumError, DatasetError, DownloadError
 from model.settings import ModelSettings
 
 

@@ -23,7 +23,7 @@ LINES = [line for line in LINES if line]
 
 def settings_classes():
     from model.settings import ModelSettings
-    from pipelines.drift import DriftSettings
+    from pipelines.drift.detect import DriftSettings
     from pipelines.settings import DecisionSettings, LoopSettings
     from pipelines.workflows.loop import WorkflowSettings
     from services.settings import ServingSettings

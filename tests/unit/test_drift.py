@@ -8,15 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from digitloop_bench.shifts import SHIFTS, in_distribution, make_shift
 from typer.testing import CliRunner
 
-from model.errors import DatasetError
+from contracts.errors import DatasetError
 from model.registry import ModelVersionInfo
 from model.train import TrainConfig, train
 from pipelines.cli import drift_app
-from pipelines.drift import DriftSettings, WindowTooSmallError, check_drift, detect_drift
-from pipelines.features import CLASS_COLUMN, featurise
-from pipelines.reference import (
+from pipelines.drift.detect import DriftSettings, WindowTooSmallError, check_drift, detect_drift
+from pipelines.drift.features import CLASS_COLUMN, featurise
+from pipelines.drift.reference import (
     Reference,
     ReferenceSpec,
     load_or_build_reference,
@@ -26,7 +27,6 @@ from pipelines.reference import (
     save_reference,
     split_indices,
 )
-from pipelines.shifts import SHIFTS, in_distribution, make_shift
 
 # A small reference keeps the tests fast; the p-values stay valid at any size.
 SPEC = ReferenceSpec(size=2000, seed=0, n_components=4)
@@ -68,7 +68,7 @@ def thick_result(net, reference, thick_window, settings):
 
 
 def test_unshifted_mnist_windows_are_not_flagged(net, reference, mnist, holdout, settings):
-    # The defaults false-alarm on about 2 % of such windows (pipelines.bench_drift), so
+    # The defaults false-alarm on about 2 % of such windows (digitloop_bench.drift), so
     # one of three may be flagged by chance on some machine; two would mean a bad default.
     rng = np.random.default_rng(1)
     results = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.network import DigitNet
-from pipelines.features import (
+from pipelines.drift.features import (
     CLASS_COLUMN,
     IMAGE_COLUMNS,
     EmbeddingSummary,

@@ -1,4 +1,4 @@
-"""pipelines.helm_cli: parsers on recorded helm output, the decisions, and a fake helm process."""
+"""pipelines.rollout.helm_cli: parsers on recorded helm output, decisions, a fake helm process."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from model.errors import DigitloopError
-from pipelines.helm_cli import (
+from contracts.errors import DigitloopError
+from pipelines.rollout.helm_cli import (
     Helm,
     HelmError,
     HelmTimeoutError,
@@ -383,7 +383,7 @@ def test_a_stuck_release_is_rolled_back_to_the_last_deployed_then_upgraded(
         },
     )
     slept: list[float] = []
-    with caplog.at_level(logging.WARNING, logger="pipelines.helm_cli"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.rollout.helm_cli"):
         out = upgrade_serialised(
             Helm(str(fake.binary), namespace="digitloop"),
             "digitloop",

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from model.errors import EmptyDrawingError, InvalidImageError
+from contracts.errors import EmptyDrawingError, InvalidImageError
 from model.preprocess import decode_image, ink_map, preprocess_batch, to_mnist
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from model.evaluate import evaluate
 from model.registry import Registry, TrainingRecord
 from model.train import TrainConfig, train
-from pipelines.retrain import feedback_cutoff, find_retrained, split_holdout
+from pipelines.steps.retrain import feedback_cutoff, find_retrained, split_holdout
 from tests.conftest import tiny_split
 
 

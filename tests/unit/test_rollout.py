@@ -6,14 +6,10 @@ from typing import Any
 
 import pytest
 
-from pipelines.rollout import (
-    RolloutError,
-    helm_upgrade_args,
-    promoted,
-    rolled_back,
-    with_canary,
-)
-from pipelines.rollout_kserve import (
+from contracts.routing import RoutingState
+from pipelines.rollout import RolloutError, promoted, rolled_back, with_canary
+from pipelines.rollout.helm import helm_upgrade_args
+from pipelines.rollout.kserve import (
     ALL_TRAFFIC,
     PredictorChange,
     predictor_changes,
@@ -21,7 +17,6 @@ from pipelines.rollout_kserve import (
     with_track_env,
 )
 from pipelines.settings import LoopSettings
-from services.state import RoutingState
 
 STABLE = RoutingState("3")
 CANARY = RoutingState("3", "4", 20)

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.errors import EmptyDrawingError, InvalidImageError
+from contracts.errors import EmptyDrawingError, InvalidImageError
+from contracts.routing import RoutingState
 from services.errors import BadRequest, PayloadTooLarge, UnknownPrediction, status_of
 from services.ids import PredictionIds
 from services.inference import array_to_pixels, image_bytes_to_pixels
 from services.routing import TrafficSplit
 from services.settings import ServingSettings
-from services.state import RoutingState, StateFile
+from services.state import StateFile
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 

@@ -22,15 +22,15 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from tests.conftest import free_port
-from ui.app import Session, editor_image, png_bytes, predict_drawing, predict_files, send_feedback
-from ui.client import (
+from services.client import (
     DigitloopClient,
     Prediction,
     ServiceError,
     ServiceUnavailable,
     image_media_type,
 )
+from tests.conftest import free_port
+from ui.app import Session, editor_image, png_bytes, predict_drawing, predict_files, send_feedback
 from ui.settings import UISettings
 
 PROBS = [0.01, 0.02, 0.0, 0.05, 0.0, 0.0, 0.0, 0.9, 0.02, 0.0]

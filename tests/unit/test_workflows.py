@@ -1,5 +1,5 @@
 """The loop's Argo objects: current committed YAML, valid against Argo's and Kubernetes'
-schemas, and the same DAG as the in-process runner (:mod:`pipelines.loop`).
+schemas, and the same DAG as the in-process runner (:mod:`pipelines.runners.local`).
 
 ``DIGITLOOP_REGENERATE=1 pytest tests/unit/test_workflows.py`` rewrites ``manifests/``.
 """
@@ -18,10 +18,9 @@ from hera.workflows import CronWorkflow, WorkflowTemplate
 from hera.workflows import models as argo
 from typer.testing import CliRunner
 
+from pipelines.cli import workflow_app, write_output_files
 from pipelines.dag import NEEDS, ORDER, STEP_NAMES, WHEN, should_run
-from pipelines.loop_cli import write_output_files
 from pipelines.steps import STEPS
-from pipelines.workflows.cli import workflow_app
 from pipelines.workflows.loop import FILES, WorkflowSettings, build_cron, build_template, render
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -118,7 +117,7 @@ def test_every_pod_is_a_valid_kubernetes_pod(template, containers):
         kubernetes_validate.validate(pod, KUBERNETES, strict=True)
 
 
-# -- the DAG against pipelines.loop and pipelines.steps -------------------------------------
+# -- the DAG against pipelines.runners.local and pipelines.steps ----------------------------
 
 
 def test_the_tasks_are_the_loops_steps_in_a_valid_order(dag):
@@ -181,7 +180,7 @@ def _argo(dag: dict[str, dict], files: dict[tuple[str, str], str]) -> set[str]:
 
 
 def _local(values: dict[tuple[str, str], bool]) -> set[str]:
-    """Which steps the in-process runner runs (the loop of :func:`pipelines.loop.run_once`)."""
+    """Which steps the in-process runner runs (as :func:`pipelines.runners.local.run_once`)."""
     outputs: dict[str, dict] = {}
     for name in ORDER:
         if should_run(name, outputs):
@@ -191,7 +190,7 @@ def _local(values: dict[tuple[str, str], bool]) -> set[str]:
 
 def test_argo_runs_the_same_steps_as_the_local_runner_for_every_outcome(dag, tmp_path):
     """Every combination of the outputs the conditions read, written to files as the step
-    CLI writes them: Argo's DAG and pipelines.loop.WHEN must pick the same steps."""
+    CLI writes them: Argo's DAG and pipelines.runners.local.WHEN must pick the same steps."""
     consumed = _consumed(dag)
     assert consumed, "no task reads an output"
     seen = set()

@@ -17,7 +17,7 @@ service, configured as well as FastAPI's and uvicorn's docs allow:
 The same model version and the same preprocessing as the service:
 :meth:`Classifier.from_registry` and :func:`image_bytes_to_pixels`.
 
-Run: ``python -m services.bench.fastapi_server --port 8000`` from the repository root,
+Run: ``python -m digitloop_bench.serving.fastapi_server --port 8000`` from the repository root,
 with ``DIGITLOOP_DATA_DIR`` pointing at the registry and ``DIGITLOOP_BENCH_MODEL`` at a
 version or alias (default ``champion``).
 """
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     uvicorn.run(
-        "services.bench.fastapi_server:app",
+        "digitloop_bench.serving.fastapi_server:app",
         host=args.host,
         port=args.port,
         workers=args.workers,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from model.cli import JsonOption, VerboseOption, cli_errors, emit, setup_logging, stderr
+from contracts.cli import JsonOption, VerboseOption, cli_errors, emit, setup_logging, stderr
 
 
 def bench(
@@ -43,7 +43,7 @@ def bench(
     """Benchmark the BentoML service against FastAPI and KServe baselines on this machine."""
     setup_logging(verbose)
     with cli_errors():
-        from services.bench.run import BenchConfig, BenchError, plot, run_bench, table
+        from digitloop_bench.serving.run import BenchConfig, BenchError, plot, run_bench, table
 
         try:
             levels = tuple(int(c) for c in concurrency.split(",") if c.strip())

@@ -15,7 +15,7 @@ guessed:
   windows from.
 
 A reference is saved as one ``.npz`` (feature columns, the fitted
-:class:`~pipelines.features.EmbeddingSummary`, and what it was built from) so the
+:class:`~pipelines.drift.features.EmbeddingSummary`, and what it was built from) so the
 pipeline builds it once per model version and reuses it.
 """
 
@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from model.errors import DatasetError
+from contracts.errors import DatasetError
 from model.preprocess import preprocess_batch
-from pipelines.features import (
+from pipelines.drift.features import (
     CLASS_COLUMN,
     EmbeddingSummary,
     feature_frame,

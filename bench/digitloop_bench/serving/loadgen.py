@@ -1,12 +1,12 @@
 """The request set and the load generator, one closed-loop HTTP/1.1 client process.
 
-Run as ``python -m services.bench.loadgen ...`` by :mod:`services.bench.run`, one or more
-processes per measurement. Each process keeps ``--connections`` keep-alive connections
-busy, one request in flight per connection, from ``--start-at`` (a wall-clock time shared
-by every process) through a warm-up to the end of the measured window, and prints one
-JSON object: the latency of every good answer that completed inside the window, and the
-errors. It stops at the window's end, after ``--max-requests``, or at its deadline,
-whichever comes first.
+Run as ``python -m digitloop_bench.serving.loadgen ...`` by
+:mod:`digitloop_bench.serving.run`, one or more processes per measurement. Each process
+keeps ``--connections`` keep-alive connections busy, one request in flight per connection,
+from ``--start-at`` (a wall-clock time shared by every process) through a warm-up to the
+end of the measured window, and prints one JSON object: the latency of every good answer
+that completed inside the window, and the errors. It stops at the window's end, after
+``--max-requests``, or at its deadline, whichever comes first.
 
 The client is a few lines of asyncio over raw sockets, with every request pre-encoded, so
 that a request costs the client some tens of microseconds: on a 2-core machine the load

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from urllib3.exceptions import HTTPError
 
-from pipelines.rollout import RolloutError
-from services.state import RoutingState
+from contracts.routing import RoutingState
+from pipelines.rollout.base import RolloutError
 
 PREDICTOR_CONTAINER = "kserve-container"
 TRACK_LABEL = "digitloop.dev/track"

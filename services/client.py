@@ -20,8 +20,9 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model.errors import DigitloopError
-from services.settings import TRACK_HEADER, ServingSettings
+from contracts.api import TRACK_HEADER
+from contracts.errors import DigitloopError
+from services.settings import ServingSettings
 
 Track = Literal["stable", "canary"]
 M = TypeVar("M", bound=BaseModel)

@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.simulate import (
+from digitloop_bench.simulator.population import (
     SimConfig,
     SimSummary,
     WindowResult,
@@ -31,10 +31,10 @@ def run_simulation(
     from model.data import load_mnist
     from model.evaluate import evaluate
     from model.registry import Registry
-    from pipelines.loop import run_once
+    from pipelines.runners.local import run_once
     from pipelines.settings import LoopSettings
     from pipelines.steps import LoopContext
-    from ui.client import DigitloopClient
+    from services.client import DigitloopClient
 
     mnist = load_mnist()
     # MNIST test's first and second halves come from different writers (the first is
@@ -94,9 +94,9 @@ def run_simulation(
 
 def register_bad_challenger(registry, mnist, loop_settings) -> str:
     """A deliberately poor model, registered and rolled out as the canary."""
+    from digitloop_bench.simulator.population import train_bad_challenger
     from pipelines.rollout import make_rollout, sync_aliases, with_canary
     from pipelines.settings import DecisionSettings
-    from pipelines.simulate import train_bad_challenger
 
     version = train_bad_challenger(registry, mnist)
     rollout = make_rollout(loop_settings)

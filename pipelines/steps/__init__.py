@@ -1,6 +1,6 @@
 """The loop's steps, each a function of a :class:`LoopContext` and its upstream outputs.
 
-One way to run them: the local runner (:mod:`pipelines.loop`) calls them in-process, and
+One way to run them: the local runner (:mod:`pipelines.runners.local`) calls them in-process, and
 every Argo step (``digitloop loop step NAME``) calls the same function in its own pod.
 Outputs are small JSON objects kept in the store under ``runs/<run_id>/<step>.json``, so a
 step in another pod reads what came before it; the heavy data (images) is read again from
@@ -17,14 +17,12 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from contracts.registry import CHALLENGER_ALIAS
 from model.data import Mnist, load_mnist
 from model.registry import Registry
-from model.settings import CHALLENGER_ALIAS, ModelSettings
-from pipelines.collect import Window, collect
+from model.settings import ModelSettings
 from pipelines.decisions import ServingHealth, Tally, analyse, decide
-from pipelines.drift import DriftSettings, WindowTooSmallError, detect_drift, model_reference
-from pipelines.quality import quality
-from pipelines.retrain import feedback_cutoff, find_retrained, judge, retrain, split_holdout
+from pipelines.drift.detect import DriftSettings, WindowTooSmallError, detect_drift, model_reference
 from pipelines.rollout import (
     Rollout,
     make_rollout,
@@ -34,6 +32,9 @@ from pipelines.rollout import (
     with_canary,
 )
 from pipelines.settings import DecisionSettings, LoopSettings
+from pipelines.steps.collect import Window, collect
+from pipelines.steps.quality import quality
+from pipelines.steps.retrain import feedback_cutoff, find_retrained, judge, retrain, split_holdout
 from services.store import ObjectStore, StoreSettings, open_store
 
 log = logging.getLogger(__name__)

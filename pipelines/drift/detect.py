@@ -1,6 +1,6 @@
 """The drift step: is a window of traffic still like the reference the model was built for?
 
-Each feature column of :mod:`pipelines.features` is compared between the window and the
+Each feature column of :mod:`pipelines.drift.features` is compared between the window and the
 reference with Evidently (``DataDriftPreset``), one statistical test per column: by
 default Kolmogorov-Smirnov for numbers and chi-squared for the predicted class, a column
 counting as drifted when its p-value falls below ``drift_column_threshold``. The window's
@@ -14,14 +14,14 @@ picks a distance (normed Wasserstein, Jensen-Shannon) with a fixed 0.1 threshold
 not depend on the window's size; on these features it flagged 9 of 100 unshifted 200-image
 windows. A test's p-value accounts for the window's size.
 
-Why these thresholds, measured with ``python -m pipelines.bench_drift`` (quick 2-epoch
+Why these thresholds, measured with ``python -m digitloop_bench.drift`` (quick 2-epoch
 models, 5,000 reference digits, the other 5,000 MNIST test digits for unshifted windows;
 its sweep replays the recorded p-values for other thresholds):
 
 - p < 0.005 in at least 2 of the 15 columns: 200-image windows of unshifted MNIST
   false-alarm on 2.0 % (6 of 300; 1.7 % and 1.5 % with another model and reference
   split), 400-image windows (the loop's ``drift_window``) on 4 %, and 98-100 % of the
-  windows of every shifted population in :mod:`pipelines.shifts` are detected.
+  windows of every shifted population in :mod:`digitloop_bench.shifts` are detected.
 - p < 0.01 caught nothing more and false-alarmed more (2.0-2.7 % at 200, 5 % at 400).
 - DESIGN's first guess, p < 0.05 with a share >= 0.3 (5 of 15 columns), needs more columns
   than a thick marker or a shaky mouse moves (ink mass and stroke width, sometimes
@@ -46,11 +46,11 @@ import pandas as pd
 from pydantic import Field
 from torch import nn
 
-from model.errors import DatasetError
+from contracts.errors import DatasetError
+from contracts.settings import DigitloopEnv
 from model.registry import ModelVersionInfo
-from model.settings import DigitloopEnv
-from pipelines.features import CLASS_COLUMN, featurise
-from pipelines.reference import (
+from pipelines.drift.features import CLASS_COLUMN, featurise
+from pipelines.drift.reference import (
     Reference,
     ReferenceSpec,
     load_or_build_reference,

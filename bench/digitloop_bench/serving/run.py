@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from model.errors import DigitloopError
-from services.bench.loadgen import KSERVE_MODEL_NAME, SERVER_KINDS, merge
+from contracts.errors import DigitloopError
+from digitloop_bench.serving.loadgen import KSERVE_MODEL_NAME, SERVER_KINDS, merge
 
 log = logging.getLogger("digitloop.bench")
 
@@ -253,11 +253,11 @@ def server_command(kind: str, port: int, config: BenchConfig, run_dir: Path) -> 
         return [*launcher, "serve", "services.service:DigitService",
                 "--host", HOST, "--port", str(port)]  # fmt: skip
     if kind == "fastapi":
-        return [python, "-m", "services.bench.fastapi_server",
+        return [python, "-m", "digitloop_bench.serving.fastapi_server",
                 "--host", HOST, "--port", str(port), "--workers", str(config.workers)]  # fmt: skip
     if kind == "kserve":
         log_config = write_kserve_log_config(run_dir / "kserve-logging.json")
-        return [python, "-m", "services.bench.kserve_server",
+        return [python, "-m", "digitloop_bench.serving.kserve_server",
                 "--http_port", str(port), "--workers", str(config.workers),
                 "--enable_grpc", "false", "--enable_latency_logging", "false",
                 "--log_config_file", str(log_config)]  # fmt: skip
@@ -312,7 +312,7 @@ def start_server(
 
 def _probe(port: int, path: str, pids: Sequence[int]) -> tuple[int | None, int | None]:
     """(status, owner pid) of one GET on a fresh connection; (None, None) if it fails."""
-    from services.bench.loadgen import owner_pid
+    from digitloop_bench.serving.loadgen import owner_pid
 
     try:
         with socket.create_connection((HOST, port), timeout=5) as sock:
@@ -332,7 +332,7 @@ def wait_ready(server: Server, workers: int, timeout: float) -> None:
     connections (uvicorn) or answers 503 (BentoML), and a load started then would meet
     one worker instead of two. The owner of each probe connection tells which one answered.
     """
-    from services.bench.loadgen import server_processes
+    from digitloop_bench.serving.loadgen import server_processes
 
     deadline = time.monotonic() + timeout
     path = READY_PATHS[server.kind]
@@ -406,7 +406,7 @@ def measure(
     processes: Processes,
 ) -> dict[str, object]:  # fmt: skip
     """Run the load generator at one concurrency against a running server."""
-    from services.bench.loadgen import server_processes
+    from digitloop_bench.serving.loadgen import server_processes
 
     shares = split_connections(concurrency, config.loadgen_processes)
     # Time for the client processes to start and place their connections before the load.
@@ -416,7 +416,7 @@ def measure(
     clients = []
     for i, connections in enumerate(shares):
         command = [
-            sys.executable, "-m", "services.bench.loadgen",
+            sys.executable, "-m", "digitloop_bench.serving.loadgen",
             "--kind", server.kind, "--host", HOST, "--port", str(server.port),
             "--requests", str(requests_dir), "--connections", str(connections),
             "--start-at", f"{start_at:.3f}", "--warmup", str(config.warmup_s),
@@ -596,8 +596,8 @@ def run_bench(
 ) -> dict[str, object]:
     """Run the benchmark and return the result object (see :func:`result_object`)."""
     config.validate()
-    from services.bench import cost as cost_module
-    from services.bench.loadgen import make_request_set, write_expected, write_request_set
+    from digitloop_bench.serving import cost as cost_module
+    from digitloop_bench.serving.loadgen import make_request_set, write_expected, write_request_set
 
     run_dir = Path(tempfile.mkdtemp(prefix="digitloop-bench-"))
     processes = Processes()

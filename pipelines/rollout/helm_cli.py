@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from model.errors import DigitloopError
+from contracts.errors import DigitloopError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Simulated users against the real HTTP API, with loop cycles between windows.
 
 Phase 1 draws in-distribution digits (MNIST test), phase 2 a drifted population (a
-built-in drawing style from :mod:`pipelines.shifts`, or any ``.npz`` of ``x``/``y``).
+built-in drawing style from :mod:`digitloop_bench.shifts`, or any ``.npz`` of ``x``/``y``).
 Users confirm right answers and correct wrong ones, each with probability
 ``label_prob``. Between windows the loop runs as its scheduler would; the drift it finds
 is its own: the simulator never tells it which phase it is in. Without a loop cycle the
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ui.client import DigitloopClient, ModelInfo
+from services.client import DigitloopClient, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class SimConfig:
     windows_after: int = 6
     window_size: int = 400
     label_prob: float = 1.0  # chance a user confirms or corrects an answer
-    drift: str = "segments"  # a pipelines.shifts population, or a path to an .npz
+    drift: str = "segments"  # a digitloop_bench.shifts population, or a path to an .npz
     scenario: str = "drift"  # or "bad-model": a deliberately poor challenger first
     seed: int = 0
     settle_s: float = 6.0  # wait for the service's predictions log to flush (every 5 s)
@@ -77,7 +77,7 @@ def load_population(
         from model.data import load_labelled_npz
 
         return load_labelled_npz(spec)
-    from pipelines.shifts import make_shift
+    from digitloop_bench.shifts import make_shift
 
     return make_shift(spec, digits, labels, seed)
 

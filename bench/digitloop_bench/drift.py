@@ -1,6 +1,6 @@
 """Calibrate the drift step: false alarms on unshifted windows, power on shifted ones.
 
-    .venv/bin/python -m pipelines.bench_drift [--windows N] [--json]
+    .venv/bin/python -m digitloop_bench.drift [--windows N] [--json]
 
 With one model (a registered version, a saved state dict, or a quick one trained here on
 20,000 MNIST digits for 2 epochs), it builds the reference from a random half of MNIST
@@ -9,7 +9,7 @@ on windows of ``--window-size`` images:
 
 - ``--windows`` windows drawn at random from the other half of MNIST test, preprocessed
   like the service: every detection there is a false alarm;
-- ``--shift-windows`` windows of each population of :mod:`pipelines.shifts`: every
+- ``--shift-windows`` windows of each population of :mod:`digitloop_bench.shifts`: every
   detection there is a hit.
 
 It records each column's score per window, so it can also replay the decision for other
@@ -32,11 +32,11 @@ import typer
 from rich.table import Table
 from torch import nn
 
-from model.cli import JsonOption, MnistOption, cli_errors, emit, setup_logging, stderr
-from pipelines.drift import DriftSettings, check_drift
-from pipelines.features import CLASS_COLUMN, featurise
-from pipelines.reference import Reference, mnist_reference, split_indices
-from pipelines.shifts import SHIFTS, in_distribution, make_shift
+from contracts.cli import JsonOption, MnistOption, cli_errors, emit, setup_logging, stderr
+from digitloop_bench.shifts import SHIFTS, in_distribution, make_shift
+from pipelines.drift.detect import DriftSettings, check_drift
+from pipelines.drift.features import CLASS_COLUMN, featurise
+from pipelines.drift.reference import Reference, mnist_reference, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def bench(
         }
 
     summary: dict[str, object] = {
-        "command": "python -m pipelines.bench_drift",
+        "command": "python -m digitloop_bench.drift",
         "model": model_name,
         "settings": settings.model_dump(),
         "window_size": window_size,

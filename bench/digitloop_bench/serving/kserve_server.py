@@ -13,7 +13,7 @@ Configured as well as KServe's own options allow:
 - ``--enable_grpc false``: no gRPC server competing for the cores;
 - ``--enable_latency_logging false`` and ``--log_config_file`` with the access log and
   KServe's per-request timing log at WARNING (written by
-  :func:`services.bench.run.write_kserve_log_config`: importing ``kserve`` parses the
+  :func:`digitloop_bench.serving.run.write_kserve_log_config`: importing ``kserve`` parses the
   command line, so the orchestrator keeps it out of its own process), and
   ``KSERVE_LOGLEVEL=WARNING``;
 - one torch thread per worker: ``OMP_NUM_THREADS=1`` in the environment (spawned workers
@@ -26,7 +26,7 @@ to 127.0.0.1 (``--host``) instead, as every server of the benchmark listens on l
 The same model version and preprocessing as the service: :meth:`Classifier.from_registry`
 (``DIGITLOOP_DATA_DIR``, ``DIGITLOOP_BENCH_MODEL``) and :func:`image_bytes_to_pixels`.
 
-Run: ``python -m services.bench.kserve_server --http_port 8080 --workers 2
+Run: ``python -m digitloop_bench.serving.kserve_server --http_port 8080 --workers 2
 --enable_grpc false --enable_latency_logging false --log_config_file quiet.json``.
 """
 
@@ -45,7 +45,7 @@ from services.errors import status_of
 from services.inference import Classifier, image_bytes_to_pixels
 from services.settings import ServingSettings
 
-KSERVE_MODEL_NAME = "digits"  # the same name as services.bench.loadgen.KSERVE_MODEL_NAME
+KSERVE_MODEL_NAME = "digits"  # the same name as digitloop_bench.serving.loadgen.KSERVE_MODEL_NAME
 HOST = "127.0.0.1"
 
 

@@ -1,0 +1,1 @@
+"""digitloop's measuring tools: serving and drift benchmarks, and the user simulator."""

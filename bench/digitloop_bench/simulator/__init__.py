@@ -1,0 +1,1 @@
+"""Simulated users: they draw, read the answers, and label some of them."""

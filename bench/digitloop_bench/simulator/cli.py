@@ -1,0 +1,95 @@
+"""``digitloop simulate``: simulated users against a stack, with the loop between windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from contracts.cli import JsonOption, VerboseOption, cli_errors, emit, setup_logging, stderr
+
+
+def simulate(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="A running stack's service (e.g. a port-forwarded cluster); default: start an "
+            "embedded stack in --data-dir for this run."
+        ),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Data directory of the embedded stack.")] = Path(
+        ".digitloop/simulate"
+    ),
+    windows_before: Annotated[int, typer.Option(min=1, help="In-distribution windows.")] = 2,
+    windows_after: Annotated[int, typer.Option(min=1, help="Drifted windows.")] = 6,
+    window_size: Annotated[int, typer.Option(min=50, help="Drawings per window.")] = 400,
+    label_prob: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Chance a user confirms or corrects an answer.")
+    ] = 1.0,
+    drift_data: Annotated[
+        str,
+        typer.Option(
+            help="Drifted population: a built-in style (segments, typeset, small_offcentre, ...) "
+            "or an .npz with x and y."
+        ),
+    ] = "segments",
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="drift, or bad-model (a deliberately poor challenger first: must roll back)."
+        ),
+    ] = "drift",
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop/--no-loop",
+            help="Run the loop in this process between windows; --no-loop only plays the "
+            "users: the loop runs elsewhere, such as the cluster's CronWorkflow (give --url).",
+        ),
+    ] = True,
+    train_epochs: Annotated[int, typer.Option(min=1, help="Epochs of version 1 if trained.")] = 8,
+    out: Annotated[Path, typer.Option(help="Where the plot and summary go.")] = Path(
+        ".digitloop/simulate/out"
+    ),
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Simulated users draw, get answers and correct them while the loop runs between windows
+    (or elsewhere, with --no-loop)."""
+    setup_logging(verbose)
+    from contextlib import nullcontext
+
+    from digitloop.stack import EmbeddedStack, StackConfig
+    from digitloop_bench.simulator.population import SimConfig
+    from digitloop_bench.simulator.run import run_simulation
+
+    if scenario not in ("drift", "bad-model"):
+        raise typer.BadParameter("scenario must be drift or bad-model")
+    if not loop and not url:
+        raise typer.BadParameter(
+            "--no-loop plays the users against a stack whose loop runs elsewhere: give its --url"
+        )
+    config = SimConfig(
+        windows_before=windows_before,
+        windows_after=windows_after,
+        window_size=window_size,
+        label_prob=label_prob,
+        drift=drift_data,
+        scenario=scenario,
+    )
+    stack = (
+        nullcontext()
+        if url
+        else EmbeddedStack(
+            StackConfig(data_dir=data_dir, with_ui=False, workers=1, train_epochs=train_epochs),
+            # SIGTERM or a closed terminal stops the stack it started, as `digitloop dev` does.
+            handle_signals=True,
+        )
+    )
+    with cli_errors(), stack as running:
+        service_url = url or running.service_url
+        summary = run_simulation(service_url, config, out, console=stderr, loop=loop)
+    emit(summary.as_dict(), as_json)
+    if not as_json:
+        stderr.print(f"plot: {summary.plot}")

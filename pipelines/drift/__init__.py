@@ -1,0 +1,1 @@
+"""The drift check: image features, the model's reference population, Evidently's tests."""

@@ -1,0 +1,1 @@
+"""Runners of the loop's DAG: in-process (local) and one step per Argo pod."""
