@@ -65,6 +65,10 @@ format: install ## Format the code with ruff.
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+.PHONY: docs
+docs: install ## Write the README's configuration table from the settings classes.
+	$(BIN)/python scripts/settings-docs.py
+
 ##@ Model and serving
 
 .PHONY: train
@@ -72,7 +76,7 @@ train: install ## Train a model, log it to MLflow and register a new version.
 	$(BIN)/digitloop train $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .PHONY: serve
-serve: install ## Serve the champion on http://127.0.0.1:3000 (BentoML, 2 workers).
+serve: install ## Serve the champion on http://127.0.0.1:3000 (BentoML; DIGITLOOP_WORKERS workers).
 	$(BIN)/digitloop serve
 
 .PHONY: bench
@@ -103,9 +107,8 @@ simulate: install ## Simulated users, drift and the loop end to end; summary and
 	$(BIN)/digitloop simulate
 
 .PHONY: workflow
-workflow: install ## Render the Argo workflows from their Hera definitions into manifests/ and the chart.
-	$(BIN)/digitloop workflow render --out manifests
-	cp manifests/cron-workflow.yaml manifests/workflow-template.yaml charts/digitloop/files/
+workflow: install ## Render the Argo workflows from their Hera definitions into the chart's templates.
+	$(BIN)/digitloop workflow render --out charts/digitloop/templates
 
 ##@ Housekeeping
 

@@ -17,7 +17,10 @@ def dev(
         Path, typer.Option(help="Where models, predictions and feedback live.")
     ] = Path(".digitloop"),
     every: Annotated[float, typer.Option(min=0.5, help="Minutes between loop runs.")] = 10.0,
-    workers: Annotated[int, typer.Option(min=1, help="Serving worker processes.")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Serving worker processes; default: the serving setting."),
+    ] = None,
     port: Annotated[int, typer.Option(help="Prediction service port.")] = 3000,
     ui_port: Annotated[int, typer.Option(help="Sketchpad port.")] = 7860,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,

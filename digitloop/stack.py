@@ -5,12 +5,13 @@ simulate`` (a stack of its own for one run). Every process listens on 127.0.0.1 
 in a session of its own, so a terminal's Ctrl-C or hang-up reaches only the parent, which
 stops them: in reverse order, SIGTERM to the process group, a grace period, then SIGKILL.
 
-What the children spawn: MLflow's server runs uvicorn, its job runner and the huey
-consumers in its own process group (MLflow starts a job's subprocess in a session of its
-own, which kills itself when orphaned); BentoML's arbiter (circus) starts each worker in a
-session of its own and stops them itself on SIGTERM, waiting for their shutdown hooks (the
-service flushes its predictions log there). So :meth:`EmbeddedStack.stop` also collects
-every descendant while it waits, and kills whatever outlives its group leader.
+What the children spawn: MLflow's server runs uvicorn in its own process group (its job
+runner and huey consumers are off: nothing here submits MLflow jobs, and they were 8 of
+the stack's 13 processes and half of MLflow's start-up CPU); BentoML's arbiter (circus)
+starts each worker in a session of its own and stops them itself on SIGTERM, waiting for
+their shutdown hooks (the service flushes its predictions log there). So
+:meth:`EmbeddedStack.stop` also collects every descendant while it waits, and kills
+whatever outlives its group leader.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+
+from contracts.settings import AdminTokenSettings, DigitloopSettings, ServiceUrlSettings
+from model.settings import ModelSettings
 
 BIN = Path(sys.executable).parent
 
@@ -61,7 +65,7 @@ class StackConfig:
     mlflow_port: int = 5000
     serve_port: int = 3000
     ui_port: int = 7860
-    workers: int = 2
+    workers: int | None = None  # serving worker processes; None: ServingSettings' default
     with_ui: bool = True
     train_epochs: int = 8
 
@@ -99,11 +103,10 @@ class EmbeddedStack(AbstractContextManager):
         """The settings every component of this stack shares."""
         data_dir = self.config.data_dir.resolve()
         return {
-            "DIGITLOOP_DATA_DIR": str(data_dir),
-            "DIGITLOOP_MLFLOW_TRACKING_URI": self.mlflow_url,
-            "DIGITLOOP_SERVICE_URL": self.service_url,
-            "DIGITLOOP_ADMIN_TOKEN": admin_token(data_dir),
-            "DIGITLOOP_WORKERS": str(self.config.workers),
+            **DigitloopSettings.env_vars(data_dir=data_dir),
+            **ModelSettings.env_vars(mlflow_tracking_uri=self.mlflow_url),
+            **ServiceUrlSettings.env_vars(service_url=self.service_url),
+            **AdminTokenSettings.env_vars(admin_token=admin_token(data_dir)),
             "OMP_NUM_THREADS": "1",
             "BENTOML_DO_NOT_TRACK": "True",
             "GRADIO_ANALYTICS_ENABLED": "False",
@@ -137,6 +140,7 @@ class EmbeddedStack(AbstractContextManager):
                 ],
                 f"{self.mlflow_url}/health",
                 logs,
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )
             self._ensure_model()
             self._start(
@@ -148,8 +152,7 @@ class EmbeddedStack(AbstractContextManager):
                     self.config.host,
                     "--port",
                     str(self.config.serve_port),
-                    "--workers",
-                    str(self.config.workers),
+                    *self._workers_args(),
                     *self._canary_args(),
                 ],
                 f"{self.service_url}/readyz",
@@ -238,12 +241,18 @@ class EmbeddedStack(AbstractContextManager):
             raise StopSignal(signum)
 
     def _start(
-        self, name: str, command: list[str], ready_url: str, logs: Path, timeout: float = 180
+        self,
+        name: str,
+        command: list[str],
+        ready_url: str,
+        logs: Path,
+        timeout: float = 180,
+        env: dict[str, str] | None = None,
     ) -> None:
         with (logs / f"{name}.log").open("a") as log, self._signals_deferred():
             process = subprocess.Popen(
                 command,
-                env={**os.environ, **self.env()},
+                env={**os.environ, **self.env(), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -284,6 +293,10 @@ class EmbeddedStack(AbstractContextManager):
             as_json=False,
             verbose=False,
         )
+
+    def _workers_args(self) -> list[str]:
+        """The serving workers asked for; none: the environment's or the service's default."""
+        return [] if self.config.workers is None else ["--workers", str(self.config.workers)]
 
     def _canary_args(self) -> list[str]:
         """Serve the challenger as the canary when one is set: a restart keeps the canary."""
@@ -388,8 +401,9 @@ def _alive(child: Any) -> bool:
 
 
 def admin_token(data_dir: Path) -> str:
-    """The admin token: DIGITLOOP_ADMIN_TOKEN, else one made once in the data directory."""
-    if token := os.environ.get("DIGITLOOP_ADMIN_TOKEN"):
+    """The admin token: the one configured (AdminTokenSettings), else one made once in the
+    data directory."""
+    if token := AdminTokenSettings().admin_secret():
         return token
     path = data_dir / "admin.token"
     if not path.exists():

@@ -20,6 +20,7 @@ from contracts.cli import (
     setup_logging,
     stderr,
 )
+from contracts.registry import CHAMPION_ALIAS
 
 
 def train(
@@ -86,7 +87,7 @@ def evaluate(
             dir_okay=False,
         ),
     ] = None,
-    model: Annotated[str, typer.Option(help="A version number or alias.")] = "champion",
+    model: Annotated[str, typer.Option(help="A version number or alias.")] = CHAMPION_ALIAS,
     preprocess: Annotated[
         bool, typer.Option("--preprocess", help="Apply the service's sketch preprocessing first.")
     ] = False,

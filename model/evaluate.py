@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from contracts.api import DIGITS
 from model.network import predict_proba
-
-N_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -29,13 +28,11 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> Evaluation:
     """Accuracy, per-class accuracy (recall) and confusion matrix of predicted labels."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
-    confusion = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
-    valid = (y_pred >= 0) & (y_pred < N_CLASSES)  # -1 marks an input with no prediction
+    confusion = np.zeros((DIGITS, DIGITS), dtype=np.int64)
+    valid = (y_pred >= 0) & (y_pred < DIGITS)  # -1 marks an input with no prediction
     np.add.at(confusion, (y_true[valid], y_pred[valid]), 1)
-    support = np.bincount(y_true, minlength=N_CLASSES)
-    per_class = {
-        str(c): float(confusion[c, c] / support[c]) for c in range(N_CLASSES) if support[c]
-    }
+    support = np.bincount(y_true, minlength=DIGITS)
+    per_class = {str(c): float(confusion[c, c] / support[c]) for c in range(DIGITS) if support[c]}
     n = len(y_true)
     accuracy = float(np.trace(confusion) / n) if n else 0.0
     return Evaluation(accuracy=accuracy, n=n, per_class=per_class, confusion=confusion)
@@ -57,15 +54,15 @@ def plot_confusion(confusion: np.ndarray, path: Path, title: str = "Confusion ma
     # Log colour scale: the diagonal would otherwise wash out the few errors that matter.
     shown = ax.imshow(np.log1p(confusion), cmap="Blues")
     ax.set(
-        xticks=range(N_CLASSES),
-        yticks=range(N_CLASSES),
+        xticks=range(DIGITS),
+        yticks=range(DIGITS),
         xlabel="predicted",
         ylabel="true",
         title=title,
     )
     threshold = np.log1p(confusion).max() / 2
-    for i in range(N_CLASSES):
-        for j in range(N_CLASSES):
+    for i in range(DIGITS):
+        for j in range(DIGITS):
             if confusion[i, j]:
                 ax.text(
                     j,

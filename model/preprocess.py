@@ -13,6 +13,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from contracts.api import MAX_SIDE
 from contracts.errors import EmptyDrawingError, InvalidImageError
 
 MNIST_SIZE = 28
@@ -26,7 +27,7 @@ MIN_INK_PIXELS = 4
 # An alpha channel whose minimum reaches this is opaque: the canvas, not the strokes.
 OPAQUE_ALPHA = 250
 # Images larger than this many pixels are refused before decoding (decompression bombs).
-MAX_PIXELS = 4096 * 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -46,10 +47,11 @@ def decode_image(data: bytes) -> np.ndarray:
             image.load()
             if image.mode not in ("L", "RGB", "RGBA"):
                 image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-            # Colour to grey in PIL's C code (the same ITU-R 601 weights as ink_map) when
-            # alpha carries nothing: a sketchpad's opaque canvas costs the grey path's time.
+            # Grey here, while it is a PIL image, when alpha carries nothing: a sketchpad's
+            # opaque canvas then costs the grey path's time. A transparent one keeps its
+            # alpha, which is the ink (ink_map).
             if image.mode == "RGB" or (image.mode == "RGBA" and _opaque(image)):
-                image = image.convert("L")
+                return to_grey(image)
             return np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(
@@ -59,6 +61,20 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def _opaque(image: Image.Image) -> bool:
     return image.getextrema()[3][0] >= OPAQUE_ALPHA
+
+
+def to_grey(image: np.ndarray | Image.Image) -> np.ndarray:
+    """A picture (grey, RGB or RGBA, 8-bit) as grey HxW uint8: colour by ITU-R 601 luma, in
+    PIL's C code (its "L" mode); where the picture is transparent, white paper shows through.
+
+    The one conversion to grey, wherever a drawing comes in: the sketchpad's composite in
+    the UI, an uploaded image (:func:`decode_image`), an array (:func:`ink_map`).
+    """
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    if picture.mode == "RGBA" and not _opaque(picture):
+        paper = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(paper, picture)
+    return np.asarray(picture.convert("L"))
 
 
 def ink_map(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -95,9 +111,10 @@ def ink_map(image: np.ndarray | Image.Image) -> np.ndarray:
             # A transparent canvas: the strokes are where paint was laid, whatever its colour.
             return alpha
         values = values[..., :3]
-    grey = values @ np.array([0.299, 0.587, 0.114], np.float32) if values.ndim == 3 else values
-    background = float(np.median(_border(grey)))
-    ink = np.abs(grey - background)
+    if values.ndim == 3:
+        values = to_grey(np.round(values * 255).astype(np.uint8)).astype(np.float32) / 255.0
+    background = float(np.median(_border(values)))
+    ink = np.abs(values - background)
     span = max(background, 1.0 - background)
     return ink / span if span > 0 else ink
 

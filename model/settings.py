@@ -29,7 +29,10 @@ class ModelSettings(DigitloopSettings):
         default=None,
         description="MLflow tracking server URL; default an embedded SQLite store in data_dir.",
     )
-    mlflow_experiment: str = Field(default="digitloop", description="MLflow experiment name.")
+    mlflow_experiment: str = Field(
+        default="digitloop",
+        description="MLflow experiment name (loop runs go to `<name>-loop`).",
+    )
     registered_model: str = Field(
         default=REGISTERED_MODEL_NAME, description="Name of the registered model in MLflow."
     )

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from contracts.cli import (
@@ -28,8 +27,9 @@ from contracts.cli import (
     setup_logging,
     stderr,
 )
+from contracts.registry import CHAMPION_ALIAS
 from contracts.routing import RoutingState
-from pipelines.dag import FINISH, STEP_NAMES
+from pipelines.dag import STEP_NAMES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -94,7 +94,7 @@ def check(
             dir_okay=False,
         ),
     ],
-    model: Annotated[str, typer.Option(help="A version number or alias.")] = "champion",
+    model: Annotated[str, typer.Option(help="A version number or alias.")] = CHAMPION_ALIAS,
     preprocess: Annotated[
         bool,
         typer.Option(
@@ -202,40 +202,20 @@ def step(
     run_id: Annotated[str, typer.Option(help="The run (Argo: the workflow's name).")],
     outputs_dir: Annotated[
         Path | None,
-        typer.Option(help="Also write each scalar output to a file here (Argo output parameters)."),
+        typer.Option(help="Also write each Argo output parameter to a file here."),
     ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run one step of a run, as an Argo workflow pod does; prints its JSON output."""
     setup_logging(verbose)
-    from pipelines.runners.local import finish, run_step
-    from pipelines.steps import STEPS, LoopContext
+    from pipelines.runners.argo import run_step
+    from pipelines.steps import LoopContext
 
     with cli_errors():
         if name not in STEP_NAMES:
             raise typer.BadParameter(f"unknown step {name!r}; one of {', '.join(STEP_NAMES)}")
-        ctx = LoopContext(run_id=run_id)
-        if name == FINISH:
-            outputs = {s: out for s in STEPS if (out := ctx.load(s)) is not None}
-            output = finish(ctx, outputs)
-        else:
-            output = run_step(ctx, name)
-    if outputs_dir is not None:
-        write_output_files(output, outputs_dir)
-    emit(output, as_json=True)
-
-
-def write_output_files(output: dict, directory: Path) -> None:
-    """One file per scalar output, as Argo reads output parameters (booleans lower-case)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for key, value in output.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float, str)) or value is None:
-            text = "" if value is None else str(value)
-        else:
-            continue
-        (directory / key).write_text(text)
+        output = run_step(LoopContext(run_id=run_id), name, outputs_dir)
+    emit(output.model_dump(mode="json"), as_json=True)
 
 
 # -- digitloop rollout ------------------------------------------------------------------
@@ -376,23 +356,22 @@ def workflow() -> None:
 @workflow_app.command("render")
 def render_command(
     out: Annotated[
-        Path, typer.Option("--out", help="Folder the YAML files are written to.", file_okay=False)
-    ] = Path("manifests"),
+        Path,
+        typer.Option(
+            "--out", help="The chart's templates folder they are written to.", file_okay=False
+        ),
+    ] = Path("charts/digitloop/templates"),
     check: Annotated[
         bool,
         typer.Option("--check", help="Write nothing; exit 1 if the files differ from a render."),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Render the WorkflowTemplate and CronWorkflow (settings from DIGITLOOP_* variables)."""
-    from pipelines.workflows.loop import WorkflowSettings, render
+    """Render the WorkflowTemplate and CronWorkflow into the chart, as its templates (the
+    release's values fill in namespace, image, names and schedule)."""
+    from pipelines.workflows.loop import render
 
-    try:
-        files = render(WorkflowSettings())
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        stderr.print(f"[bold red]error:[/] {problems}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+    files = render()
     if check:
         stale = {name: diff for name, text in files.items() if (diff := _diff(out / name, text))}
         for name, diff in stale.items():

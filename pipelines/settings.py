@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from contracts.settings import DigitloopEnv
+from contracts.settings import AdminTokenSettings, DigitloopEnv, ServiceUrlSettings
 
 
 class DecisionSettings(DigitloopEnv):
@@ -78,19 +78,17 @@ class DecisionSettings(DigitloopEnv):
     )
 
 
-class LoopSettings(DigitloopEnv):
-    """Where the loop acts and what it retrains with."""
+class LoopSettings(AdminTokenSettings, ServiceUrlSettings):
+    """Where the loop acts and what it retrains with.
+
+    With ``rollout=service`` it reloads the service at ``service_url`` with the admin token.
+    """
 
     rollout: Literal["service", "helm", "kserve"] = Field(
         default="service",
-        description="How versions are rolled out: the embedded service's /admin/reload, "
-        "`helm upgrade` of the release, or the KServe InferenceService through its SDK.",
-    )
-    service_url: str = Field(
-        default="http://127.0.0.1:3000", description="The prediction service (rollout=service)."
-    )
-    admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of /admin/reload."
+        description="How versions are rolled out: `service` (the service's /admin/reload), "
+        "`helm` (`helm upgrade` of the release) or `kserve` (the InferenceService, through "
+        "the kserve SDK).",
     )
     helm_release: str = Field(default="digitloop", description="Helm release (rollout=helm).")
     helm_chart: str = Field(default="charts/digitloop", description="Chart to upgrade with.")
@@ -102,7 +100,7 @@ class LoopSettings(DigitloopEnv):
     )
     helm_binary: str = Field(default="helm", description="The helm executable.")
     inference_service: str = Field(
-        default="digitloop-serving", description="The InferenceService (rollout=kserve)."
+        default="digitloop-serving", description="The InferenceService the kserve rollout patches."
     )
     kubeconfig: str | None = Field(
         default=None,
@@ -139,7 +137,10 @@ class LoopSettings(DigitloopEnv):
         default=None, description="Public MLflow URL for links in notifications."
     )
     holdout_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of recent feedback kept out of retraining."
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of recent feedback kept out of retraining, for the gate.",
     )
     retrain_epochs: int = Field(default=3, ge=1, description="Fine-tuning epochs.")
     retrain_extra_share: float = Field(
@@ -149,5 +150,6 @@ class LoopSettings(DigitloopEnv):
         default=400, ge=1, description="Most recent predictions the drift step compares."
     )
     retrain_mnist_limit: int | None = Field(
-        default=None, description="Fine-tune on the first N MNIST images only (tests, demos)."
+        default=None,
+        description="Fine-tune on the first N MNIST images only (tests, demos); unset: all.",
     )

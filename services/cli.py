@@ -11,6 +11,10 @@ from typing import Annotated
 import typer
 
 from contracts.cli import stderr
+from contracts.registry import CHAMPION_ALIAS
+from services.settings import ServingSettings
+
+_WORKERS_DEFAULT = ServingSettings.model_fields["workers"].default
 
 
 def serve(
@@ -18,30 +22,40 @@ def serve(
         str, typer.Option(help="Address to bind; 0.0.0.0 only when you mean it.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Worker processes (env {ServingSettings.env_name('workers')}; "
+            f"default {_WORKERS_DEFAULT}).",
+        ),
+    ] = None,
     stable_model: Annotated[
         str | None,
         typer.Option(
-            help="Version or alias of the stable track (env DIGITLOOP_STABLE_MODEL; "
-            "default champion)."
+            help="Version or alias of the stable track "
+            f"(env {ServingSettings.env_name('stable_model')}; default {CHAMPION_ALIAS})."
         ),
     ] = None,
     canary_model: Annotated[
         str | None,
-        typer.Option(help="Version or alias of the canary track (env DIGITLOOP_CANARY_MODEL)."),
+        typer.Option(
+            help="Version or alias of the canary track "
+            f"(env {ServingSettings.env_name('canary_model')})."
+        ),
     ] = None,
     canary_weight: Annotated[
         int | None, typer.Option(min=0, max=100, help="Percent of requests the canary answers.")
     ] = None,
 ) -> None:
     """Serve predictions, feedback and metrics over HTTP (BentoML)."""
-    overrides = {
-        "DIGITLOOP_WORKERS": str(workers),
-        "DIGITLOOP_STABLE_MODEL": stable_model,
-        "DIGITLOOP_CANARY_MODEL": canary_model,
-        "DIGITLOOP_CANARY_WEIGHT": None if canary_weight is None else str(canary_weight),
-    }
-    env = {**os.environ, **{k: v for k, v in overrides.items() if v is not None}}
+    overrides = ServingSettings.env_vars(
+        workers=workers,
+        stable_model=stable_model,
+        canary_model=canary_model,
+        canary_weight=canary_weight,
+    )
+    env = {**os.environ, **overrides}
     # One torch/OpenMP thread per worker: settings made here would not reach the workers.
     env.setdefault("OMP_NUM_THREADS", "1")
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
@@ -54,5 +68,6 @@ def serve(
         "--port",
         str(port),
     ]
-    stderr.print(f"serving on http://{host}:{port} ({workers} workers)")
+    shown = workers or env.get(ServingSettings.env_name("workers"), _WORKERS_DEFAULT)
+    stderr.print(f"serving on http://{host}:{port} ({shown} workers)")
     os.execvpe(command[0], command, env)

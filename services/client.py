@@ -1,8 +1,11 @@
-"""A small typed client of the prediction service, shared by the app, the tests and the simulator.
+"""The one HTTP client of the prediction service: the app, the simulator, the service rollout
+driver and the tests all call the service through it.
 
-Every method either returns a pydantic model of the answer or raises :class:`ServiceError`
-(the service answered with an error) or :class:`ServiceUnavailable` (no answer: refused,
-unreachable, timed out). Both carry a message in plain words that the app shows as is.
+Every method either returns the contract's model of the answer (:mod:`contracts.api`) or
+raises :class:`ServiceError` (the service answered with an error) or
+:class:`ServiceUnavailable` (no answer: refused, unreachable, timed out). Both carry a
+message in plain words that the app shows as is. Requests go as the service takes them and
+are validated there, once; the client splits batches at the contract's limit.
 
 Example:
     >>> with DigitloopClient("http://127.0.0.1:3000") as client:  # doctest: +SKIP
@@ -14,87 +17,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from contracts.api import TRACK_HEADER
+from contracts.api import (
+    DEFAULT_TIMEOUT_S,
+    MAX_BATCH,
+    TRACK_HEADER,
+    TRACKS,
+    BatchAnswer,
+    ErrorAnswer,
+    FeedbackAck,
+    ImageError,
+    ModelInfo,
+    Prediction,
+    Track,
+)
 from contracts.errors import DigitloopError
-from services.settings import ServingSettings
 
-Track = Literal["stable", "canary"]
 M = TypeVar("M", bound=BaseModel)
 
-DEFAULT_TIMEOUT_S = 10.0
-# The most images the service takes in one /predict_batch, by default (its setting
-# DIGITLOOP_MAX_BATCH; larger batches get 413); the client splits longer lists.
-MAX_BATCH: int = ServingSettings.model_fields["max_batch"].default
 
+class ClientSettings(Protocol):
+    """What a client is made from: the settings of a part that calls the service."""
 
-class Prediction(BaseModel):
-    """One answer of ``/predict`` or one item of ``/predict_batch``."""
+    service_url: str
+    request_timeout_s: float
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    prediction_id: str = Field(description="Pass it back to feedback().")
-    label: int = Field(ge=0, le=9, description="The predicted digit.")
-    probabilities: list[float] = Field(min_length=10, max_length=10)
-    model_version: str
-    track: str = Field(description="'stable' or 'canary'.")
-
-    @property
-    def confidence(self) -> float:
-        """Probability of the predicted digit."""
-        return self.probabilities[self.label]
-
-    def top(self, k: int = 3) -> list[tuple[int, float]]:
-        """The ``k`` most probable digits with their probabilities, most probable first."""
-        order = sorted(range(10), key=lambda digit: self.probabilities[digit], reverse=True)
-        return [(digit, self.probabilities[digit]) for digit in order[:k]]
-
-
-class ImageError(BaseModel):
-    """An item of ``/predict_batch`` for an image the service could not predict."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    index: int = Field(ge=0, description="The image's position in the list sent, from 0.")
-    status: int = Field(description="What /predict answers for it alone (413, 422).")
-    error: str = Field(description="Why, fit to show to a person.")
-
-
-class FeedbackAck(BaseModel):
-    """The answer of ``/feedback``: the record is durable ("stored" or "spooled")."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    prediction_id: str
-    label: int = Field(ge=0, le=9)
-    correct: bool = Field(description="Whether the prediction was right.")
-    durable: str = Field(description="'stored' in the store, or 'spooled' until it is back.")
-
-
-class TrackInfo(BaseModel):
-    """The model version one track serves."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    model_version: str
-    aliases: list[str] = Field(default_factory=list)
-    trained_on: dict[str, Any] = Field(default_factory=dict)
-    mnist_test_accuracy: float | None = None
-
-
-class ModelInfo(BaseModel):
-    """The answer of ``/model``: what each track serves and how traffic is split."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    tracks: dict[str, TrackInfo]
-    canary_weight: int = 0
-    only_track: str | None = None
+    def token(self) -> str | None: ...
 
 
 class ServiceError(DigitloopError):
@@ -135,9 +88,13 @@ class DigitloopClient:
 
     Args:
         base_url: the service's URL, e.g. ``http://127.0.0.1:3000``.
-        token: sent as ``Authorization: Bearer <token>`` when given.
-        timeout: seconds to wait for connecting and for each answer (default 10).
+        token: sent as ``Authorization: Bearer <token>`` when given (a gateway's API token,
+            or the admin token of :meth:`reload`).
+        timeout: seconds to wait for connecting and for each answer (default
+            ``DEFAULT_TIMEOUT_S`` of the contract, 10).
         source: the ``source`` of feedback sent without one (default ``"ui"``).
+        transport: how requests travel; default the network (tests pass an
+            ``httpx.MockTransport``).
     """
 
     def __init__(
@@ -146,21 +103,21 @@ class DigitloopClient:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         source: str = "ui",
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.source = source
-        headers = {"User-Agent": "digitloop-ui", "Accept": "application/json"}
+        headers = {"User-Agent": "digitloop", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
 
     @classmethod
-    def from_settings(cls, settings: Any = None) -> DigitloopClient:
-        """A client configured from :class:`ui.settings.UISettings` (the environment)."""
-        from ui.settings import UISettings
-
-        settings = settings or UISettings()
+    def from_settings(cls, settings: ClientSettings) -> DigitloopClient:
+        """A client of the service ``settings`` point at (e.g. :class:`ui.settings.UISettings`)."""
         return cls(settings.service_url, settings.token(), settings.request_timeout_s)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -210,7 +167,8 @@ class DigitloopClient:
     def predict_batch(
         self, images: Sequence[bytes], track: Track | None = None
     ) -> list[Prediction]:
-        """Predict several PNG/JPEG images; longer lists go in requests of MAX_BATCH images.
+        """Predict several PNG/JPEG images; longer lists go in requests of MAX_BATCH images
+        (the contract's limit).
 
         All or nothing: an image the service cannot predict raises ServiceError with its
         status and index ("image 3: ..."). :meth:`predict_batch_each` answers each instead.
@@ -267,13 +225,11 @@ class DigitloopClient:
                     f"The prediction service answered {_count(answer)} predictions "
                     f"for {len(chunk)} images.",
                 )
-            for item in answer:
-                if isinstance(item, dict) and "error" in item and "prediction_id" not in item:
-                    failed = _parse(ImageError, item)
+            for item in _parse(BatchAnswer, answer).root:
+                if isinstance(item, ImageError):
                     # The service counts from the start of its request: count from ours.
-                    answers.append(failed.model_copy(update={"index": start + failed.index}))
-                else:
-                    answers.append(_parse(Prediction, item))
+                    item = item.model_copy(update={"index": start + item.index})
+                answers.append(item)
         return answers
 
     def feedback(self, prediction_id: str, label: int, source: str | None = None) -> FeedbackAck:
@@ -294,6 +250,23 @@ class DigitloopClient:
                 raise
             answer = self._request("POST", "/model", json={})
         return _parse(ModelInfo, answer)
+
+    def reload(
+        self,
+        stable_model: str | None = None,
+        canary_model: str | None = None,
+        canary_weight: int | None = None,
+    ) -> ModelInfo:
+        """Serve other versions without a restart (``POST /admin/reload``, the client's token
+        as the admin token); a field left None keeps its value, ``canary_model=""`` removes
+        the canary. Answers what serves afterwards."""
+        changes = {
+            "stable_model": stable_model,
+            "canary_model": canary_model,
+            "canary_weight": canary_weight,
+        }
+        body = {name: value for name, value in changes.items() if value is not None}
+        return _parse(ModelInfo, self._request("POST", "/admin/reload", json=body))
 
     def ready(self) -> bool:
         """True when ``/readyz`` answers 2xx; False when it does not, or nothing answers."""
@@ -341,7 +314,7 @@ def _all_predicted(answers: list[Prediction | ImageError]) -> list[Prediction]:
 def _track(track: Track | None) -> dict[str, str]:
     if track is None:
         return {}
-    if track not in ("stable", "canary"):
+    if track not in TRACKS:
         raise ValueError(f"track must be 'stable' or 'canary', got {track!r}")
     return {TRACK_HEADER: track}
 
@@ -375,11 +348,9 @@ def _reason(exc: httpx.TransportError) -> str:
 def _error_message(response: httpx.Response) -> str:
     """The service's ``{"error": ...}`` message, or a plain sentence about the status."""
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]:
-        return body["error"]
+        return ErrorAnswer.model_validate_json(response.content).error
+    except ValidationError:
+        pass
     if response.status_code >= 500:
         return (
             f"The prediction service had a problem (HTTP {response.status_code} "

@@ -16,9 +16,10 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
+from contracts.api import PREDICTION_ID_PATTERN, Track
 from services.errors import UnknownPrediction
 
-_ID = re.compile(r"^([0-9a-f]{32})\.(stable|canary)\.([0-9]{1,9})\.([0-9])\.([0-9a-f]{16})$")
+_ID = re.compile(PREDICTION_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class PredictionRef:
     """What a prediction id says about its prediction."""
 
     prediction_id: str
-    track: str
+    track: Track
     model_version: str
     label: int
 
@@ -42,7 +43,7 @@ class PredictionIds:
     def _sign(self, payload: str) -> str:
         return hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()[:16]
 
-    def new(self, track: str, model_version: str, label: int) -> str:
+    def new(self, track: Track, model_version: str, label: int) -> str:
         payload = f"{uuid.uuid4().hex}.{track}.{model_version}.{label}"
         return f"{payload}.{self._sign(payload)}"
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from contracts.api import MAX_SIDE, TrackInfo
 from model.preprocess import decode_image, to_mnist
 from model.registry import ModelVersionInfo, Registry
 from services.errors import BadRequest, PayloadTooLarge
@@ -38,8 +39,8 @@ def array_to_pixels(values: object) -> np.ndarray:
         raise BadRequest(f"pixels must be a rectangular array of numbers ({exc})") from exc
     if array.ndim != 2:
         raise BadRequest(f"pixels must be a 2-D array (HxW), got shape {array.shape}")
-    if array.shape[0] > 4096 or array.shape[1] > 4096:
-        raise PayloadTooLarge(f"pixels is {array.shape}; at most 4096x4096")
+    if max(array.shape) > MAX_SIDE:
+        raise PayloadTooLarge(f"pixels is {array.shape}; at most {MAX_SIDE}x{MAX_SIDE}")
     return to_mnist(array)
 
 
@@ -75,10 +76,10 @@ class Classifier:
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
         return torch.softmax(self.net(batch), dim=1).numpy()
 
-    def describe(self) -> dict[str, object]:
-        return {
-            "model_version": self.version,
-            "aliases": self.aliases,
-            "trained_on": self.trained_on,
-            "mnist_test_accuracy": self.mnist_test_accuracy,
-        }
+    def describe(self) -> TrackInfo:
+        return TrackInfo(
+            model_version=self.version,
+            aliases=self.aliases,
+            trained_on=self.trained_on,
+            mnist_test_accuracy=self.mnist_test_accuracy,
+        )

@@ -7,10 +7,11 @@ are dropped where its schema is nullable. This service answers other statuses, t
 three ways and parses its bodies itself (:mod:`services.inputs`), so :func:`document` keeps
 BentoML's frame (info, tags, operation ids) and writes each route's operation from:
 
-- the request models of :mod:`services.inputs`, the same models that validate the requests,
-  so every bound (label 0-9, the prediction id's format, a drawing's size, the batch limit)
-  is declared once, in a field, and the multipart form reuses the JSON field's bounds;
-- the answer models of :mod:`services.service`;
+- the request models of the HTTP contract (:mod:`contracts.api`), the same models that
+  validate the requests, so every bound (label 0-9, the prediction id's format, a drawing's
+  size, the batch limit) is declared once, in a field, and the multipart form reuses the JSON
+  field's bounds;
+- the contract's answer models, which the service dumps and the client parses;
 - :data:`ERRORS`, the statuses each route answers besides 200, all with ``{"error": ...}``.
 
 The schemathesis run in ``tests/integration/test_openapi.py`` holds the service to it.
@@ -26,35 +27,35 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from contracts.api import TRACK_HEADER
-from services.inputs import (
-    EXAMPLE_DRAWING,
-    MAX_BATCH,
-    MAX_BODY_BYTES,
+from contracts.api import (
     MAX_SIDE,
+    TRACK_HEADER,
+    TRACKS,
+    BatchAnswer,
+    ErrorAnswer,
+    FeedbackAck,
     FeedbackInput,
+    ImageError,
+    ModelInfo,
     PredictBatchInput,
     PredictInput,
+    Prediction,
     ReloadInput,
 )
+from services.inputs import BATCH_LIMIT, EXAMPLE_DRAWING, MAX_BODY_BYTES
 from services.settings import ServingSettings
 
 OPENAPI_VERSION = "3.1.0"  # JSON Schema 2020-12, as pydantic writes it
 REF = "#/components/schemas/{model}"
 ERROR_REF = {"$ref": REF.format(model="Error")}
-ERROR_SCHEMA = {
-    "type": "object",
-    "description": "Every error the service answers: what went wrong, in plain words.",
-    "required": ["error"],
-    "properties": {"error": {"type": "string"}},
-}
 ADMIN_SCHEME = "adminToken"
 
 _BODY = (
     "The body breaks the request schema: not JSON, a field missing, unknown, of the wrong "
     "type or out of its bounds"
 )
-_TOO_LARGE = f"The body is over {MAX_BODY_BYTES} bytes (DIGITLOOP_MAX_BODY_BYTES)"
+_ENV = ServingSettings.env_name
+_TOO_LARGE = f"The body is over {MAX_BODY_BYTES} bytes ({_ENV('max_body_bytes')})"
 _IMAGE_BYTES = ServingSettings.model_fields["max_image_bytes"].default
 _FAULT = "A fault of the service, not of the request (none is known); the log has it."
 
@@ -65,7 +66,7 @@ ERRORS: dict[str, dict[int, str]] = {
         400: f"{_BODY}; not exactly one of an image and `pixels`; more than one file in "
         "`image`, or text in place of a file; a broken multipart form; "
         f"{TRACK_HEADER} neither stable nor canary, or canary while no canary is set.",
-        413: f"{_TOO_LARGE}; the image is over DIGITLOOP_MAX_IMAGE_BYTES ({_IMAGE_BYTES} "
+        413: f"{_TOO_LARGE}; the image is over {_ENV('max_image_bytes')} ({_IMAGE_BYTES} "
         f"bytes by default); `pixels` has more than {MAX_SIDE} rows or columns.",
         422: "The request is well formed but its drawing cannot be used: the bytes are not "
         "a readable image, the rows of `pixels` differ in length, or it has too little ink "
@@ -77,7 +78,7 @@ ERRORS: dict[str, dict[int, str]] = {
         400: f"{_BODY}; not exactly one of `images` and `pixels`; text in place of a file; "
         f"a broken multipart form; {TRACK_HEADER} neither stable nor canary, or canary "
         "while no canary is set.",
-        413: f"{_TOO_LARGE}; more than {MAX_BATCH} images; a drawing in `pixels` has more "
+        413: f"{_TOO_LARGE}; more than {BATCH_LIMIT} images; a drawing in `pixels` has more "
         f"than {MAX_SIDE} rows or columns.",
         503: "No model is loaded yet (see /readyz).",
         500: _FAULT,
@@ -93,7 +94,7 @@ ERRORS: dict[str, dict[int, str]] = {
     "/admin/reload": {
         400: f"{_BODY}.",
         401: "No `Authorization: Bearer <token>` header.",
-        403: "A wrong token, or the admin endpoints are off (no DIGITLOOP_ADMIN_TOKEN).",
+        403: f"A wrong token, or the admin endpoints are off (no {_ENV('admin_token')}).",
         404: "No such model version or alias in the registry.",
         413: f"{_TOO_LARGE}.",
         500: _FAULT,
@@ -107,21 +108,19 @@ ERRORS: dict[str, dict[int, str]] = {
 
 def document(generated: dict[str, Any]) -> dict[str, Any]:
     """BentoML's generated document (``svc.openapi_spec.asdict()``) made truthful."""
-    from services.service import FeedbackAck, ImageError, ModelState, Prediction
-
     spec = copy.deepcopy(generated)
     paths = spec["paths"]
     spec["openapi"] = OPENAPI_VERSION
     spec["components"] = {
         "schemas": {
-            **_schemas(Prediction, ImageError, FeedbackAck, ModelState),
-            "Error": ERROR_SCHEMA,
+            **_schemas(Prediction, ImageError, BatchAnswer, FeedbackAck, ModelInfo),
+            "Error": ErrorAnswer.model_json_schema(mode="serialization"),
         },
         "securitySchemes": {
             ADMIN_SCHEME: {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "DIGITLOOP_ADMIN_TOKEN (make dev writes .digitloop/admin.token).",
+                "description": f"{_ENV('admin_token')} (make dev writes .digitloop/admin.token).",
             }
         },
     }
@@ -137,7 +136,7 @@ def document(generated: dict[str, Any]) -> dict[str, Any]:
         "required": False,
         "description": "Pin the request to a track; canary only while one is set. "
         "Without it the canary answers exactly its weight of every 100 requests.",
-        "schema": {"type": "string", "enum": ["stable", "canary"]},
+        "schema": {"type": "string", "enum": list(TRACKS)},
     }
     post(
         "/predict",
@@ -177,17 +176,7 @@ def document(generated: dict[str, Any]) -> dict[str, Any]:
             # The second drawing has no ink: its answer is an error, the first's a prediction.
             example={"pixels": [EXAMPLE_DRAWING, [[0] * 8] * 8]},
         ),
-        responses=_responses(
-            "/predict_batch",
-            {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_BATCH,
-                "description": "One answer per image, in the order sent: a prediction, or "
-                "the error of an image that could not be predicted.",
-                "items": {"anyOf": [_ref(Prediction), _ref(ImageError)]},
-            },
-        ),
+        responses=_responses("/predict_batch", _ref(BatchAnswer)),
     )
     post(
         "/feedback",
@@ -198,10 +187,10 @@ def document(generated: dict[str, Any]) -> dict[str, Any]:
         "/admin/reload",
         security=[{ADMIN_SCHEME: []}],
         requestBody={**_body(ReloadInput), "required": False},
-        responses=_responses("/admin/reload", _ref(ModelState)),
+        responses=_responses("/admin/reload", _ref(ModelInfo)),
     )
     model = paths["/model"]["get"]
-    model["responses"] = _responses("/model", _ref(ModelState))
+    model["responses"] = _responses("/model", _ref(ModelInfo))
 
     text = {"text/plain": {"schema": {"type": "string"}}}
     for path in ("/livez", "/healthz", "/readyz", "/metrics"):

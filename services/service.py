@@ -5,9 +5,10 @@ Routes (DESIGN.md, "Serving HTTP API"): ``/predict``, ``/predict_batch``, ``/fee
 The model lifecycle (load in the background, ready flag, hot reload) is in
 :class:`ModelSlots`; per-request work in :mod:`services.inference`; storage in
 :mod:`services.store`. Every expected error answers ``{"error": ...}`` with its 4xx;
-``/predict_batch`` answers each image, an error entry for one it cannot predict. Request
-bodies and their bounds are the models of :mod:`services.inputs`; ``/docs.json`` serves the
-OpenAPI document of all this (:mod:`services.openapi`).
+``/predict_batch`` answers each image, an error entry for one it cannot predict. Requests
+and answers are the models of the HTTP contract (:mod:`contracts.api`), read from HTTP bodies
+by :mod:`services.inputs`; ``/docs.json`` serves the OpenAPI document of all this
+(:mod:`services.openapi`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ import threading
 import time
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any
 
 import bentoml
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from contracts.api import TRACK_HEADER
+from contracts.api import (
+    TRACK_HEADER,
+    BatchAnswer,
+    ErrorAnswer,
+    FeedbackAck,
+    ImageError,
+    ModelInfo,
+    Prediction,
+)
 from contracts.errors import InvalidImageError
 from services.errors import (
     BadRequest,
@@ -40,74 +49,18 @@ from services.errors import (
     status_of,
 )
 from services.inputs import (
-    FeedbackInput,
-    PredictBatchInput,
-    PredictInput,
-    ReloadInput,
+    FeedbackBody,
+    PredictBatchBody,
+    PredictBody,
+    ReloadBody,
     request_problem,
 )
 from services.settings import ServingSettings
 
 log = logging.getLogger("digitloop.service")
 
-# Worker processes are fixed when BentoML reads the class, so they come from the
-# environment here rather than from ServingSettings (read later, in each worker).
-WORKERS = int(os.environ.get("DIGITLOOP_WORKERS", "2"))
-
-
-# The answers. Their schemas are the OpenAPI document's (services/openapi.py).
-TrackName = Literal["stable", "canary"]
-
-
-class Prediction(BaseModel):
-    prediction_id: str = Field(description="Pass it back to /feedback.")
-    label: int = Field(ge=0, le=9, description="The predicted digit.")
-    probabilities: list[float] = Field(
-        min_length=10, max_length=10, description="Probability of each digit 0-9."
-    )
-    model_version: str
-    track: TrackName = Field(description="The track that answered.")
-
-
-class ImageError(BaseModel):
-    """A /predict_batch item for an image that could not be predicted; the others are."""
-
-    index: int = Field(ge=0, description="The image's position in the request, from 0.")
-    status: int = Field(
-        description="What /predict answers for this image alone: 413 over the size limit, "
-        "422 not a readable image or too little ink."
-    )
-    error: str = Field(description="Why, in plain words.")
-
-
-BatchAnswer = list[Prediction | ImageError]
-_BATCH_ANSWER: TypeAdapter[BatchAnswer] = TypeAdapter(BatchAnswer)
-
-
-class FeedbackAck(BaseModel):
-    prediction_id: str
-    label: int = Field(ge=0, le=9)
-    correct: bool = Field(description="Whether the prediction was right.")
-    durable: Literal["stored", "spooled"] = Field(
-        description="'stored' in the store, or 'spooled' until it is back."
-    )
-
-
-class TrackState(BaseModel):
-    model_version: str
-    aliases: list[str] = Field(description="MLflow aliases of the version (champion, ...).")
-    trained_on: dict[str, Any] = Field(description="What the version was trained on.")
-    mnist_test_accuracy: float | None
-
-
-class ModelState(BaseModel):
-    """What each track serves and the split: the answer of /model and /admin/reload."""
-
-    tracks: dict[TrackName, TrackState]
-    canary_weight: int = Field(ge=0, le=100, description="Percent of requests to the canary.")
-    only_track: TrackName | None = Field(
-        description="The one track this replica serves (a cluster pod), or null: both."
-    )
+# Worker processes are fixed when BentoML reads the class, before any worker starts.
+WORKERS = ServingSettings().workers
 
 
 # GET routes: BentoML's APIs are POST only, so /model is a FastAPI route on the service
@@ -135,12 +88,8 @@ class DigitService:
         from services.ids import PredictionIds
         from services.routing import TrafficSplit
         from services.slots import ModelSlots
-        from services.store import (
-            FeedbackWriter,
-            PredictionLog,
-            StoreSettings,
-            open_store,
-        )
+        from services.store.backends import StoreSettings, open_store
+        from services.store.writers import FeedbackWriter, PredictionLog
 
         self.settings = ServingSettings()
         torch.set_num_threads(self.settings.torch_threads)
@@ -184,7 +133,7 @@ class DigitService:
 
     # -- routes ------------------------------------------------------------------------
 
-    @bentoml.api(route="/predict", input_spec=PredictInput)
+    @bentoml.api(route="/predict", input_spec=PredictBody)
     async def predict(
         self,
         image: bytes | None = None,
@@ -200,10 +149,9 @@ class DigitService:
         except Exception as exc:  # every error becomes a response
             return self._error(ctx, "/predict", started, exc)
         self._observe("/predict", started)
-        # Serialised here, in pydantic's Rust code: BentoML's output path costs more.
-        return Response(answer.model_dump_json(), media_type="application/json")
+        return _json(answer)
 
-    @bentoml.api(route="/predict_batch", input_spec=PredictBatchInput)
+    @bentoml.api(route="/predict_batch", input_spec=PredictBatchBody)
     async def predict_batch(
         self,
         images: list[bytes] | None = None,
@@ -239,22 +187,24 @@ class DigitService:
         except Exception as exc:  # every error becomes a response
             return self._error(ctx, "/predict_batch", started, exc)
         self._observe("/predict_batch", started)
-        return Response(_BATCH_ANSWER.dump_json(answer), media_type="application/json")
+        return _json(BatchAnswer(answer))
 
-    @bentoml.api(route="/feedback", input_spec=FeedbackInput)
+    @bentoml.api(route="/feedback", input_spec=FeedbackBody)
     async def feedback(
         self,
         prediction_id: str,
         label: int,
-        source: str = "user",
+        source: str,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> FeedbackAck:
         """Record the true digit of a prediction; answers 2xx once the record is durable."""
-        from services.store import DuplicateFeedback, FeedbackRecord, SpoolFull, StoreUnavailable
+        from contracts.records import FeedbackRecord
+        from services.store.backends import StoreUnavailable
+        from services.store.writers import DuplicateFeedback, SpoolFull
 
         started = time.perf_counter()
         try:
-            _raise_problem(ctx)  # the bounds (label 0-9, id format, source) are FeedbackInput's
+            _raise_problem(ctx)  # the bounds (label 0-9, id format, source) are the contract's
             ref = self.ids.parse(prediction_id)
             record = FeedbackRecord(
                 prediction_id=prediction_id, label=label, ts=datetime.now(UTC), source=source
@@ -277,31 +227,36 @@ class DigitService:
         except Exception as exc:
             return self._error(ctx, "/feedback", started, exc)
         self._observe("/feedback", started)
-        return FeedbackAck(
-            prediction_id=prediction_id, label=label, correct=label == ref.label, durable=durable
+        return _json(
+            FeedbackAck(
+                prediction_id=prediction_id,
+                label=label,
+                correct=label == ref.label,
+                durable=durable,
+            )
         )
 
     @info_app.get("/model")
-    def model(self) -> JSONResponse:
+    def model(self) -> Response:
         """The model version, alias and training data of each track, and the split."""
         started = time.perf_counter()
         try:
             if not self.slots.ready:
                 raise NotReady("no model loaded yet; see /readyz")
-            answer = JSONResponse(self.slots.describe())
+            answer = _json(ModelInfo.model_validate(self.slots.describe()))
         except Exception as exc:  # every error becomes a response
             return self._error(None, "/model", started, exc)
         self._observe("/model", started)
         return answer
 
-    @bentoml.api(route="/admin/reload", input_spec=ReloadInput)
+    @bentoml.api(route="/admin/reload", input_spec=ReloadBody)
     def reload(
         self,
         stable_model: str | None = None,
         canary_model: str | None = None,
         canary_weight: int | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
-    ) -> dict[str, Any]:
+    ) -> ModelInfo:
         """Serve other versions without a restart (bearer token). `canary_model: ""` removes it."""
         started = time.perf_counter()
         try:
@@ -313,11 +268,11 @@ class DigitService:
                     canary_model=canary_model,
                     canary_weight=canary_weight,
                 )
-            answer = self.slots.describe()
+            answer = ModelInfo.model_validate(self.slots.describe())
         except Exception as exc:
             return self._error(ctx, "/admin/reload", started, exc)
         self._observe("/admin/reload", started)
-        return answer
+        return _json(answer)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -347,7 +302,7 @@ class DigitService:
         return self.slots.pick(pinned)
 
     def _predict(self, digits, picked, started: float) -> list[Prediction]:
-        from services.store import PredictionRecord
+        from contracts.records import PredictionRecord
 
         track, classifier = picked
         probabilities = classifier.predict(digits)
@@ -388,7 +343,8 @@ class DigitService:
 
         expected = self.settings.admin_secret()
         if expected is None:
-            raise Forbidden("admin endpoints are off: set DIGITLOOP_ADMIN_TOKEN to enable them")
+            admin_token = ServingSettings.env_name("admin_token")
+            raise Forbidden(f"admin endpoints are off: set {admin_token} to enable them")
         header = ctx.request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -406,19 +362,17 @@ class DigitService:
             time.perf_counter() - started
         )
 
-    def _error(
-        self, ctx: bentoml.Context, route: str, started: float, exc: Exception
-    ) -> JSONResponse:
+    def _error(self, ctx: bentoml.Context, route: str, started: float, exc: Exception) -> Response:
         status = status_of(exc)
         if status is None:
             log.exception("unexpected error on %s", route)
             status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the log"
         else:
-            message = str(exc)
+            message = str(exc) or HTTPStatus(status).phrase
         if ctx is not None:
             ctx.response.status_code = int(status)  # BentoML copies it onto the response
         self._observe(route, started, int(status))
-        return JSONResponse({"error": message}, status_code=int(status))
+        return _json(ErrorAnswer(error=message), status=int(status))
 
 
 @info_app.get("/docs.json", include_in_schema=False)
@@ -432,6 +386,11 @@ def _openapi_document() -> dict[str, Any]:
     from services.openapi import document
 
     return document(DigitService.openapi_spec.asdict())
+
+
+def _json(answer: BaseModel, status: int = 200) -> Response:
+    """An answer serialised in pydantic's Rust code: BentoML's output path costs more."""
+    return Response(answer.model_dump_json(), status_code=status, media_type="application/json")
 
 
 def _raise_problem(ctx: bentoml.Context | None) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from contracts.api import Track
-from contracts.settings import DigitloopSettings
+from contracts.api import MAX_BATCH, Track
+from contracts.registry import CHAMPION_ALIAS
+from contracts.settings import AdminTokenSettings, DigitloopSettings
 from services.ids import new_secret
 
+# The largest image accepted by default: max_image_bytes, and max_body_bytes for a full batch.
+_IMAGE_BYTES = 2_000_000
 
-class ServingSettings(DigitloopSettings):
+
+class ServingSettings(AdminTokenSettings, DigitloopSettings):
     """How the prediction service runs.
 
     Locally one process serves both tracks and splits the traffic itself; on the cluster
@@ -20,7 +23,7 @@ class ServingSettings(DigitloopSettings):
     """
 
     stable_model: str = Field(
-        default="champion", description="Version number or alias the stable track serves."
+        default=CHAMPION_ALIAS, description="Version number or alias the stable track serves."
     )
     canary_model: str | None = Field(
         default=None, description="Version or alias of the canary; unset: none."
@@ -31,21 +34,32 @@ class ServingSettings(DigitloopSettings):
     only_track: Track | None = Field(
         default=None, description="Serve one track only (a cluster pod); unset: both, split here."
     )
-    admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of /admin/*; unset and no file: admin is off."
-    )
-    admin_token_file: Path | None = Field(
-        default=None, description="File holding the admin token (a mounted Kubernetes Secret)."
-    )
     prediction_id_secret: SecretStr | None = Field(
         default=None,
         description="Key signing prediction ids; shared by every replica. "
         "Unset: a key generated once in the data directory.",
     )
     max_image_bytes: int = Field(
-        default=2_000_000, gt=0, description="Largest accepted upload per image (413 above)."
+        default=_IMAGE_BYTES, gt=0, description="Largest accepted upload per image (413 above)."
     )
-    max_batch: int = Field(default=64, gt=0, description="Most images in one /predict_batch.")
+    max_batch: int = Field(
+        default=MAX_BATCH,
+        gt=0,
+        le=MAX_BATCH,
+        description="Most images in one /predict_batch (413 above); at most the API's bound.",
+    )
+    max_body_bytes: int = Field(
+        default=MAX_BATCH * _IMAGE_BYTES,
+        gt=0,
+        description="Largest request body either image route reads (413 above): a full batch "
+        "of the largest images; each image is bounded again by max_image_bytes.",
+    )
+    workers: int = Field(
+        default=2,
+        ge=1,
+        description="Serving worker processes, each with torch_threads threads: one per core "
+        "(the chart runs 1 per pod and scales with replicas).",
+    )
     torch_threads: int = Field(default=1, gt=0, description="Torch threads per worker process.")
 
     @field_validator("canary_model", mode="before")
@@ -56,15 +70,9 @@ class ServingSettings(DigitloopSettings):
     @model_validator(mode="after")
     def _canary_needs_a_model(self) -> ServingSettings:
         if self.only_track == "canary" and not self.canary_model:
-            raise ValueError("DIGITLOOP_ONLY_TRACK=canary needs DIGITLOOP_CANARY_MODEL")
+            only, canary = self.env_name("only_track"), self.env_name("canary_model")
+            raise ValueError(f"{only}=canary needs {canary}")
         return self
-
-    def admin_secret(self) -> str | None:
-        """The admin token in force, from the file when one is mounted."""
-        if self.admin_token_file is not None:
-            token = self.admin_token_file.read_text().strip()
-            return token or None
-        return self.admin_token.get_secret_value() if self.admin_token else None
 
     def id_secret(self) -> bytes:
         """The prediction id key: configured, or made once in the data directory.

@@ -9,12 +9,17 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 
 from digitloop.stack import stop_tree
 from tests.conftest import MNIST_PATH, REPO_ROOT, VENV_BIN, free_port, tiny_split, wait_http
+
+if TYPE_CHECKING:  # torch and friends load when a test first trains
+    from model.evaluate import Evaluation
+    from model.train import TrainConfig, TrainResult
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -51,10 +56,9 @@ def register_models(
     augment: bool = False,
 ) -> list[str]:
     """Train ``count`` small models (different seeds) and register them; returns versions."""
-    from model.evaluate import evaluate
     from model.registry import Registry, TrainingRecord
     from model.settings import ModelSettings
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig
 
     settings = ModelSettings(
         data_dir=Path(env["DIGITLOOP_DATA_DIR"]),
@@ -63,23 +67,44 @@ def register_models(
         mlflow_experiment=env.get("DIGITLOOP_REGISTERED_MODEL", "digitloop"),
     )
     registry = Registry(settings)
-    x, y, x_test, y_test = tiny_split(mnist, n_train, 500)
     versions = []
     for seed in range(count):
         config = TrainConfig(epochs=epochs, batch_size=64, augment=augment, seed=seed)
-        result = train(x, y, config)
+        result, mnist_test = trained(mnist, n_train, config)
         info = registry.log_and_register(
             result.net,
             TrainingRecord.of(
                 config,
                 result,
-                evaluate(result.net, x_test, y_test),
-                {"mnist_train": len(x)},
+                mnist_test,
+                {"mnist_train": n_train},
                 parent_version=versions[-1] if versions else None,
             ),
         )
         versions.append(info.version)
     return versions
+
+
+# Training is seeded: the same sample and configuration give the same network, so a session
+# trains each once (test_loop and test_simulate register the same 8000-image champion,
+# test_dev and test_service_resilience the same 1500-image one).
+_TRAINED: dict[tuple[int, int, TrainConfig], tuple[TrainResult, Evaluation, object]] = {}
+
+
+def trained(mnist, n_train: int, config: TrainConfig) -> tuple[TrainResult, Evaluation]:
+    """``n_train`` MNIST images trained with ``config`` and evaluated on 500 held-out ones:
+    the :class:`~model.train.TrainResult` and its evaluation, trained once per session."""
+    from model.evaluate import evaluate
+    from model.train import train
+
+    key = (id(mnist), n_train, config)
+    if key not in _TRAINED:
+        x, y, x_test, y_test = tiny_split(mnist, n_train, 500)
+        result = train(x, y, config)
+        # ``mnist`` is kept with its entry: while the entry lives, its id is not reused.
+        _TRAINED[key] = (result, evaluate(result.net, x_test, y_test), mnist)
+    result, mnist_test, _ = _TRAINED[key]
+    return result, mnist_test
 
 
 @dataclass

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from services.client import DigitloopClient, Prediction, ServiceError, ServiceUnavailable
+from contracts.api import Prediction
+from model.preprocess import to_grey
+from services.client import DigitloopClient, ServiceError, ServiceUnavailable
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -157,24 +159,18 @@ def editor_image(value: dict[str, Any] | np.ndarray | None) -> np.ndarray | None
     """The drawing as a grey HxW uint8 image (dark ink on white), or None if there is none.
 
     Accepts the Sketchpad's value (a dict whose ``composite`` is HxWx4 uint8, or None for an
-    untouched pad) or an image array. Transparent pixels count as white paper.
+    untouched pad) or an 8-bit image array. Transparent pixels count as white paper. The
+    image is turned grey here, once (:func:`model.preprocess.to_grey`): the service takes
+    the grey PNG as it is.
     """
     image = value.get("composite") if isinstance(value, dict) else value
     if image is None:
         return None
-    array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] == 4:
-        alpha = array[..., 3:4].astype(np.float32) / 255.0
-        rgb = array[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-    elif array.ndim == 3 and array.shape[2] == 3:
-        grey = array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    elif array.ndim == 2:
-        grey = array.astype(np.float32)
-    else:
+    array = np.asarray(image, dtype=np.uint8)
+    if array.size == 0 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         return None
-    grey = np.clip(np.round(grey), 0, 255).astype(np.uint8)
-    if grey.size == 0 or not (grey < 128).any():
+    grey = to_grey(array)
+    if not (grey < 128).any():
         return None
     return grey
 
@@ -260,9 +256,8 @@ def send_feedback(client: DigitloopClient, session: Session, label: int | None) 
     prediction = session.current
     if prediction is None:
         return FeedbackResult(session, Notice("hint", "Draw a digit and press Predict first."))
+    # The service checks the label (the contract's bounds): a bad one answers 400, shown below.
     true_label = prediction.label if label is None else int(label)
-    if not 0 <= true_label <= 9:
-        return FeedbackResult(session, Notice("hint", "The true digit must be 0-9."))
     try:
         ack = client.feedback(prediction.prediction_id, true_label)
     except ServiceUnavailable as exc:

@@ -36,7 +36,6 @@ IMAGE_COLUMNS: tuple[str, ...] = (
 OUTPUT_COLUMNS: tuple[str, ...] = ("confidence", "entropy")
 CLASS_COLUMN = "predicted_class"
 CENTROID_COLUMN = "centroid_distance"
-N_CLASSES = 10
 
 
 def pc_columns(n_components: int) -> tuple[str, ...]:

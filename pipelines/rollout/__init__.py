@@ -50,5 +50,4 @@ def make_rollout(settings: LoopSettings) -> Rollout:
         )
     from pipelines.rollout.service import ServiceRollout
 
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    return ServiceRollout(settings.service_url, token)
+    return ServiceRollout(settings.service_url, settings.admin_secret())

@@ -20,12 +20,14 @@ from urllib3.exceptions import HTTPError
 
 from contracts.routing import RoutingState
 from pipelines.rollout.base import RolloutError
+from services.settings import ServingSettings
 
 PREDICTOR_CONTAINER = "kserve-container"
 TRACK_LABEL = "digitloop.dev/track"
-ONLY_TRACK = "DIGITLOOP_ONLY_TRACK"
-STABLE_MODEL = "DIGITLOOP_STABLE_MODEL"
-CANARY_MODEL = "DIGITLOOP_CANARY_MODEL"
+# The variables serving reads its track and versions from: ServingSettings' fields.
+ONLY_TRACK = ServingSettings.env_name("only_track")
+STABLE_MODEL = ServingSettings.env_name("stable_model")
+CANARY_MODEL = ServingSettings.env_name("canary_model")
 # KServe's own reading of a missing canaryTrafficPercent: the newest revision takes it all.
 ALL_TRAFFIC = 100
 # The SDK wraps an API server's refusal in a RuntimeError; an unreachable one is urllib3's.

@@ -1,80 +1,33 @@
-"""Collect: the window of predictions since the last run, joined with their feedback.
+"""Collect: the labelled traffic since the champion's training, and what serves now.
 
-Feedback can arrive before the prediction it labels is flushed to the predictions log
-(pods buffer for a few seconds); such feedback is *pending* and joins in a later run.
-Feedback whose prediction never shows up within ``grace`` is *orphaned* and only counted.
+The window starts where the champion's training data ended (its ``feedback_until`` tag), or
+at the epoch for a champion trained on MNIST only, and ends now; the steps after it read the
+same window again (:meth:`LoopContext.window`: once per process).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-import numpy as np
-import pandas as pd
+from pipelines.outputs import CollectOutput
+from pipelines.steps.context import LoopContext
+from pipelines.steps.retrain import feedback_cutoff
 
-from services.store import ObjectStore, read_feedback, read_predictions
-
-# How far back a feedback record may point: predictions older than this are not read.
-LOOKBACK = timedelta(days=7)
-GRACE = timedelta(minutes=10)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class CollectCounts:
-    predictions: int  # logged in the window
-    feedback: int  # feedback records in the window
-    joined: int  # feedback matched to its prediction
-    pending: int  # feedback whose prediction is not logged yet (younger than grace)
-    orphaned: int  # feedback whose prediction never appeared
-
-
-@dataclass
-class Window:
-    since: datetime
-    until: datetime
-    predictions: pd.DataFrame  # logged predictions with since <= ts < until
-    labelled: pd.DataFrame  # predictions joined with feedback: + true_label, feedback_ts
-    counts: CollectCounts
-
-    def images(self, frame: pd.DataFrame | None = None) -> np.ndarray:
-        """(N, 28, 28) uint8 images of ``frame`` (default: the window's predictions)."""
-        frame = self.predictions if frame is None else frame
-        if frame.empty:
-            return np.zeros((0, 28, 28), np.uint8)
-        return np.stack(frame["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8)
-
-
-def join_feedback(
-    predictions: pd.DataFrame, feedback: pd.DataFrame, now: datetime, grace: timedelta = GRACE
-) -> tuple[pd.DataFrame, int, int]:
-    """Join feedback to predictions by id; returns (labelled, pending, orphaned)."""
-    feedback = feedback.rename(columns={"label": "true_label", "ts": "feedback_ts"})
-    merged = feedback.merge(predictions, on="prediction_id", how="left", indicator=True)
-    unmatched = merged[merged["_merge"] == "left_only"]
-    young = unmatched["feedback_ts"] >= pd.Timestamp(now - grace)
-    labelled = merged[merged["_merge"] == "both"].drop(columns="_merge").reset_index(drop=True)
-    labelled["true_label"] = labelled["true_label"].astype(int)
-    labelled["label"] = labelled["label"].astype(int)
-    return labelled, int(young.sum()), int((~young).sum())
-
-
-def collect(
-    store: ObjectStore, since: datetime, until: datetime | None = None, grace: timedelta = GRACE
-) -> Window:
-    """Read the window ``[since, until)`` from the store and join its feedback."""
-    until = until or datetime.now(UTC)
-    predictions = read_predictions(store, since=since - LOOKBACK)
-    predictions = predictions[predictions["ts"] < pd.Timestamp(until)]
-    feedback = read_feedback(store, since=since)
-    feedback = feedback[feedback["ts"] < pd.Timestamp(until)]
-    labelled, pending, orphaned = join_feedback(predictions, feedback, until, grace)
-    in_window = predictions[predictions["ts"] >= pd.Timestamp(since)].reset_index(drop=True)
-    counts = CollectCounts(
-        predictions=len(in_window),
-        feedback=len(feedback),
-        joined=len(labelled),
-        pending=pending,
-        orphaned=orphaned,
+def step_collect(ctx: LoopContext) -> CollectOutput:
+    """The labelled feedback since the champion's training, and what is serving now."""
+    state = ctx.rollout.current()
+    champion = ctx.registry.get(state.stable_model)
+    since = feedback_cutoff(champion) or EPOCH
+    window = ctx.window(since, ctx.now)
+    return CollectOutput(
+        since=since,
+        until=ctx.now,
+        counts=window.counts,
+        stable_version=champion.version,
+        canary_version=state.canary_model,
+        canary_weight=state.canary_weight,
+        canary_active=state.canary_model is not None,
     )
-    return Window(since=since, until=until, predictions=in_window, labelled=labelled, counts=counts)

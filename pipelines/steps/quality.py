@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipelines.decisions import Tally
+from pipelines.outputs import CollectOutput, LiveAccuracy, QualityOutput
+from pipelines.steps.context import LoopContext
 
 
 @dataclass(frozen=True)
@@ -15,18 +17,18 @@ class QualityReport:
     by_track: dict[tuple[str, str], Tally]  # (model_version, track) -> tally
     by_class: dict[int, Tally]  # true label -> tally
 
-    def as_dict(self) -> dict[str, object]:
-        def row(t: Tally) -> dict[str, float | int]:
-            return {"n": t.n, "correct": t.correct, "accuracy": t.accuracy if t.n else None}
+    def output(self) -> QualityOutput:
+        def accuracy(t: Tally) -> LiveAccuracy:
+            return LiveAccuracy(n=t.n, correct=t.correct)
 
-        return {
-            "overall": row(self.overall),
-            "by_track": {
-                f"{track}:v{version}": row(t)
+        return QualityOutput(
+            overall=accuracy(self.overall),
+            by_track={
+                f"{track}:v{version}": accuracy(t)
                 for (version, track), t in sorted(self.by_track.items())
             },
-            "by_class": {str(c): row(t) for c, t in sorted(self.by_class.items())},
-        }
+            by_class={c: accuracy(t) for c, t in sorted(self.by_class.items())},
+        )
 
     def track(self, track: str, version: str | None = None) -> Tally:
         """The tally of one track (and version, if given), summed over what matches."""
@@ -50,3 +52,8 @@ def quality(labelled: pd.DataFrame) -> QualityReport:
     by_track = tallies([labelled["model_version"].astype(str), labelled["track"].astype(str)])
     by_class = {int(k): v for k, v in tallies(labelled["true_label"]).items()}
     return QualityReport(Tally(len(labelled), int(right.sum())), by_track, by_class)
+
+
+def step_quality(ctx: LoopContext, collect: CollectOutput) -> QualityOutput:
+    """Live accuracy and per-class error rates, per model version and track."""
+    return quality(ctx.window(collect.since, collect.until).labelled).output()

@@ -21,7 +21,9 @@ from model.evaluate import Evaluation, evaluate
 from model.registry import ModelVersionInfo, Registry, TrainingRecord
 from model.train import TrainConfig, fine_tune
 from pipelines.decisions import GateResult, Tally, gate
+from pipelines.outputs import CollectOutput, RetrainOutput
 from pipelines.settings import DecisionSettings, LoopSettings
+from pipelines.steps.context import LoopContext
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +151,32 @@ def judge(
         return Tally(score.n, int(np.trace(score.confusion)))
 
     return gate(champion_acc, challenger_mnist, tally(champion), tally(challenger), settings)
+
+
+def step_retrain(ctx: LoopContext, collect: CollectOutput) -> RetrainOutput:
+    """Fine-tune the champion on MNIST + feedback, register, and gate the challenger."""
+    window = ctx.window(collect.since, collect.until)
+    split = split_holdout(window.labelled, ctx.loop.holdout_fraction)
+    champion, champion_info = ctx.registry.load(collect.stable_version)
+    # An Argo retry after the version was registered judges that version, not a new one.
+    version = find_retrained(ctx.registry, ctx.run_id)
+    if version is None:
+        version = retrain(
+            ctx.registry, champion, champion_info, ctx.mnist, split, ctx.loop, ctx.run_id
+        ).version
+    challenger, _ = ctx.registry.load(version.version)
+    mnist_accuracy = float(version.tags["mnist_test_accuracy"])
+    holdout = version.tags.get("feedback_holdout_accuracy")
+    verdict = judge(
+        champion, champion_info, challenger, mnist_accuracy, ctx.mnist, split, ctx.decisions
+    )
+    return RetrainOutput(
+        challenger=version.version,
+        mlflow_run_id=version.run_id,
+        mnist_test_accuracy=mnist_accuracy,
+        holdout_accuracy=float(holdout) if holdout else None,
+        gate_passed=verdict.passed,
+        gate_reasons=tuple(verdict.reasons),
+        train_samples=len(split.train_y),
+        holdout_samples=len(split.holdout_y),
+    )

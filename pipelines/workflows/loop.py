@@ -1,21 +1,26 @@
 """The loop on Argo: a WorkflowTemplate holding the DAG, and a CronWorkflow that runs it.
 
-Each DAG task is one pod running ``digitloop loop step NAME`` (:mod:`pipelines.cli`)
+Each DAG task is one pod running ``digitloop loop step NAME`` (:mod:`pipelines.runners.argo`)
 in the app image; steps hand their outputs to each other through the store, and write the
-scalars the DAG's ``when`` conditions need to ``/tmp/outputs/<key>`` (Argo output
-parameters). The tasks, their dependencies and conditions come from :mod:`pipelines.dag`,
-the same description the in-process runner follows.
+fields marked as Argo outputs (:mod:`pipelines.outputs`) to ``/tmp/outputs/<field>``, which
+this declares as the task's output parameters, with their defaults, from the same marks. The
+tasks, their dependencies and conditions come from :mod:`pipelines.dag`, the description
+the in-process runner follows.
 
 A task depends on ``<need>.Succeeded`` for every step it reads, never on a bare name: a
 bare name also counts Skipped, and a ``when`` on the outputs of a skipped task fails to
 resolve (an error, or a workflow stuck requeueing: argo-workflows#14498, #15837). With
 ``.Succeeded`` such a task is Omitted instead, and nothing is left to resolve.
+
+What the release decides (namespace, image, names, schedule) is a :class:`ReleaseValues`:
+:data:`CHART_VALUES` puts Helm expressions there, and :func:`render` writes both objects as
+the chart's templates, the one copy of their YAML; tests build them with a release's values.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hera.workflows import (
     DAG,
@@ -49,14 +54,13 @@ from hera.workflows.models import (
     VolumeMount,
     WorkflowTemplateRef,
 )
-from pydantic import Field, field_validator
 
-from contracts.settings import DigitloopEnv
-from pipelines.dag import NEEDS, ORDER, WHEN
+from contracts.settings import DigitloopSettings
+from pipelines.dag import FINISH, NEEDS, ORDER, OUTPUTS, WHEN
+from pipelines.outputs import AnalyseOutput, DriftOutput, StepOutput, Summary, argo_text
 
 NAME = "digitloop-loop"
 OUTPUTS_DIR = "/tmp/outputs"
-FILES = {"template": "workflow-template.yaml", "cron": "cron-workflow.yaml"}
 LABELS = {
     "app.kubernetes.io/name": "digitloop",
     "app.kubernetes.io/component": "loop",
@@ -65,70 +69,58 @@ LABELS = {
 UID = 10001  # any non-root uid; the image's files only need to be world-readable
 
 
-class WorkflowSettings(DigitloopEnv):
-    """Where and how the loop runs on the cluster, read from ``DIGITLOOP_*`` variables."""
+# -- what the release decides ---------------------------------------------------------------
 
-    image: str = Field(
-        default="digitloop-app:0.1.0",
-        description="The app image every step runs: a pinned tag or digest, never `latest`.",
-    )
-    namespace: str = Field(default="digitloop", description="Namespace of both objects.")
-    schedule: str = Field(default="*/10 * * * *", description="Cron schedule of the loop.")
-    timezone: str = Field(default="UTC", description="IANA time zone of the schedule.")
-    service_account: str = Field(
-        default="digitloop-workflow",
-        description="Service account of the reading steps' pods: reports outputs, reads what "
-        "serves where (the chart creates it and its RBAC).",
-    )
-    rollout_service_account: str = Field(
-        default="digitloop-rollout",
-        description="Service account of the steps that change the release (canary, analyse): "
-        "the only one that may upgrade it.",
-    )
-    config_map: str = Field(
-        default="digitloop-config", description="ConfigMap whose keys become the steps' env."
-    )
-    secret: str = Field(
-        default="digitloop-secrets", description="Secret whose keys become the steps' env."
-    )
 
-    @field_validator("image")
-    @classmethod
-    def _pinned(cls, image: str) -> str:
-        if "@sha256:" in image:
-            return image
-        tag = image.rsplit("/", 1)[-1].partition(":")[2]
-        if not tag or tag == "latest":
-            raise ValueError(f"image {image!r} must carry a pinned tag or digest, not latest")
-        return image
+@dataclass(frozen=True)
+class ReleaseValues:
+    """Where the release's values go in both objects."""
 
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, schedule: str) -> str:
-        if not (schedule.startswith("@") or len(schedule.split()) == 5):
-            raise ValueError(f"schedule {schedule!r} is not a five-field cron expression")
-        return schedule
+    namespace: str
+    image: str  # the app image every step runs: a pinned tag (the chart's schema checks it)
+    pull_policy: str
+    service_account: str  # the reading steps': reports outputs, reads what serves where
+    rollout_service_account: str  # canary and analyse, the only steps that change the release
+    config_map: str  # whose keys become the steps' environment
+    secret: str  # whose keys become the steps' environment
+    schedule: str  # five-field cron
+    timezone: str  # IANA time zone of the schedule
 
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, timezone: str) -> str:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {timezone!r}") from exc
-        return timezone
 
+# The Helm expression of each value, as the chart's templates evaluate it.
+HELM = {
+    "namespace": "$.Release.Namespace",
+    "image": 'include "digitloop.image" (dict "root" $ "image" "app")',
+    "pull_policy": "$.Values.images.app.pullPolicy",
+    "service_account": 'include "digitloop.workflowServiceAccount" $',
+    "rollout_service_account": 'include "digitloop.rolloutServiceAccount" $',
+    "config_map": 'include "digitloop.configName" $',
+    "secret": 'include "digitloop.secretsName" $',
+    "schedule": "$.Values.workflow.schedule",
+    "timezone": "$.Values.workflow.timezone",
+}
+# In the YAML Hera writes, a token holds the place of each (a plain scalar, which Hera and
+# YAML leave alone); chart_template() turns it into the expression.
+CHART_VALUES = ReleaseValues(**{name: f"__helm_{name}__" for name in HELM})
+_TOKEN = re.compile(r"__helm_([a-z_]+?)__")
+_TOKEN_VALUE = re.compile(r"""(?<=: |- )(['"]?)__helm_([a-z_]+?)__\1$""", re.MULTILINE)
+
+
+def _is_token(value: str) -> bool:
+    return _TOKEN.fullmatch(value) is not None
+
+
+# -- the steps' pods ------------------------------------------------------------------------
 
 SMALL = Resources(cpu_request="100m", cpu_limit=1, memory_request="512Mi", memory_limit="1Gi")
 LARGE = Resources(cpu_request=1, cpu_limit=2, memory_request="2Gi", memory_limit="3Gi")
 
 
 @dataclass(frozen=True)
-class Step:
-    """One pod of the loop: what it shows and what it gets. What it reads and when it runs
-    come from :mod:`pipelines.dag`, the description the in-process runner uses too."""
+class Pod:
+    """How one step runs in its pod: what it gets and what metrics it shows. What it reads,
+    writes and when it runs come from :mod:`pipelines.dag` and :mod:`pipelines.outputs`."""
 
-    outputs: dict[str, str] = field(default_factory=dict)  # key -> default if no file
     resources: Resources = field(default_factory=lambda: SMALL)
     deadline: int = 900  # seconds per attempt; helm upgrade --wait alone may take 5 min
     # Argo's controller emits these from the outputs when the step ends (prefixed
@@ -139,44 +131,45 @@ class Step:
     rolls_out: bool = False
 
 
-# Every output a `when` reads defaults to "false": a missing file means "do nothing".
-DAG_STEPS: dict[str, Step] = {
-    "collect": Step(outputs={"canary_active": "false", "stable_version": "", "canary_version": ""}),
-    "quality": Step(),
-    "drift": Step(
-        outputs={"drift_detected": "false", "drift_score": ""},
+def output_parameter(output: type[StepOutput], name: str) -> str:
+    """A step's own output parameter in an expression of its template (a metric's value)."""
+    if name not in output.argo_outputs():
+        raise TypeError(f"{output.__name__}.{name} is not marked ArgoOutput")
+    return f"{{{{outputs.parameters.{name}}}}}"
+
+
+PODS: dict[str, Pod] = {
+    "collect": Pod(),
+    "quality": Pod(),
+    "drift": Pod(
         metrics=(
             Gauge(
                 name="digitloop_drift_score",
                 help="Share of drifted features in the window of the loop's last drift check.",
-                value="{{outputs.parameters.drift_score}}",
+                value=output_parameter(DriftOutput, "drift_score"),
                 when="{{status}} == Succeeded",
                 realtime=False,
             ),
         ),
     ),
-    "decide": Step(outputs={"retrain": "false"}),
-    "retrain": Step(
-        outputs={"gate_passed": "false", "challenger": "", "mnist_test_accuracy": ""},
-        resources=LARGE,
-        deadline=1800,
-    ),
-    "canary": Step(outputs={"canary": "", "weight": ""}, rolls_out=True),
-    "analyse": Step(
-        outputs={"action": ""},
+    "decide": Pod(),
+    "retrain": Pod(resources=LARGE, deadline=1800),
+    "canary": Pod(rolls_out=True),
+    "analyse": Pod(
         rolls_out=True,
         metrics=(
             Counter(
                 name="digitloop_canary_decisions",
                 help="Canary analyses by their outcome: promote, rollback or wait.",
-                labels=[Label(key="action", value="{{outputs.parameters.action}}")],
+                labels=[Label(key="action", value=output_parameter(AnalyseOutput, "action"))],
                 value="1",
                 when="{{status}} == Succeeded",
             ),
         ),
     ),
 }
-FINISH = Step(outputs={"outcome": ""})  # the exit handler: summary, MLflow, webhook
+FINISH_POD = Pod()  # the exit handler: summary, MLflow, webhook
+STEP_OUTPUTS: dict[str, type[StepOutput]] = {**OUTPUTS, FINISH: Summary}
 
 RETRY = RetryStrategy(
     limit=3,
@@ -195,48 +188,65 @@ LOCKED_DOWN = SecurityContext(
 )
 
 
-def _container(name: str, step: Step, settings: WorkflowSettings) -> Container:
+class _StepContainer(Container):
+    """Hera's Container, letting a Helm token through as the pull policy: Hera checks the
+    policy against its enum when it builds, and the chart's schema checks the real value."""
+
+    def _build_image_pull_policy(self) -> str | None:
+        if isinstance(self.image_pull_policy, str) and _is_token(self.image_pull_policy):
+            return self.image_pull_policy
+        return super()._build_image_pull_policy()
+
+
+def _container(name: str, pod: Pod, values: ReleaseValues) -> Container:
     """The template of one step: the app image running ``digitloop loop step NAME``."""
-    threads = str(step.resources.cpu_limit)
-    return Container(
+    threads = str(pod.resources.cpu_limit)
+    return _StepContainer(
         name=name,
-        image=settings.image,
-        image_pull_policy="IfNotPresent",
+        image=values.image,
+        image_pull_policy=values.pull_policy,
         command=["digitloop"],
         args=["loop", "step", name, "--run-id", "{{workflow.name}}", "--outputs-dir", OUTPUTS_DIR],
         env=[
             # The root file system is read-only: caches (helm, matplotlib) and data go to /tmp.
             Env(name="HOME", value="/tmp"),
-            Env(name="DIGITLOOP_DATA_DIR", value="/tmp/digitloop"),
+            Env(name=DigitloopSettings.env_name("data_dir"), value="/tmp/digitloop"),
             # torch would start a thread per node core and be throttled to the CPU limit.
             Env(name="OMP_NUM_THREADS", value=threads),
         ],
-        env_from=[ConfigMapEnvFrom(name=settings.config_map), SecretEnvFrom(name=settings.secret)],
+        env_from=[ConfigMapEnvFrom(name=values.config_map), SecretEnvFrom(name=values.secret)],
         outputs=[
-            Parameter(name=key, value_from=ValueFrom(path=f"{OUTPUTS_DIR}/{key}", default=default))
-            for key, default in step.outputs.items()
+            Parameter(
+                name=output,
+                value_from=ValueFrom(
+                    path=f"{OUTPUTS_DIR}/{output}", default=argo_text(mark.default)
+                ),
+            )
+            for output, mark in STEP_OUTPUTS[name].argo_outputs().items()
         ]
         or None,
-        resources=step.resources,
-        metrics=list(step.metrics) or None,
+        resources=pod.resources,
+        metrics=list(pod.metrics) or None,
         retry_strategy=RETRY,
-        active_deadline_seconds=step.deadline,
-        service_account_name=settings.rollout_service_account if step.rolls_out else None,
+        active_deadline_seconds=pod.deadline,
+        service_account_name=values.rollout_service_account if pod.rolls_out else None,
         security_context=LOCKED_DOWN,
         volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp")],
     )
 
 
-def build_template(settings: WorkflowSettings | None = None) -> WorkflowTemplate:
+# -- the objects ----------------------------------------------------------------------------
+
+
+def build_template(values: ReleaseValues) -> WorkflowTemplate:
     """The loop's DAG, for the cron and for manual runs (``argo submit --from ...``)."""
-    settings = settings or WorkflowSettings()
     with WorkflowTemplate(
         name=NAME,
-        namespace=settings.namespace,
+        namespace=values.namespace,
         labels=LABELS,
         entrypoint="loop",
-        on_exit="finish",
-        service_account_name=settings.service_account,
+        on_exit=FINISH,
+        service_account_name=values.service_account,
         # One run at a time, whoever started it: two runs could roll out at once otherwise.
         synchronization=Synchronization(mutexes=[Mutex(name=NAME)]),
         # A stuck run (an unschedulable pod, say) blocks the Forbid cron; an hour at most.
@@ -253,8 +263,8 @@ def build_template(settings: WorkflowSettings | None = None) -> WorkflowTemplate
         ),
         volumes=[EmptyDirVolume(name="tmp", size_limit="2Gi")],
     ) as template:
-        containers = {name: _container(name, step, settings) for name, step in DAG_STEPS.items()}
-        _container("finish", FINISH, settings)
+        containers = {name: _container(name, pod, values) for name, pod in PODS.items()}
+        _container(FINISH, FINISH_POD, values)
         with DAG(name="loop"):
             for name in ORDER:
                 condition = WHEN[name]
@@ -269,15 +279,14 @@ def build_template(settings: WorkflowSettings | None = None) -> WorkflowTemplate
     return template
 
 
-def build_cron(settings: WorkflowSettings | None = None) -> CronWorkflow:
+def build_cron(values: ReleaseValues) -> CronWorkflow:
     """Runs the template on the schedule; a run still going when the next is due wins."""
-    settings = settings or WorkflowSettings()
     with CronWorkflow(
         name=NAME,
-        namespace=settings.namespace,
+        namespace=values.namespace,
         labels=LABELS,
-        schedules=[settings.schedule],
-        timezone=settings.timezone,
+        schedules=[values.schedule],
+        timezone=values.timezone,
         concurrency_policy="Forbid",
         starting_deadline_seconds=300,  # a tick missed by more than this is skipped
         successful_jobs_history_limit=3,
@@ -288,14 +297,49 @@ def build_cron(settings: WorkflowSettings | None = None) -> CronWorkflow:
     return cron
 
 
-def render(settings: WorkflowSettings | None = None) -> dict[str, str]:
-    """File name -> YAML of both objects; the same settings give the same bytes."""
-    settings = settings or WorkflowSettings()
-    header = "# Generated by `digitloop workflow render` from pipelines/workflows/loop.py.\n"
+# -- the chart's templates ------------------------------------------------------------------
+
+# Chart template file -> the object it holds.
+FILES = {
+    "workflow-workflowtemplate.yaml": build_template,
+    "workflow-cronworkflow.yaml": build_cron,
+}
+HEADER = (
+    "{{- /* Generated by `digitloop workflow render` from pipelines/workflows/loop.py: edit\n"
+    "that, then run `make workflow`. Argo's own expressions are escaped from Helm. */}}\n"
+)
+_ARGO_EXPRESSION = re.compile(r"\{\{(.*?)\}\}")
+
+
+def chart_template(manifest: str) -> str:
+    """Hera's YAML of one object (built with :data:`CHART_VALUES`) as a chart template.
+
+    Argo's ``{{...}}`` expressions are escaped as Helm raw strings, so Helm leaves them to
+    Argo; each token becomes its Helm expression, quoted; the whole file renders only when
+    ``workflow.enabled``.
+    """
+    escaped = _ARGO_EXPRESSION.sub(lambda m: "{{`{{" + m.group(1) + "}}`}}", manifest)
+    templated = _TOKEN_VALUE.sub(lambda m: "{{ " + HELM[m.group(2)] + " | quote }}", escaped)
+    if left := _TOKEN.search(templated):
+        raise ValueError(f"{left.group()} is part of a longer value: use it as a whole value")
+    return f"{HEADER}{{{{- if .Values.workflow.enabled }}}}\n{templated}{{{{- end }}}}\n"
+
+
+def render() -> dict[str, str]:
+    """Chart template file name -> its text; always the same bytes."""
     return {
-        FILES["template"]: header + build_template(settings).to_yaml(width=100),
-        FILES["cron"]: header + build_cron(settings).to_yaml(width=100),
+        name: chart_template(build(CHART_VALUES).to_yaml(width=100))
+        for name, build in FILES.items()
     }
 
 
-__all__ = ["DAG_STEPS", "NAME", "WorkflowSettings", "build_cron", "build_template", "render"]
+__all__ = [
+    "CHART_VALUES",
+    "FILES",
+    "NAME",
+    "PODS",
+    "ReleaseValues",
+    "build_cron",
+    "build_template",
+    "render",
+]

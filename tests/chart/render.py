@@ -12,9 +12,12 @@ import json
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from pipelines.workflows.loop import ReleaseValues
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "digitloop"
@@ -46,6 +49,38 @@ def render(values: dict[str, Any] | None = None) -> dict[str, str]:
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema(values or {})
         return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def workflow_values(
+    values: dict[str, Any] | None = None, release: str = RELEASE, namespace: str = NAMESPACE
+) -> ReleaseValues:
+    """What a release of the chart puts in the loop's workflows: its values (over the
+    chart's defaults) and its objects' names, as the chart's helpers name them."""
+    from pipelines.workflows.loop import ReleaseValues
+
+    merged = _merge(yaml.safe_load((CHART / "values.yaml").read_text()), values or {})
+    fullname = release if "digitloop" in release else f"{release}-digitloop"
+    app = merged["images"]["app"]
+    return ReleaseValues(
+        namespace=namespace,
+        image=f"{app['repository']}:{app['tag']}",
+        pull_policy=app["pullPolicy"],
+        service_account=f"{fullname}-workflow",
+        rollout_service_account=f"{fullname}-rollout",
+        config_map=f"{fullname}-config",
+        secret=f"{fullname}-secrets",
+        schedule=merged["workflow"]["schedule"],
+        timezone=merged["workflow"]["timezone"],
+    )
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``, maps merged key by key as Helm merges values."""
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merge(base[key], value) if both else value
+    return merged
 
 
 @cache

@@ -75,6 +75,8 @@ def test_a_bad_value_is_refused_by_the_schema() -> None:
             {"images": {"app": {"tag": "latest"}}},
             {"s3": {"bucket": "ab"}},
             {"serving": {"canary": {"enabled": True}}},
+            {"workflow": {"timezone": "Paris time"}},  # Argo's controller would refuse it
+            {"workflow": {"schedule": "every ten minutes"}},
         ):
             with pytest.raises(helm.HelmError):
                 chart.validate_schema(bad)

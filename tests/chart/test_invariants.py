@@ -17,9 +17,12 @@ from tests.chart.render import (
     SCENARIOS,
     SERVER_KINDS,
     footprint,
+    objects,
     pod_specs,
     render,
     render_scenario,
+    scenario_values,
+    workflow_values,
 )
 
 pytestmark = pytest.mark.chart
@@ -113,7 +116,7 @@ def test_serving_probes_and_environment(scenario: str) -> None:
 
 
 def test_the_pod_name_env_is_the_one_store_settings_reads() -> None:
-    from services.store import StoreSettings
+    from services.store.backends import StoreSettings
 
     prefix = StoreSettings.model_config["env_prefix"]
     assert "pod_name" in StoreSettings.model_fields
@@ -325,46 +328,33 @@ def test_the_drift_panel_marks_the_loop_s_threshold() -> None:
     assert steps[-1]["value"] == DriftSettings.model_fields["drift_threshold"].default
 
 
-def test_the_workflow_files_are_the_generated_manifests() -> None:
-    for name in ("cron-workflow.yaml", "workflow-template.yaml"):
-        assert (CHART / "files" / name).read_bytes() == (ROOT / "manifests" / name).read_bytes(), (
-            f"charts/digitloop/files/{name} differs from manifests/{name}: "
-            f"cp manifests/{name} charts/digitloop/files/"
-        )
+def _workflows(rendered: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for _, o in objects(rendered) if o["apiVersion"] == "argoproj.io/v1alpha1"}
 
 
-def test_the_rendered_workflow_equals_the_generated_one() -> None:
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_rendered_workflows_are_the_hera_objects_with_the_releases_values(
+    scenario: str,
+) -> None:
+    """The chart's templates are the Hera objects with Helm expressions where the release's
+    values go: rendered, they are the objects Hera builds with those values, and Argo's
+    own expressions come through Helm untouched."""
+    from pipelines.workflows.loop import build_cron, build_template
+
     rendered = {
         o["kind"]: o
-        for _, o in render_scenario("default")
+        for _, o in render_scenario(scenario)
         if o["apiVersion"] == "argoproj.io/v1alpha1"
     }
-    for kind, name in (
-        ("CronWorkflow", "cron-workflow.yaml"),
-        ("WorkflowTemplate", "workflow-template.yaml"),
-    ):
-        assert rendered[kind] == yaml.safe_load((ROOT / "manifests" / name).read_text())
+    values = workflow_values(scenario_values(scenario))
+    assert rendered["CronWorkflow"] == build_cron(values).to_dict()
+    assert rendered["WorkflowTemplate"] == build_template(values).to_dict()
     assert "{{workflow.name}}" in str(rendered["WorkflowTemplate"])
-
-
-def test_the_generator_defaults_are_the_ones_the_chart_replaces() -> None:
-    """If WorkflowSettings' defaults change, the chart's replacements must follow."""
-    from pipelines.workflows.loop import WorkflowSettings
-
-    defaults = WorkflowSettings.model_construct()
-    fields = WorkflowSettings.model_fields
-    assert fields["image"].default == "digitloop-app:0.1.0"
-    assert fields["namespace"].default == NAMESPACE
-    assert fields["schedule"].default == "*/10 * * * *"
-    assert fields["config_map"].default == "digitloop-config"
-    assert fields["secret"].default == "digitloop-secrets"
-    assert fields["service_account"].default == "digitloop-workflow"
-    assert defaults is not None
 
 
 def test_release_values_replace_the_generator_defaults() -> None:
     values = {
-        "workflow": {"schedule": "0 * * * *"},
+        "workflow": {"schedule": "0 * * * *", "timezone": "America/New_York"},
         "images": {"app": {"repository": "registry.local/app", "tag": "1.2.3"}},
     }
     import helm_python as helm
@@ -374,6 +364,7 @@ def test_release_values_replace_the_generator_defaults() -> None:
     cron = yaml.safe_load(out["digitloop/templates/workflow-cronworkflow.yaml"])
     template = yaml.safe_load(out["digitloop/templates/workflow-workflowtemplate.yaml"])
     assert cron["spec"]["schedules"] == ["0 * * * *"]
+    assert cron["spec"]["timezone"] == "America/New_York"
     assert cron["metadata"]["namespace"] == template["metadata"]["namespace"] == "ml"
     assert template["spec"]["serviceAccountName"] == "loop-digitloop-workflow"
     step = template["spec"]["templates"][0]["container"]
@@ -382,6 +373,32 @@ def test_release_values_replace_the_generator_defaults() -> None:
         {"configMapRef": {"name": "loop-digitloop-config"}},
         {"secretRef": {"name": "loop-digitloop-secrets"}},
     ]
+    rollout = {
+        t["name"]
+        for t in template["spec"]["templates"]
+        if t.get("serviceAccountName") == "loop-digitloop-rollout"
+    }
+    assert rollout == {"canary", "analyse"}
+    # and nothing else differs from what Hera builds with this release's values
+    from pipelines.workflows.loop import build_cron, build_template
+
+    release = workflow_values(values, release="loop", namespace="ml")
+    assert _workflows(out) == {
+        "CronWorkflow": build_cron(release).to_dict(),
+        "WorkflowTemplate": build_template(release).to_dict(),
+    }
+
+
+def test_the_pull_policy_reaches_every_step() -> None:
+    out = render({"images": {"app": {"pullPolicy": "Always"}}})
+    templates = _workflows(out)["WorkflowTemplate"]["spec"]["templates"]
+    policies = {t["container"]["imagePullPolicy"] for t in templates if "container" in t}
+    assert policies == {"Always"}
+
+
+def test_the_workflows_render_only_when_enabled() -> None:
+    assert set(_workflows(render())) == {"CronWorkflow", "WorkflowTemplate"}
+    assert _workflows(render({"workflow": {"enabled": False}})) == {}
 
 
 def test_secrets_are_generated_once_per_render_and_shared() -> None:

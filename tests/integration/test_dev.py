@@ -29,7 +29,8 @@ import httpx
 import psutil
 import pytest
 
-from services.store import LocalStore, read_predictions
+from services.store.backends import LocalStore
+from services.store.readers import read_predictions
 from tests.conftest import MNIST_PATH, VENV_BIN, free_port
 from tests.serving import clean_env, register_models
 

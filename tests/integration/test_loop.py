@@ -22,7 +22,7 @@ from pipelines.rollout.service import ServiceRollout
 from pipelines.runners.local import run_once
 from pipelines.settings import DecisionSettings, LoopSettings
 from pipelines.steps import LoopContext
-from services.store import StoreSettings
+from services.store.backends import StoreSettings
 from tests.serving import ADMIN_TOKEN, Service, register_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

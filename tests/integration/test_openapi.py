@@ -231,7 +231,8 @@ def test_a_bad_image_in_a_batch_gets_its_own_error_and_the_rest_are_answered(
 
 
 def test_the_client_keeps_batches_all_or_nothing_or_answers_each(service: Service, mnist):
-    from services.client import DigitloopClient, ImageError, Prediction, ServiceError
+    from contracts.api import ImageError, Prediction
+    from services.client import DigitloopClient, ServiceError
 
     good = sketch_png(mnist.x_test[0])
     with DigitloopClient(service.url) as client:

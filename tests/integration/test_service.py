@@ -323,6 +323,25 @@ def test_the_rollout_command_drives_the_service(service: Service):
     )
 
 
+def test_the_service_rollout_reads_and_reloads_through_the_client(service: Service):
+    from contracts.routing import RoutingState
+    from pipelines.rollout import RolloutError
+    from pipelines.rollout.service import ServiceRollout
+    from tests.serving import ADMIN_TOKEN
+
+    rollout = ServiceRollout(service.url, ADMIN_TOKEN)
+    state = rollout.current()
+    model = httpx.get(f"{service.url}/model", timeout=30).json()
+    assert state == RoutingState(model["tracks"]["stable"]["model_version"], None, 0)
+    rollout.apply(state)  # the same state again changes nothing
+    assert rollout.current() == state
+    with pytest.raises(RolloutError, match="answered 403: wrong admin token"):
+        ServiceRollout(service.url, "not-the-token").apply(state)
+    with pytest.raises(RolloutError, match="answered 404"):
+        rollout.apply(RoutingState("999"))
+    assert rollout.current() == state
+
+
 def test_metrics_count_predictions_and_corrections(service: Service, pngs):
     with service.client() as client:
         predicted = client.post(

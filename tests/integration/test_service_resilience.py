@@ -10,7 +10,8 @@ import httpx
 import pytest
 from minio import Minio
 
-from services.store import LocalStore, read_predictions
+from services.store.backends import LocalStore
+from services.store.readers import read_predictions
 from tests.serving import Service, register_models
 
 pytestmark = pytest.mark.integration

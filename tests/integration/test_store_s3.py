@@ -9,21 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.store import (
-    DuplicateFeedback,
-    FeedbackRecord,
-    FeedbackWriter,
+from contracts.records import FeedbackRecord, PredictionRecord, feedback_key
+from services.store.backends import (
     ObjectNotFound,
-    PredictionLog,
-    PredictionRecord,
     S3Store,
     StoreSettings,
     StoreUnavailable,
-    feedback_key,
     open_store,
-    read_feedback,
-    read_predictions,
 )
+from services.store.readers import read_feedback, read_predictions
+from services.store.writers import DuplicateFeedback, FeedbackWriter, PredictionLog
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.client import DigitloopClient, Prediction, ServiceError
+from contracts.api import Prediction
+from services.client import DigitloopClient, ServiceError
 from tests.serving import Service
 from ui.app import (
     BATCH_COLUMNS,

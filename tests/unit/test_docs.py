@@ -22,24 +22,10 @@ LINES = [line for line in LINES if line]
 
 
 def settings_classes():
-    from model.settings import ModelSettings
-    from pipelines.drift.detect import DriftSettings
-    from pipelines.settings import DecisionSettings, LoopSettings
-    from pipelines.workflows.loop import WorkflowSettings
-    from services.settings import ServingSettings
-    from services.store import StoreSettings
-    from ui.settings import UISettings
+    """Every settings class of the product, as the README's generator finds them."""
+    from tests.settings_catalog import classes
 
-    return [
-        ModelSettings,
-        ServingSettings,
-        StoreSettings,
-        DecisionSettings,
-        LoopSettings,
-        DriftSettings,
-        UISettings,
-        WorkflowSettings,
-    ]
+    return list(classes().values())
 
 
 def test_every_setting_is_in_the_configuration_table():
@@ -73,3 +59,36 @@ def test_every_digitloop_command_in_the_readme_parses(line):
     args = shlex.split(line)[1:]
     result = CliRunner().invoke(app, [*args, "--help"])
     assert result.exit_code == 0, (line, result.output)
+
+
+def layout_table() -> list[str]:
+    """The names in the first column of the README's Layout table (``model/``, ``Makefile``)."""
+    section = README.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
+
+
+def test_the_layout_table_lists_every_package_and_distribution():
+    """Each top-level package and each distribution of its own (``bench/``) has its row."""
+    listed = {name.rstrip("/") for name in layout_table()}
+    folders = {
+        path.name
+        for path in REPO_ROOT.iterdir()
+        if (path / "__init__.py").is_file() or (path / "pyproject.toml").is_file()
+    }
+    assert {"contracts", "pipelines", "bench", "tests"} <= folders  # what the check looks at
+    assert folders <= listed, f"README's Layout table lacks {sorted(folders - listed)}"
+
+
+def test_every_name_in_the_layout_table_exists():
+    """A folder in the table holds files (an emptied one is gone from a fresh clone)."""
+    stale = [
+        name
+        for name in layout_table()
+        if not (
+            any(path.is_file() for path in (REPO_ROOT / name).rglob("*"))
+            if name.endswith("/")
+            else (REPO_ROOT / name).is_file()
+        )
+    ]
+    assert not stale, f"README's Layout table lists what the repository does not hold: {stale}"

@@ -11,26 +11,33 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.store import (
+from contracts.records import (
     PREDICTIONS_SCHEMA,
-    DuplicateFeedback,
     FeedbackRecord,
-    FeedbackWriter,
+    PredictionRecord,
+    feedback_key,
+    key_date,
+    predictions_key,
+)
+from services.store.backends import (
     LocalStore,
     ObjectNotFound,
-    PredictionLog,
-    PredictionRecord,
     S3Store,
-    SpoolFull,
     StoreSettings,
     StoreUnavailable,
-    feedback_key,
     open_store,
-    predictions_key,
-    read_feedback,
-    read_predictions,
+)
+from services.store.readers import decode_predictions, read_feedback, read_predictions
+from services.store.writers import (
+    DuplicateFeedback,
+    FeedbackWriter,
+    PredictionLog,
+    SpoolFull,
+    encode_predictions,
 )
 
 DAY = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -117,6 +124,53 @@ def test_keys_follow_the_layout_with_utc_dates():
     assert predictions_key("pod-a", plus_two, 0).startswith("predictions/date=2024-05-01/")
     record = FeedbackRecord(prediction_id="abc.stable.3.7.0f", label=2, ts=plus_two)
     assert feedback_key(record) == "feedback/date=2024-05-01/abc.stable.3.7.0f.json"
+
+
+# Any instant from 1970 on, in any UTC offset a clock can have.
+aware_times = st.datetimes(
+    min_value=datetime(1970, 1, 2),
+    max_value=datetime(2200, 1, 1),
+    timezones=st.builds(
+        timezone, st.timedeltas(min_value=-timedelta(hours=23), max_value=timedelta(hours=23))
+    ),
+)
+
+
+@given(when=aware_times, seq=st.integers(0, 10**6))
+def test_every_key_gives_back_the_utc_date_of_its_record(when: datetime, seq: int):
+    utc_day = when.astimezone(UTC).date()
+    assert key_date(predictions_key("pod-a", when, seq)) == utc_day
+    record = FeedbackRecord(prediction_id="abc.stable.3.7.0f", label=2, ts=when)
+    assert key_date(feedback_key(record)) == utc_day
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "reports/run-1/decision.json",
+        "predictions/pod-a-1-1.parquet",
+        "predictions/date=2024-13-01/pod-a-1-1.parquet",
+        "feedback/day=2024-05-01/p1.json",
+    ],
+)
+def test_keys_outside_the_layout_have_no_date(key: str):
+    assert key_date(key) is None
+
+
+def test_predictions_encode_and_decode_round_trip():
+    records = [prediction(i, DAY + timedelta(microseconds=1500 * i)) for i in range(3)]
+    table = decode_predictions(encode_predictions(records))
+
+    assert table.schema.equals(PREDICTIONS_SCHEMA)
+    decoded = table.to_pylist()
+    assert [row["prediction_id"] for row in decoded] == [r.prediction_id for r in records]
+    for row, record in zip(decoded, records, strict=True):
+        assert row["ts"] == record.ts.replace(microsecond=record.ts.microsecond // 1000 * 1000)
+        assert np.array_equal(np.array(row["image"], np.uint8).reshape(28, 28), record.image)
+        assert np.array_equal(np.array(row["probabilities"], np.float32), record.probabilities)
+        assert (row["label"], row["track"]) == (record.label, record.track)
+    empty = decode_predictions(encode_predictions([]))
+    assert empty.num_rows == 0 and empty.schema.equals(PREDICTIONS_SCHEMA)
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,10 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from contracts.api import Prediction
+from model.preprocess import decode_image, to_mnist
 from services.client import (
     DigitloopClient,
-    Prediction,
     ServiceError,
     ServiceUnavailable,
     image_media_type,
@@ -330,6 +331,18 @@ def test_editor_image_sees_ink_on_paper_and_on_transparency():
         grey = editor_image(value)
         assert grey is not None and grey.shape == (280, 280) and grey.dtype == np.uint8
         assert grey[100, 140] == 0 and grey[10, 10] == 255
+
+
+def test_the_drawing_is_turned_grey_once_and_reaches_the_network_as_drawn():
+    for value in (sketch(), sketch(transparent=True)):
+        grey = editor_image(value)
+        assert grey is not None
+        sent = decode_image(png_bytes(grey))
+        # The service takes the UI's grey PNG as it is: no second conversion.
+        np.testing.assert_array_equal(sent, grey)
+        # And the network sees what it would of the drawing sent as drawn.
+        as_drawn = decode_image(png_bytes(value["composite"]))  # type: ignore[arg-type]
+        np.testing.assert_array_equal(to_mnist(sent), to_mnist(as_drawn))
 
 
 def test_empty_pad_gets_a_hint_without_asking_the_service(stopped_url: str):

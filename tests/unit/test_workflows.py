@@ -1,15 +1,18 @@
-"""The loop's Argo objects: current committed YAML, valid against Argo's and Kubernetes'
-schemas, and the same DAG as the in-process runner (:mod:`pipelines.runners.local`).
+"""The loop's Argo objects: the chart's templates current, valid against Argo's and
+Kubernetes' schemas, and the same DAG as the in-process runner (:mod:`pipelines.runners.local`).
 
-``DIGITLOOP_REGENERATE=1 pytest tests/unit/test_workflows.py`` rewrites ``manifests/``.
+``DIGITLOOP_REGENERATE=1 pytest tests/unit/test_workflows.py`` rewrites the chart's templates.
+What Helm makes of them, with a release's values, is tested in tests/chart/test_invariants.py.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import re
-from pathlib import Path
+import typing
+from datetime import UTC, datetime
 
 import kubernetes_validate
 import pytest
@@ -18,34 +21,54 @@ from hera.workflows import CronWorkflow, WorkflowTemplate
 from hera.workflows import models as argo
 from typer.testing import CliRunner
 
-from pipelines.cli import workflow_app, write_output_files
-from pipelines.dag import NEEDS, ORDER, STEP_NAMES, WHEN, should_run
+from pipelines.cli import workflow_app
+from pipelines.dag import NEEDS, ORDER, OUTPUTS, READS, STEP_NAMES, WHEN, When, should_run
+from pipelines.outputs import (
+    CollectCounts,
+    CollectOutput,
+    DecideOutput,
+    RetrainOutput,
+    RunOutputs,
+    StepOutput,
+    argo_text,
+)
+from pipelines.runners.argo import write_output_files
 from pipelines.steps import STEPS
-from pipelines.workflows.loop import FILES, WorkflowSettings, build_cron, build_template, render
+from pipelines.workflows.loop import (
+    CHART_VALUES,
+    FILES,
+    HELM,
+    STEP_OUTPUTS,
+    ReleaseValues,
+    build_cron,
+    build_template,
+    chart_template,
+    render,
+)
+from tests.chart.render import CHART, workflow_values
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+TEMPLATES = CHART / "templates"
 KUBERNETES = "1.36"  # the kind node's version (kind-config.yaml)
 REF = re.compile(r"\{\{tasks\.(\w+)\.outputs\.parameters\.(\w+)\}\}")
 WHEN_FORM = re.compile(r"^(\{\{tasks\.\w+\.outputs\.parameters\.\w+\}\}) == (true|false)$")
-# Every field at its documented default, whatever DIGITLOOP_* says in this environment.
-DEFAULTS = WorkflowSettings(
-    _env_file=None, **{name: f.default for name, f in WorkflowSettings.model_fields.items()}
-)
+# What the chart's default values put in the objects, for the release "digitloop".
+RELEASE = workflow_values()
+(CRON_FILE,) = [name for name, build in FILES.items() if build is build_cron]
 
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, str]:
-    return render(DEFAULTS)
+    return render()
 
 
 @pytest.fixture(scope="module")
-def template(rendered) -> dict:
-    return yaml.safe_load(rendered[FILES["template"]])
+def template() -> dict:
+    return build_template(RELEASE).to_dict()
 
 
 @pytest.fixture(scope="module")
-def cron(rendered) -> dict:
-    return yaml.safe_load(rendered[FILES["cron"]])
+def cron() -> dict:
+    return build_cron(RELEASE).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -59,43 +82,71 @@ def containers(template) -> dict[str, dict]:
     return {t["name"]: t for t in template["spec"]["templates"] if "container" in t}
 
 
-# -- the committed files ------------------------------------------------------------------
+# -- the chart's templates ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(FILES.values()))
-def test_committed_yaml_is_a_fresh_render(rendered, name):
-    path = MANIFESTS / name
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_the_chart_templates_are_a_fresh_render(rendered, name):
+    path = TEMPLATES / name
     if os.environ.get("DIGITLOOP_REGENERATE") == "1":
         path.write_text(rendered[name], encoding="utf-8")
-    assert path.exists(), f"{path} missing: run `digitloop workflow render`"
+    assert path.exists(), f"{path} missing: run `make workflow`"
     assert path.read_text(encoding="utf-8") == rendered[name], (
-        f"{path} is stale: run `digitloop workflow render` (or DIGITLOOP_REGENERATE=1 pytest)"
+        f"{path} is stale: run `make workflow` (or DIGITLOOP_REGENERATE=1 pytest)"
     )
 
 
 def test_render_is_deterministic(rendered):
-    assert render(DEFAULTS) == rendered
+    assert render() == rendered
+
+
+def test_every_release_value_has_its_helm_expression_in_the_templates(rendered):
+    """Each value is a Helm expression, quoted by Helm; no token is left; the whole file
+    renders only when the workflow is enabled; and every ``{{`` that is not Helm's is
+    Argo's, escaped as a raw string so that Helm leaves it to Argo."""
+    assert set(HELM) == set(typing.get_type_hints(ReleaseValues))
+    text = "".join(rendered.values())
+    for expression in HELM.values():
+        assert "{{ " + expression + " | quote }}" in text, expression
+    assert "__helm_" not in text
+    for name, body in rendered.items():
+        lines = body.splitlines()
+        assert lines[2] == "{{- if .Values.workflow.enabled }}" and lines[-1] == "{{- end }}", name
+    actions = re.findall(r"\{\{.*?\}\}(?:`\}\})?", text)
+    argo = [a for a in actions if a.startswith("{{`{{")]
+    helm = [a for a in actions if not a.startswith("{{`{{")]
+    assert {a for a in helm if not a.startswith(("{{- /*", "{{- if", "{{- end"))} == {
+        "{{ " + expression + " | quote }}" for expression in HELM.values()
+    }
+    assert all(re.fullmatch(r"\{\{`\{\{[\w.]+\}\}`\}\}", a) for a in argo), argo
+    assert "{{`{{workflow.name}}`}}" in argo
+
+
+def test_a_release_value_must_be_a_whole_yaml_value():
+    """Helm quotes what it puts in; inside a longer string that would not be valid YAML."""
+    assert chart_template("image: '__helm_image__'\n").endswith(
+        '\nimage: {{ include "digitloop.image" (dict "root" $ "image" "app") | quote }}\n'
+        "{{- end }}\n"
+    )
+    with pytest.raises(ValueError, match="__helm_image__ is part of a longer value"):
+        chart_template("image: registry/__helm_image__\n")
 
 
 @pytest.mark.parametrize(
-    ("name", "model", "hera"),
+    ("build", "model", "hera"),
     [
-        (FILES["template"], argo.WorkflowTemplate, WorkflowTemplate),
-        (FILES["cron"], argo.CronWorkflow, CronWorkflow),
+        (build_template, argo.WorkflowTemplate, WorkflowTemplate),
+        (build_cron, argo.CronWorkflow, CronWorkflow),
     ],
 )
-def test_each_file_parses_back_through_argos_models_losslessly(rendered, name, model, hera):
+def test_each_object_parses_back_through_argos_models_losslessly(build, model, hera):
     """Hera's models are generated from Argo's OpenAPI schema (v4.0.5); they ignore unknown
     keys, so the dump must give back the whole document: no key unknown to Argo."""
-    document = yaml.safe_load(rendered[name])
-    parsed = model.model_validate(document)
-    assert parsed.model_dump(by_alias=True, exclude_none=True, mode="json") == document
-    assert hera.from_dict(document).to_dict() == document
-
-
-def test_the_builders_give_what_is_committed(template, cron):
-    assert build_template(DEFAULTS).to_dict() == template
-    assert build_cron(DEFAULTS).to_dict() == cron
+    for values in (RELEASE, CHART_VALUES):
+        document = yaml.safe_load(build(values).to_yaml(width=100))
+        parsed = model.model_validate(document)
+        assert parsed.model_dump(by_alias=True, exclude_none=True, mode="json") == document
+        assert hera.from_dict(document).to_dict() == document
 
 
 def test_every_pod_is_a_valid_kubernetes_pod(template, containers):
@@ -179,32 +230,103 @@ def _argo(dag: dict[str, dict], files: dict[tuple[str, str], str]) -> set[str]:
     return {name for name, p in phase.items() if p == "Succeeded"}
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _output(step: str, flags: dict[str, bool]) -> StepOutput:
+    """A valid output of ``step`` with ``flags``, the fields the conditions read."""
+    match step:
+        case "collect":
+            active = flags["canary_active"]
+            return CollectOutput(
+                since=EPOCH,
+                until=datetime.now(UTC),
+                counts=CollectCounts(predictions=0, feedback=0, joined=0, pending=0, orphaned=0),
+                stable_version="1",
+                canary_version="2" if active else None,
+                canary_weight=20 if active else 0,
+                canary_active=active,
+            )
+        case "decide":
+            return DecideOutput(retrain=flags["retrain"], reasons=("a reason",))
+        case "retrain":
+            return RetrainOutput(
+                challenger="2",
+                mlflow_run_id=None,
+                mnist_test_accuracy=0.99,
+                holdout_accuracy=None,
+                gate_passed=flags["gate_passed"],
+                gate_reasons=(),
+                train_samples=0,
+                holdout_samples=0,
+            )
+    assert not flags, f"no sample output of {step} with {flags}"
+    return OUTPUTS[step].model_construct()  # nothing reads it: any instance says "it ran"
+
+
+def _flags(values: dict[tuple[str, str], bool], step: str) -> dict[str, bool]:
+    return {key: v for (of, key), v in values.items() if of == step}
+
+
 def _local(values: dict[tuple[str, str], bool]) -> set[str]:
     """Which steps the in-process runner runs (as :func:`pipelines.runners.local.run_once`)."""
-    outputs: dict[str, dict] = {}
+    outputs = RunOutputs()
     for name in ORDER:
         if should_run(name, outputs):
-            outputs[name] = {key: v for (step, key), v in values.items() if step == name}
-    return set(outputs)
+            outputs = outputs.with_output(_output(name, _flags(values, name)))
+    return set(outputs.ran)
 
 
 def test_argo_runs_the_same_steps_as_the_local_runner_for_every_outcome(dag, tmp_path):
     """Every combination of the outputs the conditions read, written to files as the step
-    CLI writes them: Argo's DAG and pipelines.runners.local.WHEN must pick the same steps."""
+    pods write them: Argo's DAG and pipelines.dag.WHEN must pick the same steps."""
     consumed = _consumed(dag)
     assert consumed, "no task reads an output"
     seen = set()
     for combo in itertools.product([False, True], repeat=len(consumed)):
         values = dict(zip(consumed, combo, strict=True))
         files = {}
-        for (step, key), value in values.items():
-            write_output_files({key: value}, tmp_path / step)
+        for step in {step for step, _ in consumed}:
+            write_output_files(_output(step, _flags(values, step)), tmp_path / step)
+        for step, key in consumed:
             files[(step, key)] = (tmp_path / step / key).read_text()
         ran = _argo(dag, files)
         assert ran == _local(values), values
         seen.add(frozenset(ran))
     # collect alone, a canary judged, no retrain, a gate failed, a canary started
     assert len(seen) >= 4
+
+
+def test_a_missing_output_reads_as_its_argo_default():
+    """The local runner reads an output that is not there as Argo reads a missing file."""
+    for name, condition in WHEN.items():
+        if condition is None:
+            continue
+        default = condition.output.argo_outputs()[condition.field].default
+        assert should_run(name, RunOutputs()) is (default == condition.value), name
+
+
+def test_conditions_name_flags_of_the_outputs_argo_declares():
+    """A condition names a field of a step's output model: a renamed or unmarked field, or
+    one that is not a flag, fails when pipelines.dag is imported."""
+    for field in ("canary_activ", "stable_version"):
+        with pytest.raises(TypeError, match=f"CollectOutput.{field}"):
+            When(CollectOutput, field, False)
+    for name, condition in WHEN.items():
+        if condition is not None:
+            assert condition.step in NEEDS[name], name
+
+
+def test_each_step_takes_the_outputs_the_dag_says_it_reads():
+    """The step functions' keyword arguments are their upstream outputs, typed; each
+    returns its own output model, which pipelines.dag and the workflow read."""
+    assert tuple(RunOutputs.model_fields) == ORDER == tuple(OUTPUTS)
+    for name, function in STEPS.items():
+        hints = typing.get_type_hints(function)
+        parameters = list(inspect.signature(function).parameters)
+        assert parameters[0] == "ctx", name
+        assert {p: hints[p] for p in parameters[1:]} == {o.name: o for o in READS[name]}, name
+        assert hints["return"] is OUTPUTS[name] and OUTPUTS[name].name == name, name
 
 
 def test_conditions_default_to_doing_nothing_when_an_output_file_is_missing(dag, containers):
@@ -232,6 +354,13 @@ def test_every_container_runs_one_step_of_its_run(template, containers, dag):
         for param in tpl.get("outputs", {}).get("parameters", []):
             assert param["valueFrom"]["path"] == f"/tmp/outputs/{param['name']}", name
             assert "default" in param["valueFrom"], (name, param["name"])
+        # exactly the fields its output model marks, with the defaults the marks give
+        declared = {
+            p["name"]: p["valueFrom"]["default"]
+            for p in tpl.get("outputs", {}).get("parameters", [])
+        }
+        marks = STEP_OUTPUTS[step].argo_outputs()
+        assert declared == {field: argo_text(m.default) for field, m in marks.items()}, name
     for name, task in dag.items():
         assert containers[task["template"]]["container"]["args"][2] == name
 
@@ -276,54 +405,38 @@ def _mib(quantity: str) -> float:
 def test_every_container_runs_the_pinned_app_image_with_its_config(containers):
     for name, tpl in containers.items():
         c = tpl["container"]
-        assert c["image"] == DEFAULTS.image, name
+        assert c["image"] == RELEASE.image, name
         assert c["imagePullPolicy"] == "IfNotPresent", name
         assert c["envFrom"] == [
-            {"configMapRef": {"name": DEFAULTS.config_map}},
-            {"secretRef": {"name": DEFAULTS.secret}},
+            {"configMapRef": {"name": RELEASE.config_map}},
+            {"secretRef": {"name": RELEASE.secret}},
         ], name
-    assert ":" in DEFAULTS.image and not DEFAULTS.image.endswith(":latest")
+    assert ":" in RELEASE.image and not RELEASE.image.endswith(":latest")
 
 
-@pytest.mark.parametrize(
-    ("image", "ok"),
-    [
-        ("digitloop-app:0.1.0", True),
-        ("localhost:5001/digitloop-app:0.1.0", True),
-        ("ghcr.io/x/digitloop-app@sha256:" + "a" * 64, True),
-        ("digitloop-app", False),
-        ("digitloop-app:latest", False),
-        ("localhost:5001/digitloop-app", False),
-    ],
-)
-def test_the_image_must_be_pinned(image, ok):
-    if ok:
-        assert WorkflowSettings(_env_file=None, image=image).image == image
-    else:
-        with pytest.raises(ValueError, match="pinned"):
-            WorkflowSettings(_env_file=None, image=image)
-
-
-def test_settings_reach_the_objects():
-    s = WorkflowSettings(
-        _env_file=None,
+def test_release_values_reach_the_objects():
+    values = ReleaseValues(
         image="registry.local/digitloop-app:1.2.3",
+        pull_policy="Always",
         namespace="ml",
         schedule="0 * * * *",
         timezone="Europe/Paris",
         service_account="sa",
+        rollout_service_account="rsa",
         config_map="cm",
         secret="sec",
     )
-    t, c = build_template(s).to_dict(), build_cron(s).to_dict()
+    t, c = build_template(values).to_dict(), build_cron(values).to_dict()
     assert t["metadata"]["namespace"] == c["metadata"]["namespace"] == "ml"
     assert t["spec"]["serviceAccountName"] == "sa"
-    assert c["spec"]["schedules"] == ["0 * * * *"] and c["spec"]["timezone"] == "Europe/Paris"
+    assert c["spec"]["schedules"] == ["0 * * * *"]
+    assert c["spec"]["timezone"] == "Europe/Paris"
     main = t["spec"]["templates"][0]["container"]
     assert main["image"] == "registry.local/digitloop-app:1.2.3"
+    assert main["imagePullPolicy"] == "Always"
     assert main["envFrom"] == [{"configMapRef": {"name": "cm"}}, {"secretRef": {"name": "sec"}}]
-    with pytest.raises(ValueError, match="time zone"):
-        WorkflowSettings(_env_file=None, timezone="Mars/Olympus")
+    rollout = {x["name"] for x in t["spec"]["templates"] if x.get("serviceAccountName") == "rsa"}
+    assert rollout == {"canary", "analyse"}
 
 
 # -- the schedule ---------------------------------------------------------------------------
@@ -334,7 +447,7 @@ def test_the_cron_runs_the_template_one_run_at_a_time(cron, template):
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec["workflowSpec"] == {"workflowTemplateRef": {"name": template["metadata"]["name"]}}
     assert cron["metadata"]["namespace"] == template["metadata"]["namespace"]
-    assert spec["schedules"] == [DEFAULTS.schedule] and spec["timezone"] == DEFAULTS.timezone
+    assert spec["schedules"] == [RELEASE.schedule] and spec["timezone"] == RELEASE.timezone
     assert spec["startingDeadlineSeconds"] > 0
     assert spec["successfulJobsHistoryLimit"] > 0 and spec["failedJobsHistoryLimit"] > 0
     # finished runs and their pods are cleaned up; a stuck run cannot block the cron forever
@@ -350,29 +463,27 @@ def test_render_command_writes_and_check_catches_a_stale_file(tmp_path, monkeypa
         monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)  # no .env
     runner = CliRunner()
-    out = tmp_path / "manifests"
+    out = tmp_path / "templates"
     check = ["render", "--out", str(out), "--check"]
     assert runner.invoke(workflow_app, check).exit_code == 1  # nothing there yet
     assert runner.invoke(workflow_app, ["render", "--out", str(out)]).exit_code == 0
-    assert {p.name for p in out.iterdir()} == set(FILES.values())
+    assert {p.name for p in out.iterdir()} == set(FILES)
     assert runner.invoke(workflow_app, check).exit_code == 0
-    cron = out / FILES["cron"]
+    cron = out / CRON_FILE
     cron.write_text(cron.read_text().replace("Forbid", "Allow"))
     result = runner.invoke(workflow_app, [*check, "--json"])
-    assert result.exit_code == 1 and '"stale": ["cron-workflow.yaml"]' in result.stdout
+    assert result.exit_code == 1 and f'"stale": ["{CRON_FILE}"]' in result.stdout
 
 
 def test_every_step_metric_reads_an_output_the_step_declares() -> None:
     """A metric on an output the step does not write would be emitted from an empty string."""
-    import re
+    from pipelines.workflows.loop import PODS
 
-    from pipelines.workflows.loop import DAG_STEPS
-
-    with_metrics = {name: step for name, step in DAG_STEPS.items() if step.metrics}
+    with_metrics = {name: pod for name, pod in PODS.items() if pod.metrics}
     assert set(with_metrics) == {"drift", "analyse"}
-    for name, step in with_metrics.items():
-        for metric in step.metrics:
+    for name, pod in with_metrics.items():
+        for metric in pod.metrics:
             assert metric.name.startswith("digitloop_")
             text = str(vars(metric))
             for output in re.findall(r"outputs\.parameters\.(\w+)", text):
-                assert output in step.outputs, (name, output)
+                assert output in STEP_OUTPUTS[name].argo_outputs(), (name, output)

@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, HTTPException, UploadFile
 from pydantic import BaseModel
 
+from contracts.registry import CHAMPION_ALIAS
 from services.errors import status_of
 from services.inference import Classifier, image_bytes_to_pixels
 from services.settings import ServingSettings
@@ -59,7 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     settings = ServingSettings()
     torch.set_num_threads(settings.torch_threads)
-    ref = os.environ.get("DIGITLOOP_BENCH_MODEL", "champion")
+    ref = os.environ.get("DIGITLOOP_BENCH_MODEL", CHAMPION_ALIAS)
     app.state.classifier = Classifier.from_registry(ref, Registry())
     app.state.max_bytes = settings.max_image_bytes
     yield

@@ -41,6 +41,7 @@ import kserve
 import numpy as np
 from kserve.errors import InvalidInput
 
+from contracts.registry import CHAMPION_ALIAS
 from services.errors import status_of
 from services.inference import Classifier, image_bytes_to_pixels
 from services.settings import ServingSettings
@@ -129,7 +130,7 @@ def main() -> None:
     parser.add_argument("--host", default=HOST, help="Address to listen on (loopback).")
     parser.add_argument(
         "--model_ref",
-        default=os.environ.get("DIGITLOOP_BENCH_MODEL", "champion"),
+        default=os.environ.get("DIGITLOOP_BENCH_MODEL", CHAMPION_ALIAS),
         help="Version number or alias in the registry of DIGITLOOP_DATA_DIR.",
     )
     args, _ = parser.parse_known_args()

@@ -38,12 +38,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from contracts.errors import DigitloopError
+from contracts.registry import CHAMPION_ALIAS
 from digitloop_bench.serving.loadgen import KSERVE_MODEL_NAME, SERVER_KINDS, merge
 
 log = logging.getLogger("digitloop.bench")
 
 HOST = "127.0.0.1"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 # The goal the BentoML service is reported against (at the highest concurrency).
 GOAL = {"vs_fastapi_rps": 1.0, "vs_fastapi_p99": 1.5, "vs_limit": 0.75}
 READY_PATHS = {
@@ -499,7 +500,7 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
                 )
             settings = ModelSettings(data_dir=Path(source), mlflow_tracking_uri=None)
         # Read the source before the target registry points MLflow at the new store.
-        net, info = Registry(settings).load("champion")
+        net, info = Registry(settings).load(CHAMPION_ALIAS)
         say(f"copying champion version {info.version} from {source}")
         record = TrainingRecord(
             params={"copied_from": source, "source_version": info.version},

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from services.client import DigitloopClient, ModelInfo
+from contracts.api import ModelInfo
+from services.client import DigitloopClient
+from services.store.backends import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ class SimConfig:
     drift: str = "segments"  # a digitloop_bench.shifts population, or a path to an .npz
     scenario: str = "drift"  # or "bad-model": a deliberately poor challenger first
     seed: int = 0
-    settle_s: float = 6.0  # wait for the service's predictions log to flush (every 5 s)
+    # Before the loop reads the window: one flush of the service's predictions log (its
+    # setting, read from the same environment) and a second to write it.
+    settle_s: float = field(default_factory=lambda: StoreSettings().flush_interval_s + 1.0)
 
 
 @dataclass
@@ -93,15 +97,12 @@ def user_window(
     ``served`` counts the answers by (track, model version)."""
     right = labelled = 0
     served: Counter[tuple[str, str]] = Counter()
-    for start in range(0, len(images), 64):
-        chunk = images[start : start + 64]
-        answers = client.predict_batch_pixels(chunk)
-        for answer, truth in zip(answers, labels[start : start + 64], strict=True):
-            right += answer.label == int(truth)
-            served[answer.track, answer.model_version] += 1
-            if rng.random() < label_prob:
-                client.feedback(answer.prediction_id, int(truth), source="simulator")
-                labelled += 1
+    for answer, truth in zip(client.predict_batch_pixels(images), labels, strict=True):
+        right += answer.label == int(truth)
+        served[answer.track, answer.model_version] += 1
+        if rng.random() < label_prob:
+            client.feedback(answer.prediction_id, int(truth), source="simulator")
+            labelled += 1
     return len(images), right, labelled, served
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from contracts.registry import CHAMPION_ALIAS
 from digitloop_bench.simulator.population import (
     SimConfig,
     SimSummary,
@@ -84,7 +85,7 @@ def run_simulation(
     console.print(table)
     final = None
     if loop:
-        net, _ = Registry().load("champion")
+        net, _ = Registry().load(CHAMPION_ALIAS)
         final = evaluate(net, mnist.x_test, mnist.y_test).accuracy
     plot = plot_windows(results, out / "simulation.png")
     summary = summarise(results, final, str(plot), loop=loop)

@@ -7,7 +7,7 @@ digitloop.name: the chart name, or nameOverride; a DNS label.
 
 {{/*
 digitloop.fullname: the release's base name. "digitloop" for the release "digitloop", so the
-default names match what the generated workflow expects (digitloop-config, -secrets, -workflow).
+default names are digitloop-config, digitloop-secrets, digitloop-workflow...
 */}}
 {{- define "digitloop.fullname" -}}
 {{- if .Values.fullnameOverride }}
@@ -198,6 +198,15 @@ seccompProfile:
 {{- end }}
 
 {{/*
+digitloop.trackHeader: the request header that pins a request to a track (`stable` or
+`canary`). The service fixes it (contracts/api.py TRACK_HEADER; tests/chart checks they agree),
+so it is no value.
+*/}}
+{{- define "digitloop.trackHeader" -}}
+X-Digitloop-Track
+{{- end }}
+
+{{/*
 digitloop.servingEnv: the environment of a serving container for (dict "root" $ "track" T),
 with "knative" true for KServe's predictor. Each pod serves one track; secrets come from
 Secrets only.
@@ -321,28 +330,4 @@ spec:
       emptyDir: {sizeLimit: 2Gi}
     - name: data
       emptyDir: {sizeLimit: 1Gi}
-{{- end }}
-
-{{/*
-digitloop.workflowFile: a generated Argo manifest from files/, for (dict "root" $ "file" PATH).
-The values the generator put in (WorkflowSettings' defaults) are replaced by the release's; a
-generator default that changes makes tests/chart fail until these replacements follow. The
-step pods run as one of two accounts: the reading steps as the workflow account, the steps
-that change the release (canary, analyse) as the rollout account.
-*/}}
-{{- define "digitloop.workflowFile" -}}
-{{- $root := .root }}
-{{- $doc := $root.Files.Get .file }}
-{{- if not $doc }}
-{{- fail (printf "%s is missing from the chart: copy it from manifests/" .file) }}
-{{- end }}
-{{- $doc = $doc | replace "\n  namespace: digitloop\n" (printf "\n  namespace: %s\n" $root.Release.Namespace) }}
-{{- $doc = $doc | replace "image: digitloop-app:0.1.0\n" (printf "image: %s\n" (include "digitloop.image" (dict "root" $root "image" "app"))) }}
-{{- $doc = $doc | replace "imagePullPolicy: IfNotPresent\n" (printf "imagePullPolicy: %s\n" $root.Values.images.app.pullPolicy) }}
-{{- $doc = $doc | replace "name: digitloop-config\n" (printf "name: %s\n" (include "digitloop.configName" $root)) }}
-{{- $doc = $doc | replace "name: digitloop-secrets\n" (printf "name: %s\n" (include "digitloop.secretsName" $root)) }}
-{{- $doc = $doc | replace "serviceAccountName: digitloop-workflow\n" (printf "serviceAccountName: %s\n" (include "digitloop.workflowServiceAccount" $root)) }}
-{{- $doc = $doc | replace "serviceAccountName: digitloop-rollout\n" (printf "serviceAccountName: %s\n" (include "digitloop.rolloutServiceAccount" $root)) }}
-{{- $doc = $doc | replace "\n  - '*/10 * * * *'\n" (printf "\n  - %s\n" (squote $root.Values.workflow.schedule)) }}
-{{- $doc }}
 {{- end }}

@@ -1,11 +1,9 @@
-"""What the serving pod writes into the store, and how the pipeline reads it back.
+"""What the serving pod writes into the store: its predictions log and people's feedback.
 
 :class:`PredictionLog` buffers predictions in memory and writes them in batches: losing a
 few seconds of them in a crash is acceptable, blocking a request on the store is not.
 :class:`FeedbackWriter` is the opposite: a person's label is acknowledged only once it is
 durable, in the store or fsynced in a bounded local spool that is replayed in order.
-:func:`read_predictions` and :func:`read_feedback` give the pipeline both as DataFrames.
-Every public name here is importable from :mod:`services.store` too.
 """
 
 from __future__ import annotations
@@ -15,66 +13,44 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.store import (
+from contracts.api import DIGITS
+from contracts.records import (
     IMAGE_SIDE,
-    JSON,
-    PARQUET,
-    DuplicateFeedback,
+    PREDICTIONS_PREFIX,
+    PREDICTIONS_SCHEMA,
     FeedbackRecord,
-    ObjectNotFound,
-    ObjectStore,
     PredictionRecord,
-    SpoolFull,
-    StoreUnavailable,
-    as_utc,
     check_name,
     feedback_key,
-    key_date,
     predictions_key,
-    write_durably,
+    unix_ms,
 )
+from services.store.backends import ObjectStore, StoreError, StoreUnavailable, write_durably
 
 log = logging.getLogger(__name__)
 
+PARQUET = "application/vnd.apache.parquet"
+JSON = "application/json"
+
 ErrorHook = Callable[[str, Exception], None]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-# --- the predictions parquet format -------------------------------------------------------
+class DuplicateFeedback(StoreError):
+    """Feedback for this prediction id is already in the store or in the local spool."""
 
-PREDICTIONS_SCHEMA = pa.schema(
-    [
-        pa.field("prediction_id", pa.string(), nullable=False),
-        pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("track", pa.string(), nullable=False),
-        # "element" is Parquet's name for list items: the schema then survives a round trip.
-        pa.field(
-            "image",
-            pa.list_(pa.field("element", pa.uint8(), nullable=False), IMAGE_SIDE * IMAGE_SIDE),
-            nullable=False,
-        ),
-        pa.field(
-            "probabilities",
-            pa.list_(pa.field("element", pa.float32(), nullable=False), 10),
-            nullable=False,
-        ),
-        pa.field("label", pa.int8(), nullable=False),
-        pa.field("latency_ms", pa.float32(), nullable=False),
-    ]
-)
+
+class SpoolFull(StoreError):
+    """The store is down and the local spool is at its bound: do not acknowledge."""
 
 
 def encode_predictions(records: list[PredictionRecord]) -> bytes:
@@ -85,13 +61,10 @@ def encode_predictions(records: list[PredictionRecord]) -> bytes:
         if n
         else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
     )
-    probabilities = np.asarray([r.probabilities for r in records], np.float32).reshape(n, 10)
+    probabilities = np.asarray([r.probabilities for r in records], np.float32).reshape(n, DIGITS)
     columns = [
         pa.array([r.prediction_id for r in records], pa.string()),
-        pa.array(
-            [(as_utc(r.ts, "ts") - _EPOCH) // timedelta(milliseconds=1) for r in records],
-            pa.timestamp("ms", tz="UTC"),
-        ),
+        pa.array([unix_ms(r.ts) for r in records], pa.timestamp("ms", tz="UTC")),
         pa.array([r.model_version for r in records], pa.string()),
         pa.array([r.track for r in records], pa.string()),
         pa.FixedSizeListArray.from_arrays(
@@ -108,92 +81,6 @@ def encode_predictions(records: list[PredictionRecord]) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
-
-
-def decode_predictions(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data)).cast(PREDICTIONS_SCHEMA)
-
-
-# --- readers for the pipeline -------------------------------------------------------------
-
-
-def _keys_since(store: ObjectStore, prefix: str, suffix: str, since: datetime | None) -> list[str]:
-    first_day = as_utc(since, "since").date() if since is not None else None
-    keys = []
-    for key in store.list(prefix):
-        day = key_date(key)
-        if day is None or not key.endswith(suffix):
-            log.warning("skipping %s: not in the store layout", key)
-        elif first_day is None or day >= first_day:
-            keys.append(key)
-    return keys
-
-
-def _get_all(store: ObjectStore, keys: Iterable[str]) -> list[tuple[str, bytes]]:
-    def get(key: str) -> bytes | None:
-        try:
-            return store.get(key)
-        except ObjectNotFound:  # deleted between list and get
-            return None
-
-    keys = list(keys)
-    # S3 round trips dominate with many small objects; a few in flight hide the latency.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        found = zip(keys, pool.map(get, keys), strict=True)
-        return [(key, data) for key, data in found if data is not None]
-
-
-def read_predictions(store: ObjectStore, since: datetime | None = None) -> pd.DataFrame:
-    """Every logged prediction with ``ts >= since``, oldest first, one row per prediction id.
-
-    ``image`` holds (784,) uint8 arrays (28x28 row-major), ``probabilities`` (10,) float32.
-    """
-    tables = []
-    for key, data in _get_all(store, _keys_since(store, "predictions/", ".parquet", since)):
-        try:
-            tables.append(decode_predictions(data))
-        except (pa.ArrowException, OSError) as exc:
-            log.warning("skipping %s: unreadable parquet: %s", key, exc)
-    table = pa.concat_tables(tables) if tables else PREDICTIONS_SCHEMA.empty_table()
-    frame = table.to_pandas()
-    return _finish(frame, since)
-
-
-def read_feedback(store: ObjectStore, since: datetime | None = None) -> pd.DataFrame:
-    """Every feedback record with ``ts >= since``, oldest first, the first per prediction id.
-
-    A prediction id can have feedback under two dates only if it came on two UTC days;
-    the first one wins, as the write path intends.
-    """
-    rows: list[dict[str, Any]] = []
-    for key, data in _get_all(store, _keys_since(store, "feedback/", ".json", since)):
-        try:
-            record = FeedbackRecord.from_json(data)
-        except ValueError as exc:
-            log.warning("skipping %s: %s", key, exc)
-            continue
-        rows.append(
-            {
-                "prediction_id": record.prediction_id,
-                "label": record.label,
-                "ts": record.ts.astimezone(UTC),
-                "source": record.source,
-            }
-        )
-    frame = pd.DataFrame(rows, columns=["prediction_id", "label", "ts", "source"])
-    frame = frame.astype(
-        {"prediction_id": object, "label": "int8", "ts": "datetime64[us, UTC]", "source": object}
-    )
-    return _finish(frame, since)
-
-
-def _finish(frame: pd.DataFrame, since: datetime | None) -> pd.DataFrame:
-    if since is not None:
-        frame = frame[frame["ts"] >= pd.Timestamp(as_utc(since, "since"))]
-    frame = frame.sort_values("ts", kind="stable")
-    # Writers are at-least-once across crashes; readers make it exactly once.
-    frame = frame.drop_duplicates("prediction_id", keep="first")
-    return frame.reset_index(drop=True)
 
 
 def _report(on_error: ErrorHook | None, what: str, exc: Exception) -> None:
@@ -293,7 +180,7 @@ class PredictionLog:
         for path in sorted(self._spool.rglob("*.parquet")):
             if path.name.startswith("."):
                 continue
-            key = "predictions/" + path.relative_to(self._spool).as_posix()
+            key = PREDICTIONS_PREFIX + path.relative_to(self._spool).as_posix()
             try:
                 rows = pq.read_metadata(path).num_rows
             except Exception as exc:  # keep it for a person to look at, never retry it
@@ -402,7 +289,7 @@ class PredictionLog:
 
     def _move_spilled(self, batch: _Batch) -> None:
         if self._spool is not None and batch.spool_path is not None:
-            target = self._spool / batch.key.removeprefix("predictions/")
+            target = self._spool / batch.key.removeprefix(PREDICTIONS_PREFIX)
             batch.spool_path.rename(target)
             batch.spool_path = target
 
@@ -412,7 +299,7 @@ class PredictionLog:
         for batch in self._batches:
             if batch.data is None:
                 continue
-            path = self._spool / batch.key.removeprefix("predictions/")
+            path = self._spool / batch.key.removeprefix(PREDICTIONS_PREFIX)
             try:
                 write_durably(path, batch.data)
             except OSError as exc:

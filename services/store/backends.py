@@ -1,22 +1,16 @@
-"""The predictions/feedback store of the serving component: one bucket, two backends.
+"""Where the store's objects live: the backend protocol, a local folder and S3 (MinIO).
 
-Layout (S3 keys, or relative paths under a folder for the local backend; dates are UTC):
-
-- ``predictions/date=YYYY-MM-DD/<pod>-<unix_ms>-<seq>.parquet``: buffered predictions,
-  written by :class:`~services.prediction_log.PredictionLog`;
-- ``feedback/date=YYYY-MM-DD/<prediction_id>.json``: one object per prediction id, written
-  by :class:`~services.prediction_log.FeedbackWriter`;
-- ``reports/<run_id>/...``: whatever the pipeline writes through :meth:`ObjectStore.put`.
-
-The S3 backend talks to MinIO (moto's server in tests) through the ``minio`` SDK with short
-timeouts, so an outage shows within seconds and feedback can fall back to its local spool.
-Importing this module does nothing: no folder is made and no connection opened.
+:func:`open_store` picks the backend from :class:`StoreSettings`: S3 when an endpoint is
+set, otherwise a folder with the same layout (:mod:`contracts.records`), so ``make dev``
+needs no object store. The S3 backend talks to MinIO (moto's server in tests) through the
+``minio`` SDK with short timeouts, so an outage shows within seconds and feedback can fall
+back to its local spool. Importing this module does nothing: no folder is made and no
+connection opened.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -24,67 +18,23 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 from xml.etree.ElementTree import ParseError
 
-import numpy as np
 from pydantic import Field, SecretStr, field_validator
 
 from contracts.errors import DigitloopError
+from contracts.records import check_name
 from contracts.settings import DigitloopSettings
-
-if TYPE_CHECKING:
-    from services.prediction_log import (
-        PREDICTIONS_SCHEMA,
-        FeedbackWriter,
-        PredictionLog,
-        read_feedback,
-        read_predictions,
-    )
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "PREDICTIONS_SCHEMA",
-    "DuplicateFeedback",
-    "FeedbackRecord",
-    "FeedbackWriter",
-    "LocalStore",
-    "ObjectNotFound",
-    "ObjectStore",
-    "PredictionLog",
-    "PredictionRecord",
-    "S3Store",
-    "SpoolFull",
-    "StoreError",
-    "StoreSettings",
-    "StoreUnavailable",
-    "feedback_key",
-    "open_store",
-    "predictions_key",
-    "read_feedback",
-    "read_predictions",
-]
-
 DEFAULT_BUCKET = "digitloop"
-TRACKS = ("stable", "canary")
-PARQUET = "application/vnd.apache.parquet"
-JSON = "application/json"
-IMAGE_SIDE = 28
-# Ids and pod names become path segments and S3 keys: keep them to characters that need no
-# escaping anywhere, and out of the dot-files the local backend uses for its temp files.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # S3's bucket naming rules; MinIO enforces them, so fail at configuration time instead.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
-
-
-# --- errors -------------------------------------------------------------------------------
 
 
 class StoreError(DigitloopError):
@@ -99,15 +49,15 @@ class ObjectNotFound(StoreError, KeyError):
     """No object under this key (only :meth:`ObjectStore.get` raises it)."""
 
 
-class DuplicateFeedback(StoreError):
-    """Feedback for this prediction id is already in the store or in the local spool."""
-
-
-class SpoolFull(StoreError):
-    """The store is down and the local spool is at its bound: do not acknowledge."""
-
-
-# --- settings -----------------------------------------------------------------------------
+def check_bucket_name(name: str) -> None:
+    """ValueError unless S3, and MinIO, accept ``name`` as a bucket name."""
+    if len(name) < 3:
+        raise ValueError(f"bucket name {name!r} is too short: MinIO refuses names under 3 chars")
+    if not _BUCKET_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"bucket name {name!r} is not a valid S3 bucket name: 3-63 characters, lower-case "
+            "letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        )
 
 
 class StoreSettings(DigitloopSettings):
@@ -180,143 +130,6 @@ class StoreSettings(DigitloopSettings):
     @property
     def spool_path(self) -> Path:
         return self.spool_dir or self.data_dir / "spool"
-
-
-def check_bucket_name(name: str) -> None:
-    if len(name) < 3:
-        raise ValueError(f"bucket name {name!r} is too short: MinIO refuses names under 3 chars")
-    if not _BUCKET_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(
-            f"bucket name {name!r} is not a valid S3 bucket name: 3-63 characters, lower-case "
-            "letters, digits, dots and hyphens, starting and ending with a letter or digit"
-        )
-
-
-def check_name(value: str, what: str) -> None:
-    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
-        raise ValueError(
-            f"{what} {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-
-
-# --- records and keys ---------------------------------------------------------------------
-
-
-def as_utc(ts: datetime, what: str) -> datetime:
-    """``ts`` in UTC; ValueError for a naive datetime."""
-    # Naive datetimes are refused rather than guessed: a wrong guess moves records to
-    # another date partition, silently.
-    if not isinstance(ts, datetime) or ts.tzinfo is None or ts.utcoffset() is None:
-        raise ValueError(f"{what} must be a timezone-aware datetime, got {ts!r}")
-    return ts.astimezone(UTC)
-
-
-def _check_label(label: object) -> None:
-    if isinstance(label, bool) or not isinstance(label, int | np.integer) or not 0 <= label <= 9:
-        raise ValueError(f"label must be an integer digit 0-9, got {label!r}")
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One answered prediction, as the predictions log stores it."""
-
-    prediction_id: str
-    ts: datetime
-    model_version: str
-    track: str
-    image: np.ndarray  # (28, 28) uint8, the preprocessed input
-    probabilities: np.ndarray  # (10,) float32
-    label: int
-    latency_ms: float
-
-    def __post_init__(self) -> None:
-        # Validated here, in the request, so that a bad record never poisons a whole batch
-        # at flush time.
-        check_name(self.prediction_id, "prediction_id")
-        as_utc(self.ts, "ts")
-        if self.track not in TRACKS:
-            raise ValueError(f"track must be one of {TRACKS}, got {self.track!r}")
-        image = self.image
-        if not isinstance(image, np.ndarray) or image.shape != (IMAGE_SIDE, IMAGE_SIDE):
-            raise ValueError(f"image must be a (28, 28) array, got {np.shape(image)}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8, got {image.dtype}")
-        if (shape := np.shape(self.probabilities)) != (10,):
-            raise ValueError(f"probabilities must have shape (10,), got {shape}")
-        _check_label(self.label)
-
-
-@dataclass(frozen=True)
-class FeedbackRecord:
-    """The true digit a person gave for one prediction."""
-
-    prediction_id: str
-    label: int
-    ts: datetime
-    source: str = "user"
-
-    def __post_init__(self) -> None:
-        check_name(self.prediction_id, "prediction_id")
-        _check_label(self.label)
-        as_utc(self.ts, "ts")
-        if not isinstance(self.source, str) or not 0 < len(self.source) <= 64:
-            raise ValueError(f"source must be a string of 1-64 characters, got {self.source!r}")
-
-    def to_json(self) -> bytes:
-        ts = as_utc(self.ts, "ts").isoformat().replace("+00:00", "Z")
-        body = {
-            "prediction_id": self.prediction_id,
-            "label": int(self.label),
-            "ts": ts,
-            "source": self.source,
-        }
-        return json.dumps(body, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> FeedbackRecord:
-        try:
-            body = json.loads(data)
-            return cls(
-                prediction_id=body["prediction_id"],
-                label=body["label"],
-                ts=datetime.fromisoformat(body["ts"]),
-                source=body.get("source", "user"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a feedback record: {exc}") from exc
-
-
-def _date_dir(day: date) -> str:
-    return f"date={day.isoformat()}"
-
-
-def predictions_key(pod: str, when: datetime, seq: int) -> str:
-    """``predictions/date=<UTC date of when>/<pod>-<unix ms of when>-<seq>.parquet``."""
-    check_name(pod, "pod")
-    when = as_utc(when, "when")
-    unix_ms = (when - _EPOCH) // timedelta(milliseconds=1)
-    return f"predictions/{_date_dir(when.date())}/{pod}-{unix_ms}-{seq}.parquet"
-
-
-def feedback_key(record: FeedbackRecord) -> str:
-    """``feedback/date=<UTC date of the feedback>/<prediction_id>.json``."""
-    day = as_utc(record.ts, "ts").date()
-    return f"feedback/{_date_dir(day)}/{record.prediction_id}.json"
-
-
-def key_date(key: str) -> date | None:
-    """The partition date of a ``<prefix>/date=YYYY-MM-DD/...`` key, None for other keys."""
-    parts = key.split("/")
-    if len(parts) < 3 or not parts[1].startswith("date="):
-        return None
-    try:
-        return date.fromisoformat(parts[1].removeprefix("date="))
-    except ValueError:
-        return None
-
-
-# --- backends -----------------------------------------------------------------------------
 
 
 class ObjectStore(Protocol):
@@ -642,20 +455,3 @@ def open_store(settings: StoreSettings | None = None) -> ObjectStore:
             region=settings.s3_region,
         )
     return LocalStore(settings.store_path)
-
-
-# --- the writers and readers live in services.prediction_log -------------------------------
-
-_LOG_NAMES = frozenset(
-    {"PREDICTIONS_SCHEMA", "FeedbackWriter", "PredictionLog", "read_feedback", "read_predictions"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    # services.prediction_log imports this module; resolving its names lazily keeps
-    # `from services.store import PredictionLog` working whichever module is imported first.
-    if name in _LOG_NAMES:
-        from services import prediction_log
-
-        return getattr(prediction_log, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,26 @@
+"""Decide: retrain or not, by DESIGN.md's rule (:func:`pipelines.decisions.decide`)."""
+
+from __future__ import annotations
+
+from pipelines.decisions import Tally, decide
+from pipelines.outputs import CollectOutput, DecideOutput, DriftOutput, QualityOutput
+from pipelines.steps.context import LoopContext
+
+
+def step_decide(
+    ctx: LoopContext, collect: CollectOutput, quality: QualityOutput, drift: DriftOutput
+) -> DecideOutput:
+    """Retrain? (DESIGN.md's rule; never while a canary is being judged)."""
+    if collect.canary_active:
+        return DecideOutput(retrain=False, reasons=("a canary is being judged",))
+    live = Tally(quality.overall.n, quality.overall.correct)
+    by_class = {label: Tally(t.n, t.correct) for label, t in quality.by_class.items()}
+    decision = decide(
+        collect.counts.joined,
+        drift.drift_detected,
+        drift.drift_score,
+        live,
+        by_class,
+        ctx.decisions,
+    )
+    return DecideOutput(retrain=decision.retrain, reasons=tuple(decision.reasons))
