@@ -34,11 +34,12 @@ from starlette.requests import Request
 from contracts.api import FeedbackInput, PredictBatchInput, PredictInput, ReloadInput
 from services.settings import ServingSettings
 
+_SETTINGS = ServingSettings()
 # The largest body either route reads; one image is bounded again by max_image_bytes.
-MAX_BODY_BYTES = ServingSettings().max_body_bytes
+MAX_BODY_BYTES = _SETTINGS.max_body_bytes
 IMAGE_TYPES = ("image/", "application/octet-stream")
 # The most images in one /predict_batch: the service's setting (DIGITLOOP_MAX_BATCH).
-BATCH_LIMIT = ServingSettings().max_batch
+BATCH_LIMIT = _SETTINGS.max_batch
 # A "1" drawn in 8x8 pixels: the document's example (services/openapi.py), predicted.
 EXAMPLE_DRAWING = [[255 if 3 <= x <= 4 and 1 <= y <= 6 else 0 for x in range(8)] for y in range(8)]
 

@@ -243,7 +243,7 @@ class DigitService:
         try:
             if not self.slots.ready:
                 raise NotReady("no model loaded yet; see /readyz")
-            answer = _json(ModelInfo.model_validate(self.slots.describe()))
+            answer = _json(self.slots.describe())
         except Exception as exc:  # every error becomes a response
             return self._error(None, "/model", started, exc)
         self._observe("/model", started)
@@ -268,7 +268,7 @@ class DigitService:
                     canary_model=canary_model,
                     canary_weight=canary_weight,
                 )
-            answer = ModelInfo.model_validate(self.slots.describe())
+            answer = self.slots.describe()
         except Exception as exc:
             return self._error(ctx, "/admin/reload", started, exc)
         self._observe("/admin/reload", started)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from contracts.api import Track
+from contracts.api import ModelInfo, Track
 from contracts.routing import RoutingState
 from model.registry import Registry
 from services.errors import NotReady
@@ -138,13 +138,13 @@ class ModelSlots:
             raise NotReady("no model loaded yet; see /readyz")
         return track, classifier
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> ModelInfo:
         slots = self._slots
-        return {
-            "tracks": {track: c.describe() for track, c in slots.items()},
-            "canary_weight": self.split.weight if "canary" in slots else 0,
-            "only_track": self.settings.only_track,
-        }
+        return ModelInfo(
+            tracks={track: c.describe() for track, c in slots.items()},
+            canary_weight=self.split.weight if "canary" in slots else 0,
+            only_track=self.settings.only_track,
+        )
 
 
 def _server_started_ns() -> int:

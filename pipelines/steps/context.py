@@ -8,11 +8,10 @@ before it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from model.data import Mnist, load_mnist
 from model.registry import Registry
@@ -67,11 +66,6 @@ class LoopContext:
         """A step's output in this run, typed; None if the step has not run."""
         key = self.key(kind.name)
         return kind.model_validate_json(self.store.get(key)) if self.store.exists(key) else None
-
-    def load(self, name: str) -> dict[str, Any] | None:
-        """A step's output in this run as the stored JSON (what a person reads in the store)."""
-        key = self.key(name)
-        return json.loads(self.store.get(key)) if self.store.exists(key) else None
 
     def window(self, since: datetime, until: datetime) -> Window:
         """The window ``[since, until)``, read from the store once per process and range."""

@@ -17,6 +17,7 @@ from model.registry import Registry
 from model.settings import ModelSettings
 from pipelines.decisions import Tally
 from pipelines.drift.detect import DriftSettings
+from pipelines.outputs import RetrainOutput
 from pipelines.rollout import sync_aliases, with_canary
 from pipelines.rollout.service import ServiceRollout
 from pipelines.runners.local import run_once
@@ -114,8 +115,9 @@ def test_drift_retrain_canary_promote_then_bad_challenger_rolls_back(stack, mnis
     assert first["challenger"] == "2", first
     assert first["canary"] == "2", first
     outputs = context(env, service, "run-1")
-    retrained = outputs.load("retrain")
-    assert retrained["gate_passed"] and retrained["holdout_accuracy"] > before.accuracy
+    retrained = outputs.read(RetrainOutput)
+    assert retrained is not None and retrained.gate_passed
+    assert retrained.holdout_accuracy > before.accuracy
     model = httpx.get(f"{service.url}/model", timeout=10).json()
     assert model["tracks"]["canary"]["model_version"] == "2" and model["canary_weight"] == 20
 

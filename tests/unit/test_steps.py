@@ -292,7 +292,8 @@ def test_outputs_round_trip_through_the_store_and_argo_files(ctx, tmp_path):
     traffic(ctx, labelled("p", 3, 2, "stable", "1"))
     ran = run_step(ctx, "collect", tmp_path / "outputs")
     assert ctx.read(CollectOutput) == ran
-    assert ctx.load("collect")["counts"]["joined"] == 3  # what a person reads in the store
+    stored = json.loads(ctx.store.get(ctx.key("collect")))  # what a person reads in the store
+    assert stored["counts"]["joined"] == 3
     files = {p.name: p.read_text() for p in (tmp_path / "outputs").iterdir()}
     assert files == {"stable_version": "1", "canary_version": "", "canary_active": "false"}
     # the next pod reads it back from the store
@@ -474,19 +475,22 @@ def test_retrain_registers_a_gated_challenger_once_per_run(ctx, mnist):
 # -- canary ---------------------------------------------------------------------------------
 
 
-def test_canary_serves_the_challenger_at_the_configured_weight(ctx):
-    challenger = ctx.registry.add(untrained_net(1))
-    retrain = RetrainOutput(
-        challenger=challenger.version,
-        mlflow_run_id=challenger.run_id,
+def retrain_output(passed: bool) -> RetrainOutput:
+    return RetrainOutput(
+        challenger="2",
+        mlflow_run_id="run-2",
         mnist_test_accuracy=0.99,
         holdout_accuracy=0.9,
-        gate_passed=True,
-        gate_reasons=("passed",),
+        gate_passed=passed,
+        gate_reasons=("gate",),
         train_samples=30,
         holdout_samples=10,
     )
-    output = step_canary(ctx, retrain)
+
+
+def test_canary_serves_the_challenger_at_the_configured_weight(ctx):
+    assert ctx.registry.add(untrained_net(1)).version == "2"
+    output = step_canary(ctx, retrain_output(passed=True))
     assert output == CanaryOutput(canary="2", weight=ctx.decisions.new_canary_weight)
     assert ctx.rollout.applied == [RoutingState("1", "2", ctx.decisions.new_canary_weight)]
     assert ctx.registry.aliases == {CHAMPION_ALIAS: "1", CHALLENGER_ALIAS: "2"}
@@ -507,16 +511,11 @@ def test_analyse_promotes_rolls_back_or_waits(ctx, canary_right, action, serving
     ctx.registry.add(untrained_net(1))
     ctx.registry.set_alias(CHALLENGER_ALIAS, "2")
     ctx.rollout = FakeRollout(RoutingState("1", "2", 20))
+    # canary_right None: 10 labels, too few to judge.
     canary = (
         labelled("c", 60, canary_right, "canary", "2")
         if canary_right
-        else labelled(
-            "c",
-            10,
-            10,
-            "canary",
-            "2",  # too few labels to judge
-        )
+        else labelled("c", 10, 10, "canary", "2")
     )
     traffic(ctx, [*canary, *labelled("s", 60, 50, "stable", "1")])
     output = step_analyse(ctx, collected(ctx))
@@ -531,19 +530,6 @@ def test_analyse_promotes_rolls_back_or_waits(ctx, canary_right, action, serving
 
 
 # -- finish ---------------------------------------------------------------------------------
-
-
-def retrain_output(passed: bool) -> RetrainOutput:
-    return RetrainOutput(
-        challenger="2",
-        mlflow_run_id="run-2",
-        mnist_test_accuracy=0.99,
-        holdout_accuracy=0.9,
-        gate_passed=passed,
-        gate_reasons=("gate",),
-        train_samples=30,
-        holdout_samples=10,
-    )
 
 
 def analyse_output(action: str) -> AnalyseOutput:
