@@ -105,3 +105,25 @@ def test_the_serving_bento_includes_no_bench_or_tests(bentofile: dict) -> None:
     included = [path for path in taken if bento_includes(bentofile, path)]
     assert not included, f"bentofile.yaml includes {included}"
     assert bento_includes(bentofile, "services/service.py")  # and the service it builds
+
+
+def test_the_serving_bento_includes_every_module_the_service_imports(bentofile: dict) -> None:
+    """The Bento runs ``services.service`` from its own copy of the code: every product module
+    the service reaches (contracts, model, services) must be in it, or the image fails at
+    start-up with a ModuleNotFoundError that no test here would otherwise see."""
+    from tests.unit.test_import_graph import build
+
+    graph = build(PRODUCT)
+    reached = graph.find_upstream_modules("services.service") | {"services.service"}
+    product = {module for module in reached if module.split(".")[0] in PRODUCT}
+    assert {module.split(".")[0] for module in product} >= {"contracts", "model", "services"}
+    missing = sorted(
+        path
+        for module in product
+        for path in (
+            module.replace(".", "/") + ".py",
+            module.replace(".", "/") + "/__init__.py",
+        )
+        if (REPO_ROOT / path).is_file() and not bento_includes(bentofile, path)
+    )
+    assert not missing, f"bentofile.yaml leaves out what services/service.py imports: {missing}"
