@@ -12,6 +12,7 @@ lenient, so a client keeps working against a service that adds a field.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -39,10 +40,13 @@ FEEDBACK_SOURCE_MAX = 64
 # under load, short enough to tell a person that the service is slow.
 DEFAULT_TIMEOUT_S = 10.0
 
-# <uuid>.<track>.<model version>.<predicted label>.<signature>: what /predict answers, so any
-# replica can read a prediction from its id (services/ids.py signs and checks it).
+# [draft.]<uuid>.<track>.<model version>.<predicted label>.<signature>: what /predict answers,
+# so any replica can read a prediction from its id (services/ids.py signs and checks it). A
+# draft's id starts with "draft.", under the signature: /feedback tells it apart and refuses it.
+DRAFT_ID_PREFIX = "draft."
 PREDICTION_ID_PATTERN = (
-    rf"^([0-9a-f]{{32}})\.({'|'.join(TRACKS)})\.([0-9]{{1,9}})\.([0-9])\.([0-9a-f]{{16}})$"
+    rf"^({re.escape(DRAFT_ID_PREFIX)})?([0-9a-f]{{32}})"
+    rf"\.({'|'.join(TRACKS)})\.([0-9]{{1,9}})\.([0-9])\.([0-9a-f]{{16}})$"
 )
 # A model version ("3") or alias ("champion"): the characters MLflow allows in an alias.
 MODEL_REF_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
@@ -105,7 +109,9 @@ class _Input(BaseModel):
 class FeedbackInput(_Input):
     """The body of ``POST /feedback``: the true digit of a prediction."""
 
-    prediction_id: PredictionId = Field(description="The id a /predict answer gave.")
+    prediction_id: PredictionId = Field(
+        description="The id a /predict answer gave; a draft's id takes no feedback (422)."
+    )
     label: Annotated[Digit, _WholeNumber] = Field(description="The true digit, 0-9.")
     source: FeedbackSource = Field(
         default="user",
@@ -139,6 +145,12 @@ class PredictInput(_ImageInput):
     )
     image: ImageBytes | None = Field(default=None, description="PNG or JPEG bytes, base64.")
     pixels: Pixels | None = None
+    draft: bool = Field(
+        default=False,
+        description="A drawing still in progress (a sketchpad predicting as the pen lifts): "
+        "answered, but not logged as a prediction, and its id takes no feedback. Query "
+        "parameter `?draft=true` does the same for an image body.",
+    )
 
     @model_validator(mode="after")
     def _one_drawing(self) -> PredictInput:
@@ -216,6 +228,10 @@ class Prediction(_Answer):
     )
     model_version: str
     track: Track = Field(description="The track that answered.")
+    draft: bool = Field(
+        default=False,
+        description="An answer to a draft: not logged, and its id takes no feedback.",
+    )
 
     @property
     def confidence(self) -> float:

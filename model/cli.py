@@ -5,8 +5,9 @@ Heavy imports (torch, MLflow) wait inside the commands so ``digitloop --help`` s
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -22,9 +23,20 @@ from contracts.cli import (
 )
 from contracts.registry import CHAMPION_ALIAS
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from model.registry import Registry
+    from model.train import TrainConfig, TrainResult
+
 
 def train(
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training data.")] = 8,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Passes over the training data; with --trials, the most a trial makes."
+        ),
+    ] = 8,
     limit: Annotated[
         int | None, typer.Option(min=100, help="Train on the first N images only.")
     ] = None,
@@ -33,12 +45,35 @@ def train(
     no_augment: Annotated[
         bool, typer.Option("--no-augment", help="Train on MNIST as it is.")
     ] = False,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Search learning rate, epochs and weight decay with Optuna over N trials, "
+            "each scored on a validation split of MNIST train (a nested MLflow run each); "
+            "the best is registered.",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="With --trials: seconds the search may take; no trial starts that would end "
+            "after it.",
+        ),
+    ] = None,
     mnist: MnistOption = None,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Train a model on MNIST, log the run to MLflow and register a new version."""
     setup_logging(verbose)
+    if timeout is not None and trials is None:
+        raise typer.BadParameter(
+            "--timeout limits a search: give --trials too", param_hint="--timeout"
+        )
+    if trials is not None:
+        _require_optuna()
     with cli_errors():
         from model.data import load_mnist
         from model.evaluate import evaluate as evaluate_net
@@ -51,31 +86,104 @@ def train(
         )
         data = load_mnist(mnist).limit(n_train=limit)
         registry = Registry()
-        stderr.print(f"training on {len(data.x_train)} MNIST images for {epochs} epoch(s)")
-        result = train_net(data.x_train, data.y_train, config, console=stderr)
-        test = evaluate_net(result.net, data.x_test, data.y_test)
+        if trials is None:
+            stderr.print(f"training on {len(data.x_train)} MNIST images for {epochs} epoch(s)")
+            trained = _Trained(
+                config,
+                train_net(data.x_train, data.y_train, config, console=stderr),
+                {"mnist_train": len(data.x_train), "feedback": 0},
+                run_name=f"train-e{epochs}",
+            )
+        else:
+            trained = _search(data.x_train, data.y_train, config, trials, timeout, registry)
+        test = evaluate_net(trained.result.net, data.x_test, data.y_test)
         record = TrainingRecord.of(
-            config,
-            result,
+            trained.config,
+            trained.result,
             test,
-            {"mnist_train": len(data.x_train), "feedback": 0},
-            extra_params={"limit": limit},
-            run_name=f"train-e{epochs}",
+            trained.training_data,
+            extra_params={"limit": limit, **trained.params},
+            run_name=trained.run_name,
         )
-        info = registry.log_and_register(result.net, record)
+        info = registry.log_and_register(trained.result.net, record)
+        if trained.search_run_id:
+            registry.client.set_tag(trained.search_run_id, "registered_version", info.version)
 
     summary = {
         "version": info.version,
         "aliases": info.aliases,
         "mnist_test_accuracy": test.accuracy,
-        "train_seconds": round(result.seconds, 1),
+        "train_seconds": round(trained.result.seconds, 1),
         "run_id": info.run_id,
         "tracking_uri": registry.settings.tracking_uri,
+        **trained.summary,
     }
     table = Table(title=f"registered {info.name} version {info.version}", show_header=False)
     for key, value in summary.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     emit(summary, as_json, table)
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """A trained network and what its registered run records about how it was found."""
+
+    config: TrainConfig
+    result: TrainResult
+    training_data: dict[str, object]
+    run_name: str
+    params: dict[str, object] = field(default_factory=dict)
+    summary: dict[str, object] = field(default_factory=dict)
+    search_run_id: str | None = None
+
+
+def _search(
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    trials: int,
+    timeout: float | None,
+    registry: Registry,
+) -> _Trained:
+    """``train --trials``: the best of an Optuna search, trials logged as nested runs."""
+    from model.tune import Budget, TrialRuns, search_train
+
+    within = f" within {timeout:.0f} s" if timeout else ""
+    stderr.print(f"searching {trials} trial(s) on {len(x)} MNIST images{within}")
+    runs = TrialRuns(registry.client, registry.experiment_id, f"tune-train-{trials}")
+    search = search_train(
+        x, y.astype("int64"), config, Budget(trials, timeout, config.seed), runs, stderr
+    )
+    return _Trained(
+        search.config,
+        search.result,
+        {**search.sizes, "feedback": 0},
+        run_name=f"train-tuned-{len(search.trials)}of{trials}",
+        params={"search_run_id": search.parent_run_id, "search_trials": len(search.trials)},
+        summary={
+            "trials_run": len(search.trials),
+            "best_trial": search.best.number,
+            "best_params": search.best.params,
+            "mnist_validation_accuracy": search.best.accuracy,
+            "search_seconds": round(search.seconds, 1),
+            "search_run_id": search.parent_run_id,
+        },
+        search_run_id=search.parent_run_id,
+    )
+
+
+def _require_optuna() -> None:
+    """Exit with one line naming the extra to install when Optuna is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        stderr.print(
+            "[bold red]error:[/] --trials searches with Optuna, which is not installed; "
+            "install it with `pip install 'digitloop[pipelines]'`",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=2)
 
 
 def evaluate(

@@ -1,14 +1,20 @@
-"""Accuracy, per-class accuracy and a confusion matrix figure for a trained network."""
+"""Accuracy, per-class accuracy, calibration and a confusion matrix figure for a network.
+
+:func:`evaluate` on MNIST test is what every registration passes to
+:class:`model.registry.TrainingRecord`, so the temperature each version serves with is
+fitted there: on held-out, in-distribution data the network never trained on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
 from contracts.api import DIGITS
+from model.calibration import Calibration, calibrate
 from model.network import predict_proba
 
 
@@ -18,10 +24,13 @@ class Evaluation:
     n: int
     per_class: dict[str, float]
     confusion: np.ndarray  # (10, 10): rows true label, columns predicted
+    # Fitted on these samples when the network's probabilities were at hand (evaluate).
+    calibration: Calibration | None = None
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form ``digitloop evaluate --json`` prints."""
-        return {"accuracy": self.accuracy, "n": self.n, "per_class": self.per_class}
+        calibration = self.calibration.as_dict() if self.calibration else {}
+        return {"accuracy": self.accuracy, "n": self.n, "per_class": self.per_class, **calibration}
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> Evaluation:
@@ -39,8 +48,13 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> Evaluation:
 
 
 def evaluate(net: nn.Module, x: np.ndarray, y: np.ndarray) -> Evaluation:
-    """Evaluate ``net`` on (N, 28, 28) uint8 images ``x`` with labels ``y``."""
-    return score(y, predict_proba(net, x).argmax(axis=1))
+    """Evaluate ``net`` on (N, 28, 28) uint8 images ``x`` with labels ``y``, and fit the
+    temperature that calibrates its probabilities on them."""
+    probabilities = predict_proba(net, x)
+    scored = score(y, probabilities.argmax(axis=1))
+    if not len(y):
+        return scored
+    return replace(scored, calibration=calibrate(probabilities, y))
 
 
 def plot_confusion(confusion: np.ndarray, path: Path, title: str = "Confusion matrix") -> Path:

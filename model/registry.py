@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
+TEMPERATURE_TAG = "temperature"
+
 
 @dataclass(frozen=True)
 class ModelVersionInfo:
@@ -43,6 +45,13 @@ class ModelVersionInfo:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+    @property
+    def temperature(self) -> float:
+        """What this version's logits are divided by before the softmax it serves: fitted on
+        MNIST test at registration; 1.0 (the network as it is) for versions registered
+        before calibration was."""
+        return float(self.tags.get(TEMPERATURE_TAG) or 1.0)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -141,6 +150,16 @@ class Registry:
         metrics.update(
             {f"mnist_test_accuracy_class_{c}": v for c, v in record.mnist_test.per_class.items()}
         )
+        calibration = record.mnist_test.calibration
+        if calibration is not None:
+            metrics.update(
+                {
+                    "temperature": calibration.temperature,
+                    "mnist_test_ece": calibration.ece,
+                    "mnist_test_ece_calibrated": calibration.ece_calibrated,
+                    "mnist_test_expected_accuracy": calibration.expected_accuracy,
+                }
+            )
         example = np.zeros((1, 1, 28, 28), np.float32)
         with torch.inference_mode():
             signature = infer_signature(example, net(torch.from_numpy(example)).numpy())
@@ -181,6 +200,8 @@ class Registry:
                 "mnist_test_accuracy": f"{record.mnist_test.accuracy:.6f}",
                 "run_id": run.info.run_id,
             }
+            if calibration is not None:
+                tags[TEMPERATURE_TAG] = f"{calibration.temperature:.6f}"
             if "feedback_holdout_accuracy" in record.extra_metrics:
                 tags["feedback_holdout_accuracy"] = (
                     f"{record.extra_metrics['feedback_holdout_accuracy']:.6f}"

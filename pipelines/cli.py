@@ -218,6 +218,72 @@ def step(
     emit(output.model_dump(mode="json"), as_json=True)
 
 
+@loop_app.command("calibrate")
+def calibrate_command(
+    canaries: Annotated[
+        int, typer.Option(min=10, help="Simulated canaries per challenger and labelling.")
+    ] = 1000,
+    answers_per_run: Annotated[int, typer.Option(min=10, help="Answers between two runs.")] = 400,
+    canary_share: Annotated[
+        float, typer.Option(min=0.01, max=0.99, help="Share of answers the canary serves.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Measure the canary decision by simulation: how often it promotes a worse, an equal
+    and a better challenger, and after how many labels (the DIGITLOOP_* settings apply)."""
+    setup_logging(verbose)
+    from pipelines.canary_calibration import calibrate
+    from pipelines.settings import DecisionSettings
+
+    with cli_errors():
+        settings = DecisionSettings()
+        rows = calibrate(
+            settings,
+            canaries=canaries,
+            seed=seed,
+            answers_per_run=answers_per_run,
+            canary_share=canary_share,
+        )
+    table = Table(
+        "challenger",
+        "labelling",
+        "promoted",
+        "rolled back",
+        "out of budget",
+        "undecided",
+        "mean labels",
+        "mean runs",
+        title="canary decisions",
+    )
+    for row in rows:
+        table.add_row(
+            row.challenger,
+            row.labelling,
+            f"{row.promoted}/{row.canaries}",
+            f"{row.rolled_back}/{row.canaries}",
+            f"{row.out_of_budget}/{row.canaries}",
+            f"{row.undecided}/{row.canaries}",
+            "-" if row.mean_labels_to_decision is None else f"{row.mean_labels_to_decision:.0f}",
+            "-" if row.mean_runs_to_decision is None else f"{row.mean_runs_to_decision:.1f}",
+        )
+    result = {
+        "rows": [row.as_dict() for row in rows],
+        "answers_per_run": answers_per_run,
+        "canary_share": canary_share,
+        "settings": settings.model_dump(
+            include={
+                "false_promotion_rate",
+                "false_rollback_rate",
+                "canary_max_labels",
+                "canary_min_answers",
+            }
+        ),
+    }
+    emit(result, as_json, table)
+
+
 # -- digitloop rollout ------------------------------------------------------------------
 
 rollout_app = typer.Typer(

@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
-from statsmodels.stats.proportion import test_proportions_2indep
-
+from pipelines.outputs import AnswerQuality
+from pipelines.paired import PairedCounts, e_values
 from pipelines.settings import DecisionSettings
 
 
@@ -43,26 +42,42 @@ def decide(
     new_labels: int,
     drift_detected: bool,
     drift_score: float,
-    live: Tally,
-    class_tallies: dict[int, Tally],
+    overall: AnswerQuality,
+    by_answer: dict[int, AnswerQuality],
     settings: DecisionSettings,
 ) -> RetrainDecision:
     """Retrain when enough new labels came in AND something says the model lags.
 
-    The triggers: the drift step flagged the window, live accuracy fell below its
-    threshold, or some class (with enough samples) errs too often.
+    The triggers: the drift step flagged the window; so many answers were corrected that
+    accuracy must be under its threshold; the label-free estimate is under it (when
+    ``estimate_trigger`` is on); or people correct some digit the model answers too often.
+    Corrections are counted per *answer*, not per labelled answer: people who only correct
+    wrong answers would otherwise make every model look wrong.
     """
     triggers: list[str] = []
     if drift_detected:
         triggers.append(f"drift detected (score {drift_score:.2f})")
-    if live.n and live.accuracy < settings.accuracy_threshold:
-        triggers.append(f"live accuracy {live.accuracy:.3f} < {settings.accuracy_threshold}")
-    for label, tally in sorted(class_tallies.items()):
-        if tally.n >= settings.min_class_samples:
-            error = (tally.n - tally.correct) / tally.n  # exact at the boundary, unlike 1 - acc
-            if error >= settings.class_error_threshold:
+    if overall.answers:
+        ceiling = (overall.answers - overall.corrected) / overall.answers
+        if ceiling < settings.accuracy_threshold:
+            triggers.append(
+                f"{overall.corrected} of {overall.answers} answers corrected: live accuracy "
+                f"at most {ceiling:.3f} < {settings.accuracy_threshold}"
+            )
+    estimate = overall.estimated_accuracy
+    if (
+        settings.estimate_trigger
+        and estimate is not None
+        and estimate < settings.accuracy_threshold
+    ):
+        triggers.append(f"estimated accuracy {estimate:.3f} < {settings.accuracy_threshold}")
+    for digit, answered in sorted(by_answer.items()):
+        if answered.answers >= settings.min_class_samples:
+            share = answered.corrected / answered.answers
+            if share >= settings.class_error_threshold:
                 triggers.append(
-                    f"class {label} error rate {error:.2f} >= {settings.class_error_threshold}"
+                    f"answers {digit} corrected {share:.2f} of the time "
+                    f">= {settings.class_error_threshold}"
                 )
     if new_labels < settings.min_new_labels:
         why = f"{new_labels} new labels < {settings.min_new_labels} needed"
@@ -131,97 +146,91 @@ class ServingHealth:
 
 
 @dataclass(frozen=True)
+class CanaryEvidence:
+    """What the canary's period shows: the paired counts, and how much the canary served."""
+
+    paired: PairedCounts
+    labelled: int  # labelled answers of the period, both tracks
+    canary_answers: int  # answers the canary served in the period
+    canary_labelled: int = 0  # of which labelled
+
+
+@dataclass(frozen=True)
 class CanaryVerdict:
     action: Literal["wait", "promote", "rollback"]
     reasons: list[str]
-    p_not_worse: float | None = None  # non-inferiority test: small means "not worse"
-    p_worse: float | None = None  # superiority of stable: small means "worse"
+    e_better: float | None = None  # evidence the challenger is better: promote at 1/alpha
+    e_worse: float | None = None  # evidence it is worse: roll back at 1/alpha
     details: dict[str, float] = field(default_factory=dict)
+    # What decided it: the paired evidence, the canary's health, or the label budget.
+    basis: Literal["evidence", "health", "budget"] | None = None
 
 
 def analyse(
-    canary: Tally,
-    stable: Tally,
+    evidence: CanaryEvidence,
     settings: DecisionSettings,
     canary_health: ServingHealth = ServingHealth(),
     stable_health: ServingHealth = ServingHealth(),
 ) -> CanaryVerdict:
-    """Promote a canary shown not worse than stable, roll back one shown worse.
+    """Promote a canary shown better than the champion, roll back one shown worse.
 
-    Two one-sided tests on the difference of live accuracies (independent samples):
-    non-inferiority with margin ``non_inferiority_margin`` (H0: canary <= stable - margin),
-    and inferiority (H0: canary >= stable). Undecided canaries wait for more labels, up
-    to ``canary_max_samples``; then they are rolled back. Error rate and p95 latency,
-    when known, must hold as well.
+    The evidence is paired (both models scored on the same labelled images, neither trained
+    on them) and sequential (:mod:`pipelines.paired`: e-values that keep their error rates
+    however many runs look). Promotion also needs the canary to have served
+    ``canary_min_answers`` answers with its error rate and p95 latency holding (when
+    Prometheus tells them). An undecided canary is rolled back once its period has
+    ``canary_max_labels`` labelled answers: the champion stays unless it is shown beaten.
     """
-    if canary.n < settings.canary_min_samples:
-        return CanaryVerdict(
-            "wait",
-            [f"{canary.n} labelled canary predictions < {settings.canary_min_samples} needed"],
-        )
-    if stable.n == 0:
-        return CanaryVerdict("wait", ["no labelled stable predictions to compare with"])
+    paired = evidence.paired
+    e = e_values(paired)
+    details = {
+        "for_challenger": float(paired.for_challenger),
+        "for_champion": float(paired.for_champion),
+        "labelled": float(evidence.labelled),
+        "canary_answers": float(evidence.canary_answers),
+        "canary_labelled": float(evidence.canary_labelled),
+        "canary_share": paired.canary_share,
+        "e_better": e.better,
+        "e_worse": e.worse,
+    }
+    if e.psi_hat is not None:
+        details["psi_hat"] = e.psi_hat
+    summary = (
+        f"{paired.for_challenger} labelled images favour the challenger, "
+        f"{paired.for_champion} the champion ({evidence.labelled} labelled)"
+    )
+
+    def verdict(
+        action: Literal["wait", "promote", "rollback"],
+        reason: str,
+        basis: Literal["evidence", "health", "budget"] | None = "evidence",
+    ) -> CanaryVerdict:
+        return CanaryVerdict(action, [reason], e.better, e.worse, details, basis)
 
     health = _health_problems(canary_health, stable_health, settings)
-    p_not_worse = _p_value(
-        canary, stable, margin=settings.non_inferiority_margin, alternative="larger"
-    )
-    p_worse = _p_value(canary, stable, margin=0.0, alternative="smaller")
-    details = {
-        "canary_accuracy": canary.accuracy,
-        "stable_accuracy": stable.accuracy,
-        "canary_n": canary.n,
-        "stable_n": stable.n,
-    }
-    summary = (
-        f"canary {canary.accuracy:.3f} (n={canary.n}) vs stable {stable.accuracy:.3f} "
-        f"(n={stable.n})"
-    )
     if health:
-        return CanaryVerdict("rollback", health, p_not_worse, p_worse, details)
-    if p_worse < settings.alpha:
-        return CanaryVerdict(
-            "rollback", [f"{summary}: worse (p={p_worse:.3g})"], p_not_worse, p_worse, details
-        )
-    if p_not_worse < settings.alpha:
-        return CanaryVerdict(
-            "promote",
-            [f"{summary}: not worse (p={p_not_worse:.3g})"],
-            p_not_worse,
-            p_worse,
-            details,
-        )
-    if canary.n >= settings.canary_max_samples:
-        return CanaryVerdict(
+        return CanaryVerdict("rollback", health, e.better, e.worse, details, "health")
+    if e.worse >= 1 / settings.false_rollback_rate:
+        return verdict("rollback", f"{summary}: worse (e={e.worse:.3g})")
+    if e.better >= 1 / settings.false_promotion_rate:
+        if evidence.canary_answers < settings.canary_min_answers:
+            return verdict(
+                "wait",
+                f"{summary}: better (e={e.better:.3g}), but the canary served "
+                f"{evidence.canary_answers} answers < {settings.canary_min_answers}",
+                None,
+            )
+        return verdict("promote", f"{summary}: better (e={e.better:.3g})")
+    if evidence.labelled >= settings.canary_max_labels:
+        return verdict(
             "rollback",
-            [f"{summary}: still undecided after {canary.n} samples"],
-            p_not_worse,
-            p_worse,
-            details,
+            f"{summary}: still undecided after {evidence.labelled} labelled answers",
+            "budget",
         )
-    return CanaryVerdict(
-        "wait", [f"{summary}: undecided (p={p_not_worse:.3g})"], p_not_worse, p_worse, details
+    needed = 1 / settings.false_promotion_rate
+    return verdict(
+        "wait", f"{summary}: undecided (e={e.better:.3g}, promotes at {needed:.3g})", None
     )
-
-
-def _p_value(
-    canary: Tally, stable: Tally, margin: float, alternative: Literal["larger", "smaller"]
-) -> float:
-    """One-sided p-value for canary - stable vs -margin (score test, safe at 0 % and 100 %)."""
-    # statsmodels also computes an odds ratio, which divides by zero at 0 % or 100 %.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result = test_proportions_2indep(
-            canary.correct,
-            canary.n,
-            stable.correct,
-            stable.n,
-            value=-margin,
-            compare="diff",
-            alternative=alternative,
-            method="score",
-        )
-    p_value = float(result.pvalue)
-    return 1.0 if np.isnan(p_value) else p_value  # identical all-or-nothing samples
 
 
 def _health_problems(

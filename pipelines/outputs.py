@@ -112,14 +112,53 @@ class LiveAccuracy(BaseModel):
         return self.correct / self.n if self.n else None
 
 
+class AnswerQuality(BaseModel):
+    """How a group of answers fared: what people told of them, and what the model expects.
+
+    People label some answers and not others, and many only correct wrong ones, so the
+    accuracy over labelled answers alone can mislead; the corrected share of *all* answers
+    is a floor on the error rate whoever labels, and ``estimated_accuracy`` needs no labels.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    answers: int = Field(ge=0, description="Answers served.")
+    confirmed: int = Field(ge=0, description="Answers people confirmed.")
+    corrected: int = Field(ge=0, description="Answers people corrected.")
+    estimated_accuracy: float | None = Field(
+        default=None,
+        description="Label-free: the mean calibrated top probability of the answers (CBPE).",
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def labelled(self) -> int:
+        return self.confirmed + self.corrected
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def labelled_accuracy(self) -> float | None:
+        """Right among labelled answers: biased when people correct more than they confirm."""
+        return self.confirmed / self.labelled if self.labelled else None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def corrected_share(self) -> float | None:
+        """Corrections per answer: at least this share of the answers was wrong."""
+        return self.corrected / self.answers if self.answers else None
+
+
 class QualityOutput(StepOutput):
-    """Live accuracy from joined feedback: overall, per track and version, per true class."""
+    """Live quality: overall, per track and version, per answered digit, per true digit."""
 
     name: ClassVar[str] = "quality"
 
-    overall: LiveAccuracy
-    by_track: dict[str, LiveAccuracy] = Field(description="Keyed `<track>:v<version>`.")
-    by_class: dict[int, LiveAccuracy] = Field(description="Keyed by the true digit.")
+    overall: AnswerQuality
+    by_track: dict[str, AnswerQuality] = Field(description="Keyed `<track>:v<version>`.")
+    by_answer: dict[int, AnswerQuality] = Field(description="Keyed by the digit answered.")
+    by_class: dict[int, LiveAccuracy] = Field(
+        description="Labelled answers keyed by the true digit."
+    )
 
 
 # -- drift --------------------------------------------------------------------------------
@@ -136,6 +175,20 @@ class DriftOutput(StepOutput):
     n_current: int = 0
     report: str | None = Field(default=None, description="Store key of the HTML report.")
     skipped: str | None = Field(default=None, description="Why no check ran, if none did.")
+    # A champion fine-tuned on feedback is judged against mixes of MNIST and the traffic it
+    # was adapted to (pipelines/drift/adapted.py); for one trained on MNIST only these stay unset.
+    nearest_adapted_share: float | None = Field(
+        default=None,
+        description="Adapted traffic's share in the reference mix nearest the window (0: "
+        "MNIST alone, 1: the adapted traffic alone); the verdict and report are against it.",
+    )
+    mnist_drift_score: float | None = Field(
+        default=None, description="Share of drifted columns against MNIST alone."
+    )
+    mixture_scores: dict[float, float] = Field(
+        default_factory=dict,
+        description="Share of drifted columns against each mix, keyed by its adapted share.",
+    )
 
 
 # -- decide -------------------------------------------------------------------------------
@@ -192,8 +245,8 @@ class AnalyseOutput(StepOutput):
     reasons: tuple[str, ...]
     canary_version: str
     stable_version: str = Field(description="What stable serves after the action.")
-    p_not_worse: float | None = None
-    p_worse: float | None = None
+    e_better: float | None = Field(default=None, description="Evidence it is better.")
+    e_worse: float | None = Field(default=None, description="Evidence it is worse.")
     details: dict[str, float] = {}
 
 
@@ -235,7 +288,8 @@ class Summary(StepOutput):
     reasons: tuple[str, ...]
     drift_detected: bool | None = None
     drift_score: float | None = None
-    live_accuracy: float | None = None
+    live_accuracy: float | None = Field(default=None, description="Over labelled answers.")
+    estimated_accuracy: float | None = Field(default=None, description="Label-free (CBPE).")
     labelled: int | None = None
     challenger: str | None = None
     canary: str | None = None

@@ -17,20 +17,36 @@ class DecisionSettings(DigitloopEnv):
     """When to retrain, what a challenger must show, and how a canary is judged."""
 
     # -- retrain ---------------------------------------------------------------------
+    # Measured (issue 14): the loop's fine-tune of the 8-epoch champion on 40 labelled
+    # drawings of a new style (seven-segment digits) reached 99.8 % on 3,000 more of them,
+    # MNIST test 99.54 % (from 99.62 %).
     min_new_labels: int = Field(
-        default=200, ge=1, description="Labelled samples since the last training needed to retrain."
+        default=50, ge=1, description="Labelled samples since the last training needed to retrain."
     )
     accuracy_threshold: float = Field(
-        default=0.95, ge=0, le=1, description="Live accuracy below this is a reason to retrain."
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Live accuracy below this is a reason to retrain. Judged on the share of "
+        "answers people corrected (at least that many were wrong, however few they label), and "
+        "on the label-free estimate when `estimate_trigger` is on.",
+    )
+    estimate_trigger: bool = Field(
+        default=False,
+        description="Let the label-free accuracy estimate (mean calibrated confidence) under "
+        "`accuracy_threshold` be a reason to retrain.",
     )
     class_error_threshold: float = Field(
         default=0.2,
         ge=0,
         le=1,
-        description="A class whose error rate reaches this is a reason to retrain.",
+        description="A digit the model answers that people correct this often (corrections per "
+        "answer of that digit) is a reason to retrain.",
     )
     min_class_samples: int = Field(
-        default=10, ge=1, description="Labelled samples a class needs before its error rate counts."
+        default=10,
+        ge=1,
+        description="Answers of a digit needed before its correction rate counts.",
     )
 
     # -- gate ------------------------------------------------------------------------
@@ -48,22 +64,31 @@ class DecisionSettings(DigitloopEnv):
     new_canary_weight: int = Field(
         default=20, ge=1, le=100, description="Percent of traffic to a new canary."
     )
-    canary_min_samples: int = Field(
-        default=200, ge=1, description="Labelled canary predictions before it is judged."
-    )
-    canary_max_samples: int = Field(
-        default=2000,
-        ge=1,
-        description="Labelled canary predictions after which an undecided canary is rolled back.",
-    )
-    non_inferiority_margin: float = Field(
-        default=0.02,
+    canary_min_answers: int = Field(
+        default=50,
         ge=0,
-        le=1,
-        description="Canary accuracy may be this much below stable's and still count as not worse.",
+        description="Answers the canary must have served before it can be promoted: its proof "
+        "of health in production.",
     )
-    alpha: float = Field(
-        default=0.05, gt=0, lt=1, description="Significance level of the canary tests."
+    canary_max_labels: int = Field(
+        default=1500,
+        ge=1,
+        description="Labelled answers (both tracks) in the canary's period after which an "
+        "undecided canary is rolled back.",
+    )
+    false_promotion_rate: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Most often a challenger that is not better may be promoted, over all the "
+        "runs that look at it (a sequential test: it holds at every look).",
+    )
+    false_rollback_rate: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Most often a challenger that is not worse may be rolled back as worse, "
+        "over all the runs that look at it.",
     )
     max_error_rate_increase: float = Field(
         default=0.01,
@@ -145,6 +170,19 @@ class LoopSettings(AdminTokenSettings, ServiceUrlSettings):
     retrain_epochs: int = Field(default=3, ge=1, description="Fine-tuning epochs.")
     retrain_extra_share: float = Field(
         default=0.3, ge=0, lt=1, description="Share of each fine-tuning epoch drawn from feedback."
+    )
+    retrain_trials: int = Field(
+        default=0,
+        ge=0,
+        description="Optuna trials searching the fine-tune's learning rate, epochs and replay "
+        "share before it runs, each scored on the newest quarter of the training feedback; "
+        "0: the defaults above.",
+    )
+    retrain_search_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="Time budget of that search: no trial starts that would end after it. "
+        "The retrain step's deadline must hold it plus the fine-tune itself.",
     )
     drift_window: int = Field(
         default=400, ge=1, description="Most recent predictions the drift step compares."

@@ -141,27 +141,40 @@ class DigitloopClient:
 
     # -- API ---------------------------------------------------------------------------
 
-    def predict(self, image: bytes, track: Track | None = None) -> Prediction:
+    def predict(
+        self, image: bytes, track: Track | None = None, *, draft: bool = False
+    ) -> Prediction:
         """Predict the digit in PNG/JPEG ``image`` bytes.
 
         Args:
             image: the encoded image (any size, dark ink on light or the reverse).
             track: pin the request to ``"stable"`` or ``"canary"``; None lets the split choose.
+            draft: a drawing still in progress: answered, not logged, and its id takes no
+                feedback (send the final drawing without draft for that).
         """
         files = {"image": ("digit", image, image_media_type(image))}
-        answer = self._request("POST", "/predict", files=files, headers=_track(track))
+        params = {"draft": "true"} if draft else None
+        answer = self._request(
+            "POST", "/predict", files=files, params=params, headers=_track(track)
+        )
         return _parse(Prediction, answer)
 
     def predict_pixels(
-        self, pixels: np.ndarray | Sequence[Sequence[float]], track: Track | None = None
+        self,
+        pixels: np.ndarray | Sequence[Sequence[float]],
+        track: Track | None = None,
+        *,
+        draft: bool = False,
     ) -> Prediction:
-        """Predict the digit in a 2-D grey array (28x28 or any HxW, 0-255 or 0-1)."""
+        """Predict the digit in a 2-D grey array (28x28 or any HxW, 0-255 or 0-1); ``track``
+        and ``draft`` as in :meth:`predict`."""
         array = np.asarray(pixels)
         if array.ndim != 2:
             raise ValueError(f"pixels must be a 2-D array, got shape {array.shape}")
-        answer = self._request(
-            "POST", "/predict", json={"pixels": array.tolist()}, headers=_track(track)
-        )
+        body: dict[str, Any] = {"pixels": array.tolist()}
+        if draft:
+            body["draft"] = True
+        answer = self._request("POST", "/predict", json=body, headers=_track(track))
         return _parse(Prediction, answer)
 
     def predict_batch(
@@ -233,7 +246,8 @@ class DigitloopClient:
         return answers
 
     def feedback(self, prediction_id: str, label: int, source: str | None = None) -> FeedbackAck:
-        """Record the true digit of a prediction. Raises ServiceError 409 if already recorded."""
+        """Record the true digit of a prediction. Raises ServiceError 409 if already recorded,
+        422 for a draft's id."""
         body = {
             "prediction_id": prediction_id,
             "label": int(label),

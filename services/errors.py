@@ -43,6 +43,12 @@ class UnknownPrediction(ServingError):
     status = HTTPStatus.NOT_FOUND
 
 
+class DraftTakesNoFeedback(ServingError):
+    """Feedback on a draft's id: the draft was never logged, so there is nothing to label."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
 class DuplicateFeedbackError(ServingError):
     status = HTTPStatus.CONFLICT
 

@@ -4,8 +4,9 @@ One route takes an image three ways: a raw ``image/png`` (or jpeg) body, a multi
 upload (field ``image``, or ``images`` repeated for a batch), or JSON ``{"pixels": ...}``.
 BentoML 1.4 cannot declare an optional file field, and its multipart path writes each
 upload to a temporary file; parsing here reads the bytes once, in memory, with a size
-bound; JSON routes take JSON whatever the Content-Type says (BentoML would try, and
-fail, to parse a form). A body we cannot read does not raise here (BentoML would answer
+bound. ``/predict`` also reads ``?draft=true``, since an image body has no field for it.
+JSON routes take JSON whatever the Content-Type says (BentoML would try, and fail, to parse
+a form). A body we cannot read does not raise here (BentoML would answer
 a bare 500): the problem and its status go to ``request.state`` and the API answers it
 like every other error (:func:`request_problem`).
 
@@ -38,6 +39,8 @@ _SETTINGS = ServingSettings()
 # The largest body either route reads; one image is bounded again by max_image_bytes.
 MAX_BODY_BYTES = _SETTINGS.max_body_bytes
 IMAGE_TYPES = ("image/", "application/octet-stream")
+# /predict's query parameter: the JSON field of the same name, for bodies that are an image.
+DRAFT_PARAMETER = "draft"
 # The most images in one /predict_batch: the service's setting (DIGITLOOP_MAX_BATCH).
 BATCH_LIMIT = _SETTINGS.max_batch
 # A "1" drawn in 8x8 pixels: the document's example (services/openapi.py), predicted.
@@ -155,7 +158,14 @@ class ImageBody(JsonBody):
 
 
 class PredictBody(ImageBody, PredictInput):
-    """How /predict reads its body."""
+    """How /predict reads its body, and its query parameter ``draft``."""
+
+    @classmethod
+    async def _parse(cls, request: Request) -> IODescriptor:
+        draft = draft_query(request)
+        body = await super()._parse(request)
+        # An image body has no field of its own for it: the query says draft for any body.
+        return body.model_copy(update={"draft": True}) if draft else body
 
     @classmethod
     def _from_images(cls, files: list[bytes]) -> PredictBody:
@@ -184,6 +194,19 @@ class PredictBatchBody(ImageBody, PredictBatchInput):
     @classmethod
     def _from_images(cls, files: list[bytes]) -> PredictBatchBody:
         return cls._validated({"images": files}, what=f"1-{BATCH_LIMIT} images")
+
+
+def draft_query(request: Request) -> bool:
+    """The query parameter ``draft``: ``true`` or ``false`` as JSON writes them, once."""
+    values = request.query_params.getlist(DRAFT_PARAMETER)
+    if not values:
+        return False
+    if len(values) > 1 or values[0] not in ("true", "false"):
+        raise _Problem(
+            HTTPStatus.BAD_REQUEST,
+            f"query parameter `{DRAFT_PARAMETER}` takes true or false, once; got {values}",
+        )
+    return values[0] == "true"
 
 
 async def _read_body(request: Request) -> bytes:

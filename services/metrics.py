@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from functools import cache
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Top probabilities of ten classes start at 0.1; a calibrated champion answers most
+# in-distribution digits above 0.95, so the buckets are finest near 1.
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
 @dataclass(frozen=True)
@@ -18,11 +21,13 @@ class ServiceMetrics:
     requests: object
     latency: object
     predictions: object
+    drafts: object
     feedback: object
     corrections: object
     store_errors: object
     spool_depth: object
     model_info: object
+    confidence: object
 
 
 @cache
@@ -45,6 +50,12 @@ def service_metrics() -> ServiceMetrics:
             name="digitloop_predictions_total",
             documentation="Predictions by predicted label, model version and track.",
             labelnames=["label", "model_version", "track"],
+        ),
+        drafts=bentoml.metrics.Counter(
+            name="digitloop_drafts_total",
+            documentation="Drafts answered (drawings in progress, not logged, not in "
+            "digitloop_predictions_total), by model version and track.",
+            labelnames=["model_version", "track"],
         ),
         feedback=bentoml.metrics.Counter(
             name="digitloop_feedback_total",
@@ -71,5 +82,14 @@ def service_metrics() -> ServiceMetrics:
             documentation="1 for the model version each track serves.",
             labelnames=["model_version", "track"],
             multiprocess_mode="max",
+        ),
+        confidence=bentoml.metrics.Histogram(
+            name="digitloop_answer_confidence",
+            documentation=(
+                "Calibrated top probability of each answer, by model version and track: "
+                "its mean (sum / count) is the label-free accuracy estimate (CBPE)."
+            ),
+            labelnames=["model_version", "track"],
+            buckets=CONFIDENCE_BUCKETS,
         ),
     )

@@ -42,7 +42,7 @@ from contracts.api import (
     Prediction,
     ReloadInput,
 )
-from services.inputs import BATCH_LIMIT, EXAMPLE_DRAWING, MAX_BODY_BYTES
+from services.inputs import BATCH_LIMIT, DRAFT_PARAMETER, EXAMPLE_DRAWING, MAX_BODY_BYTES
 from services.settings import ServingSettings
 
 OPENAPI_VERSION = "3.1.0"  # JSON Schema 2020-12, as pydantic writes it
@@ -65,7 +65,8 @@ ERRORS: dict[str, dict[int, str]] = {
     "/predict": {
         400: f"{_BODY}; not exactly one of an image and `pixels`; more than one file in "
         "`image`, or text in place of a file; a broken multipart form; "
-        f"{TRACK_HEADER} neither stable nor canary, or canary while no canary is set.",
+        f"{TRACK_HEADER} neither stable nor canary, or canary while no canary is set; "
+        f"query parameter `{DRAFT_PARAMETER}` other than true or false.",
         413: f"{_TOO_LARGE}; the image is over {_ENV('max_image_bytes')} ({_IMAGE_BYTES} "
         f"bytes by default); `pixels` has more than {MAX_SIDE} rows or columns.",
         422: "The request is well formed but its drawing cannot be used: the bytes are not "
@@ -87,6 +88,8 @@ ERRORS: dict[str, dict[int, str]] = {
         400: f"{_BODY} (a label outside 0-9, an id not of the form /predict gives).",
         404: "No such prediction: the id is well formed but not one this service signed.",
         409: "Feedback for this prediction was already recorded.",
+        422: "The id is a draft's (/predict with draft): drafts are not logged and take no "
+        "feedback; send the final drawing without draft and give feedback on that id.",
         413: f"{_TOO_LARGE}.",
         503: "Not recorded: the store is down and the local spool is full; retry later.",
         500: _FAULT,
@@ -138,9 +141,17 @@ def document(generated: dict[str, Any]) -> dict[str, Any]:
         "Without it the canary answers exactly its weight of every 100 requests.",
         "schema": {"type": "string", "enum": list(TRACKS)},
     }
+    draft = {
+        "name": DRAFT_PARAMETER,
+        "in": "query",
+        "required": False,
+        "description": "true: a draft, as the JSON field `draft` says (answered, not logged, "
+        "its id takes no feedback), for any body; either one true makes a draft.",
+        "schema": {"type": "boolean", "default": False},
+    }
     post(
         "/predict",
-        parameters=[track],
+        parameters=[track, draft],
         requestBody=_body(
             PredictInput,
             multipart={

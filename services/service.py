@@ -138,14 +138,18 @@ class DigitService:
         self,
         image: bytes | None = None,
         pixels: list[list[float]] | None = None,
+        draft: bool = False,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Prediction:
-        """Predict one digit: PNG/JPEG bytes (raw body or multipart `image`) or `pixels`."""
+        """Predict one digit: PNG/JPEG bytes (raw body or multipart `image`) or `pixels`.
+
+        A draft (`draft: true`, or `?draft=true`) is answered alike but not logged.
+        """
         started = time.perf_counter()
         try:
             _raise_problem(ctx)
             digit = self._digit(image if image is not None else pixels)
-            answer = self._predict(digit[None], self._pick(ctx), started)[0]
+            answer = self._predict(digit[None], self._pick(ctx), started, draft=draft)[0]
         except Exception as exc:  # every error becomes a response
             return self._error(ctx, "/predict", started, exc)
         self._observe("/predict", started)
@@ -205,7 +209,7 @@ class DigitService:
         started = time.perf_counter()
         try:
             _raise_problem(ctx)  # the bounds (label 0-9, id format, source) are the contract's
-            ref = self.ids.parse(prediction_id)
+            ref = self.ids.parse_for_feedback(prediction_id)
             record = FeedbackRecord(
                 prediction_id=prediction_id, label=label, ts=datetime.now(UTC), source=source
             )
@@ -301,7 +305,7 @@ class DigitService:
             raise BadRequest(f"{TRACK_HEADER} must be 'stable' or 'canary', got ''")
         return self.slots.pick(pinned)
 
-    def _predict(self, digits, picked, started: float) -> list[Prediction]:
+    def _predict(self, digits, picked, started: float, draft: bool = False) -> list[Prediction]:
         from contracts.records import PredictionRecord
 
         track, classifier = picked
@@ -311,7 +315,22 @@ class DigitService:
         latency_ms = (time.perf_counter() - started) * 1000
         answers = []
         for digit, probs, label in zip(digits, probabilities, labels, strict=True):
-            prediction_id = self.ids.new(track, classifier.version, int(label))
+            prediction_id = self.ids.new(track, classifier.version, int(label), draft=draft)
+            answers.append(
+                Prediction(
+                    prediction_id=prediction_id,
+                    label=int(label),
+                    probabilities=[round(float(p), 6) for p in probs],
+                    model_version=classifier.version,
+                    track=track,
+                    draft=draft,
+                )
+            )
+            if draft:
+                # A drawing in progress is no prediction: the log, its drift and quality, and
+                # the prediction metrics never see it.
+                self.metrics.drafts.labels(model_version=classifier.version, track=track).inc()
+                continue
             self.predictions_log.append(
                 PredictionRecord(
                     prediction_id=prediction_id,
@@ -327,14 +346,8 @@ class DigitService:
             self.metrics.predictions.labels(
                 label=str(label), model_version=classifier.version, track=track
             ).inc()
-            answers.append(
-                Prediction(
-                    prediction_id=prediction_id,
-                    label=int(label),
-                    probabilities=[round(float(p), 6) for p in probs],
-                    model_version=classifier.version,
-                    track=track,
-                )
+            self.metrics.confidence.labels(model_version=classifier.version, track=track).observe(
+                float(probs[label])
             )
         return answers
 

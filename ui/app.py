@@ -6,6 +6,12 @@ The handlers (:func:`predict_drawing`, :func:`send_feedback`, :func:`clear_drawi
 raise for anything the service or the person does, so tests call them without a browser.
 :func:`build_app` only lays out the components and maps those results onto them.
 
+Predictions made as the pen lifts are drafts: answered but not logged (a digit drawn in
+three strokes would otherwise be logged three times, partial strokes included, and read as
+drift). The drawing a person ends with is logged once, when they press Predict, give their
+answer, or clear the pad (:func:`logged_session`). When the model is unsure of the answer
+on screen, the app asks the person to check it (:mod:`ui.asking`).
+
 Gradio 6 notes: theme and css go to ``launch()`` (see :func:`launch`); a new 6.31 Sketchpad
 ignores strokes until its Brush tool is clicked, so a small script selects it on load and
 after each reset (``ui/assets/select_brush.js``); setting the pad's value from Python
@@ -14,6 +20,7 @@ leaves the editor unable to draw, so the canvas is emptied by its own clear butt
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import html
@@ -32,6 +39,7 @@ from PIL import Image
 from contracts.api import Prediction
 from model.preprocess import to_grey
 from services.client import DigitloopClient, ServiceError, ServiceUnavailable
+from ui.asking import ASKED_SOURCE, ask_text, should_ask
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -59,8 +67,13 @@ class Session:
         drawn: drawings predicted at least once (a digit re-predicted counts once).
         confirmed: answers the person said were right.
         corrected: answers the person corrected with the true digit.
-        current: the prediction on screen that feedback would refer to.
+        current: the prediction on screen that feedback would refer to; a draft until the
+            drawing is logged.
         digest: fingerprint of the drawing ``current`` was made from.
+        drawing: that drawing as PNG, sent again to log it when ``current`` is a draft.
+        logged: the logged prediction of this digit's drawing ``logged_digest``, if any.
+        logged_digest: fingerprint of the drawing ``logged`` was made from.
+        asked: whether the app asks the person to check ``current`` (the model is unsure).
         counted: whether the drawing on the pad is already counted in ``drawn``.
     """
 
@@ -69,6 +82,10 @@ class Session:
     corrected: int = 0
     current: Prediction | None = None
     digest: str | None = None
+    drawing: bytes | None = None
+    logged: Prediction | None = None
+    logged_digest: str | None = None
+    asked: bool = False
     counted: bool = False
 
     @property
@@ -197,6 +214,7 @@ def predict_drawing(
     session: Session,
     *,
     auto: bool = False,
+    ask_below: float | None = None,
 ) -> DrawResult:
     """Predict the digit on the pad.
 
@@ -204,37 +222,81 @@ def predict_drawing(
         client: the service's client.
         value: the Sketchpad's value.
         session: the person's session.
-        auto: True when a stroke just ended rather than Predict being pressed: an empty pad
-            then changes nothing (or clears a stale answer) instead of showing a hint.
+        auto: True when a stroke just ended rather than Predict being pressed: the answer
+            is a draft (not logged), and an empty pad changes nothing (or moves on from the
+            answer on screen, as :func:`clear_drawing`) instead of showing a hint.
+        ask_below: ask the person to check an answer less sure than this
+            (:func:`ui.asking.should_ask`); None never asks.
     """
     image = editor_image(value)
     if image is None:
         if not auto:
             return DrawResult(session, Notice("hint", EMPTY_HINT))
         if session.current is not None:
-            # The person emptied the pad with its own tools: the answer on screen is stale.
-            return clear_drawing(session, notice=None)
+            # The person emptied the pad with its own tools: they moved on from that drawing.
+            return clear_drawing(client, session)
         return DrawResult(session, skipped=True)
     digest = _digest(image)
-    if session.current is not None and session.digest == digest:
-        # The same drawing again (Predict after the stroke-end prediction): same answer,
-        # and no second record of it in the predictions log.
-        return DrawResult(session, skipped=auto)
     try:
-        prediction = client.predict(png_bytes(image))
-    except ServiceUnavailable as exc:
-        return DrawResult(
-            session,
-            Notice("error", f"{exc.message} Nothing was predicted; your drawing stays here."),
-        )
+        if session.current is not None and session.digest == digest:
+            if auto or not session.current.draft:
+                # The same drawing again (Predict after Predict, a stroke-end event without
+                # a change): the same answer, and no second record of it in the log.
+                return DrawResult(session, skipped=auto)
+            # Predict pressed on a draft: this drawing is final, log it once.
+            return DrawResult(_asking(logged_session(client, session), ask_below))
+        drawing = png_bytes(image)
+        if session.logged is not None and session.logged_digest == digest:
+            prediction = session.logged  # back to a drawing already logged (a stroke undone)
+        else:
+            prediction = client.predict(drawing, draft=auto)
     except ServiceError as exc:
         return DrawResult(session, _predict_problem(exc))
     drawn = session.drawn if session.counted else session.drawn + 1
-    new = replace(session, drawn=drawn, current=prediction, digest=digest, counted=True)
-    return DrawResult(new, None)
+    new = replace(
+        session, drawn=drawn, current=prediction, digest=digest, drawing=drawing, counted=True
+    )
+    if not prediction.draft:
+        new = replace(new, logged=prediction, logged_digest=digest)
+    return DrawResult(_asking(new, ask_below))
+
+
+def _asking(session: Session, ask_below: float | None) -> Session:
+    """The session, asking about its answer on screen when the model is unsure of it."""
+    current = session.current
+    asked = current is not None and ask_below is not None and should_ask(current, ask_below)
+    return replace(session, asked=asked)
+
+
+def logged_session(client: DigitloopClient, session: Session) -> Session:
+    """The session with the answer on screen logged: a draft's drawing is sent once more,
+    without draft, unless that very drawing was logged already.
+
+    The final request is pinned to the draft's track, so the model that answered on screen
+    answers again (the draft's track was the split's choice, so the log still follows the
+    split); if that track is gone (a canary removed meanwhile), the split chooses.
+
+    Raises:
+        ServiceError: the drawing could not be logged; the session is unchanged.
+    """
+    current = session.current
+    if current is None or not current.draft or session.drawing is None:
+        return session
+    if session.logged is not None and session.logged_digest == session.digest:
+        final = session.logged
+    else:
+        try:
+            final = client.predict(session.drawing, track=current.track)
+        except ServiceError as exc:
+            if exc.status != 400:
+                raise
+            final = client.predict(session.drawing)
+    return replace(session, current=final, logged=final, logged_digest=session.digest)
 
 
 def _predict_problem(exc: ServiceError) -> Notice:
+    if isinstance(exc, ServiceUnavailable):
+        return Notice("error", f"{exc.message} Nothing was predicted; your drawing stays here.")
     if exc.status == 422:  # empty or too small a drawing: the person can fix it
         return Notice("hint", _sentence(exc.message))
     if exc.status == 503:
@@ -248,18 +310,26 @@ def _predict_problem(exc: ServiceError) -> Notice:
 def send_feedback(client: DigitloopClient, session: Session, label: int | None) -> FeedbackResult:
     """Tell the service the true digit of the answer on screen.
 
+    A draft on screen is logged first (:func:`logged_session`) and the feedback is given on
+    the logged prediction; feedback given while the app asks carries source
+    :data:`~ui.asking.ASKED_SOURCE`, other feedback the client's (``ui``).
+
     Args:
         client: the service's client.
         session: the person's session; its ``current`` prediction is the one judged.
         label: the true digit, or None for "the answer is correct".
     """
-    prediction = session.current
-    if prediction is None:
+    shown = session.current
+    if shown is None:
         return FeedbackResult(session, Notice("hint", "Draw a digit and press Predict first."))
     # The service checks the label (the contract's bounds): a bad one answers 400, shown below.
-    true_label = prediction.label if label is None else int(label)
+    true_label = shown.label if label is None else int(label)
+    source = ASKED_SOURCE if session.asked else None
     try:
-        ack = client.feedback(prediction.prediction_id, true_label)
+        # Rebound first: should the feedback fail, a retry does not log the drawing again.
+        session = logged_session(client, session)
+        prediction = session.current or shown
+        ack = client.feedback(prediction.prediction_id, true_label, source=source)
     except ServiceUnavailable as exc:
         return FeedbackResult(
             session,
@@ -274,7 +344,7 @@ def send_feedback(client: DigitloopClient, session: Session, label: int | None) 
             )
         if exc.status == 404:
             return FeedbackResult(
-                replace(session, current=None, digest=None),
+                _next_digit(session, counted=session.counted),
                 Notice(
                     "error",
                     f"The service does not know this prediction ({exc.message}). "
@@ -297,13 +367,29 @@ def send_feedback(client: DigitloopClient, session: Session, label: int | None) 
     )
 
 
-def _next_digit(session: Session) -> Session:
-    return replace(session, current=None, digest=None, counted=False)
+def _next_digit(session: Session, counted: bool = False) -> Session:
+    """The session with no answer on screen nor drawing; ``counted`` keeps the pad's count."""
+    return replace(
+        session,
+        current=None,
+        digest=None,
+        drawing=None,
+        logged=None,
+        logged_digest=None,
+        asked=False,
+        counted=counted,
+    )
 
 
-def clear_drawing(session: Session, notice: Notice | None = None) -> DrawResult:
-    """Forget the answer on screen: the pad is about to be emptied for a new digit."""
-    return DrawResult(_next_digit(session), notice)
+def clear_drawing(client: DigitloopClient, session: Session) -> DrawResult:
+    """Forget the answer on screen: the pad is about to be emptied for a new digit.
+
+    A draft on screen is logged first: it answered the drawing the person ended with.
+    """
+    # Should that fail, the pad empties all the same: one drawing missing from the log.
+    with contextlib.suppress(ServiceError):
+        logged_session(client, session)
+    return DrawResult(_next_digit(session))
 
 
 def predict_files(
@@ -454,6 +540,14 @@ def top_probabilities(prediction: Prediction | None) -> dict[str, float] | None:
     return {str(digit): round(p, 4) for digit, p in prediction.top(TOP_K)}
 
 
+def ask_html(session: Session) -> str:
+    """The question when the app asks about the answer on screen; empty otherwise."""
+    if not session.asked or session.current is None:
+        return ""
+    text = html.escape(ask_text(session.current))
+    return f'<div class="dl-ask" role="status" aria-live="polite">{text}</div>'
+
+
 def answered_by_html(prediction: Prediction | None) -> str:
     if prediction is None:
         return '<div class="dl-small">Draw a digit: the answer appears here.</div>'
@@ -492,10 +586,12 @@ def _asset(name: str) -> str:
     return (ASSETS / name).read_text()
 
 
-def build_app(client: DigitloopClient) -> gr.Blocks:
+def build_app(client: DigitloopClient, ask_below: float | None = None) -> gr.Blocks:
     """The Blocks app: a Draw tab (sketchpad, answer, correction row, session) and a Batch tab.
 
-    Launch it with :func:`launch`, which adds the theme and css (Gradio 6 takes them there).
+    ``ask_below``: ask the person to check answers less sure than this
+    (:attr:`ui.settings.UISettings.ask_below_confidence`); None never asks. Launch the app
+    with :func:`launch`, which adds the theme and css (Gradio 6 takes them there).
     """
     import gradio as gr  # here, not at the top: the handlers are used without Gradio
 
@@ -540,6 +636,7 @@ def build_app(client: DigitloopClient) -> gr.Blocks:
             with gr.Column(scale=2, min_width=280):
                 message = gr.HTML(elem_id="message")
                 digit = gr.HTML(digit_html(None), elem_id="digit")
+                ask = gr.HTML(elem_id="ask")
                 probabilities = gr.Label(
                     num_top_classes=TOP_K,
                     label="Top probabilities",
@@ -591,7 +688,16 @@ def build_app(client: DigitloopClient) -> gr.Blocks:
             )
 
         feedback_buttons = [correct, *labels]
-        draw_outputs = [session, message, digit, probabilities, answered, panel, *feedback_buttons]
+        draw_outputs = [
+            session,
+            message,
+            digit,
+            ask,
+            probabilities,
+            answered,
+            panel,
+            *feedback_buttons,
+        ]
 
         def show(result: DrawResult) -> tuple[Any, ...]:
             if result.skipped:
@@ -601,6 +707,7 @@ def build_app(client: DigitloopClient) -> gr.Blocks:
                 result.session,
                 result.notice.html() if result.notice else "",
                 digit_html(current),
+                ask_html(result.session),
                 top_probabilities(current),
                 answered_by_html(current),
                 session_html(result.session),
@@ -608,15 +715,15 @@ def build_app(client: DigitloopClient) -> gr.Blocks:
             )
 
         def on_predict(value: Any, state: Session) -> tuple[Any, ...]:
-            return show(predict_drawing(client, value, state))
+            return show(predict_drawing(client, value, state, ask_below=ask_below))
 
         def on_stroke(value: Any, state: Session, enabled: bool) -> tuple[Any, ...]:
             if not enabled:
                 return tuple(gr.skip() for _ in draw_outputs)
-            return show(predict_drawing(client, value, state, auto=True))
+            return show(predict_drawing(client, value, state, auto=True, ask_below=ask_below))
 
         def on_clear(state: Session) -> tuple[Any, ...]:
-            return (*show(clear_drawing(state)), uuid.uuid4().hex)
+            return (*show(clear_drawing(client, state)), uuid.uuid4().hex)
 
         def on_feedback(label: int | None):
             def handler(state: Session) -> tuple[Any, ...]:

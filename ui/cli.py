@@ -67,7 +67,8 @@ def ui(
         highlight=False,
     )
     try:
-        launch(build_app(client), settings.ui_host, settings.ui_port, share=share)
+        app = build_app(client, ask_below=settings.ask_below_confidence)
+        launch(app, settings.ui_host, settings.ui_port, share=share)
     except OSError as exc:  # the port is taken, or the address is not this machine's
         problem = str(exc)
         if "empty port" in problem:

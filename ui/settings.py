@@ -24,6 +24,13 @@ class UISettings(ServiceUrlSettings):
         description="Address the app listens on; 0.0.0.0 accepts other machines.",
     )
     ui_port: int = Field(default=7860, ge=1, le=65535, description="Port the app listens on.")
+    ask_below_confidence: float = Field(
+        default=0.8,
+        ge=0,
+        description="Ask the person to check an answer whose top probability is below this "
+        "(0 never asks; above 1 always asks): the sketchpad says it is unsure and asks for "
+        "the right digit, and feedback given then carries source `sketchpad-asked`.",
+    )
     request_timeout_s: float = Field(
         default=DEFAULT_TIMEOUT_S,
         gt=0,

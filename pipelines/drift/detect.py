@@ -35,8 +35,10 @@ default.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,19 @@ from torch import nn
 from contracts.errors import DatasetError
 from contracts.settings import DigitloopEnv
 from model.registry import ModelVersionInfo
-from pipelines.drift.features import CLASS_COLUMN, featurise
+from pipelines.drift.adapted import (
+    TrafficReader,
+    adapted_reference_path,
+    mixture,
+    mixture_grid,
+    training_range,
+)
+from pipelines.drift.columns import ColumnTests
+from pipelines.drift.features import CLASS_COLUMN, feature_frame, featurise, model_outputs
 from pipelines.drift.reference import (
     Reference,
     ReferenceSpec,
+    cached_reference,
     load_or_build_reference,
     reference_path,
 )
@@ -112,11 +123,33 @@ class DriftSettings(DigitloopEnv):
     drift_embedding_components: int = Field(
         default=4, ge=0, le=16, description="Principal components of the embedding compared."
     )
+    drift_adapted_reference_size: int = Field(
+        default=400,
+        ge=0,
+        description="A champion fine-tuned on feedback is also judged against this many of "
+        "the newest predictions of its training range that it was not trained on (fewer "
+        "than drift_window_min: MNIST alone); 0: every champion against MNIST alone.",
+    )
+    drift_mixture_steps: int = Field(
+        default=10,
+        ge=1,
+        description="A fine-tuned champion's window drifts only if it drifts against MNIST, "
+        "its adapted traffic and every mix of the two in this many equal steps (1: the two "
+        "alone). Mixes let traffic of both populations at once pass.",
+    )
 
     def reference_spec(self) -> ReferenceSpec:
         return ReferenceSpec(
             size=self.drift_reference_size,
             seed=self.drift_reference_seed,
+            n_components=self.drift_embedding_components,
+        )
+
+    def adapted_spec(self) -> ReferenceSpec:
+        """The adapted reference's: the newest traffic, not a random draw (no seed)."""
+        return ReferenceSpec(
+            size=self.drift_adapted_reference_size,
+            seed=0,
             n_components=self.drift_embedding_components,
         )
 
@@ -197,6 +230,23 @@ class DriftResult:
         }
 
 
+def combine(detected: Sequence[bool], scores: Sequence[float]) -> tuple[bool, float, int]:
+    """The rule over several references: drifted only if drifted against every one.
+
+    Returns the verdict, its score (the smallest share of drifted columns: the verdict is
+    "score >= threshold" exactly as for one reference, since each reference's verdict is its
+    share reaching the threshold) and the index of the nearest reference (smallest score,
+    the first on ties), whose columns explain the verdict.
+
+    Raises:
+        ValueError: no references, or verdicts and scores of different lengths.
+    """
+    if not detected or len(detected) != len(scores):
+        raise ValueError(f"need one verdict per score, got {len(detected)} and {len(scores)}")
+    nearest = min(range(len(scores)), key=lambda i: scores[i])
+    return all(detected), float(scores[nearest]), nearest
+
+
 def model_reference(
     net: nn.Module,
     info: ModelVersionInfo,
@@ -215,6 +265,67 @@ def model_reference(
     )
 
 
+def adapted_reference(
+    net: nn.Module,
+    info: ModelVersionInfo,
+    mnist: Reference,
+    traffic: TrafficReader,
+    data_dir: Path,
+    settings: DriftSettings,
+) -> Reference | None:
+    """The traffic a fine-tuned version was adapted to, as a reference; None if it has none.
+
+    Featurised with ``mnist``'s embedding summary, so the two share their columns and mix
+    (:func:`detect_drift_adapted`). Cached per version beside the MNIST reference; the store
+    is read (``traffic``) only to build it. None for a version trained on MNIST only, when
+    ``drift_adapted_reference_size`` is 0, or when its range holds fewer images than
+    ``drift_window_min``.
+    """
+    trained = training_range(info)
+    size = settings.drift_adapted_reference_size
+    if trained is None or size == 0:
+        return None
+    spec = settings.adapted_spec()
+    # The summary is part of the key: features in another summary's coordinates are wrong.
+    source = f"{trained.source}; summary {mnist.summary.fingerprint()}"
+
+    def build() -> Reference | None:
+        images = traffic(trained, size)
+        if len(images) < settings.drift_window_min:
+            log.warning(
+                "version %s: %d images of the traffic it was adapted to (%s), fewer than "
+                "drift_window_min=%d; judging it against MNIST alone",
+                info.version,
+                len(images),
+                trained.source,
+                settings.drift_window_min,
+            )
+            return None
+        features = feature_frame(images, model_outputs(net, images), mnist.summary)
+        return Reference(features, mnist.summary, spec, info.version, info.run_id, source=source)
+
+    return cached_reference(
+        adapted_reference_path(data_dir, info.name, info.version),
+        spec,
+        info.version,
+        info.run_id,
+        source,
+        build,
+    )
+
+
+def column_tests(columns: Sequence[str], settings: DriftSettings) -> ColumnTests:
+    """The per-column tests :func:`check_drift` runs, to call without Evidently's report."""
+    methods, thresholds = {}, {}
+    for column in columns:
+        default = settings.drift_cat_method if column == CLASS_COLUMN else settings.drift_num_method
+        methods[column] = settings.drift_per_column_method.get(column, default)
+        thresholds[column] = settings.drift_per_column_threshold.get(
+            column, settings.drift_column_threshold
+        )
+    return ColumnTests.of(methods, thresholds, settings.drift_threshold)
+
+
 def check_drift(
     current: pd.DataFrame, reference: Reference, settings: DriftSettings | None = None
 ) -> DriftResult:
@@ -228,11 +339,7 @@ def check_drift(
     from evidently.presets import DataDriftPreset
 
     settings = settings or DriftSettings()
-    if len(current) < settings.drift_window_min:
-        raise WindowTooSmallError(
-            f"the window holds {len(current)} images; a drift check needs at least "
-            f"{settings.drift_window_min} (DIGITLOOP_DRIFT_WINDOW_MIN)"
-        )
+    _check_window(len(current), settings)
     columns = list(reference.features.columns)
     missing = [c for c in columns if c not in current.columns]
     if missing:
@@ -268,12 +375,109 @@ def detect_drift(
 ) -> DriftResult:
     """The drift step on (N, 28, 28) uint8 images as the service logs them."""
     settings = settings or DriftSettings()
-    if len(images) < settings.drift_window_min:
+    _check_window(len(images), settings)
+    return check_drift(featurise(net, images, reference.summary), reference, settings)
+
+
+@dataclass(frozen=True)
+class MixtureDrift:
+    """A fine-tuned champion's window against MNIST, its adapted traffic and their mixes.
+
+    ``result`` is Evidently's check against the nearest mix: the verdict and the report.
+    ``mnist`` is the check against MNIST alone, what the window looks like to the champion's
+    original reference. ``scores`` holds each mix's share of drifted columns (from
+    :class:`~pipelines.drift.columns.ColumnTests`), keyed by its adapted share.
+    """
+
+    result: DriftResult
+    mnist: DriftResult
+    nearest_share: float
+    scores: dict[float, float]
+
+    @property
+    def drift_detected(self) -> bool:
+        return self.result.drift_detected
+
+    @property
+    def drift_score(self) -> float:
+        return self.result.drift_score
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return self.result.drifted_columns
+
+    @property
+    def n_current(self) -> int:
+        return self.result.n_current
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **self.result.as_dict(),
+            "nearest_adapted_share": self.nearest_share,
+            "mixture_scores": {f"{share:g}": score for share, score in self.scores.items()},
+            "mnist": self.mnist.as_dict(),
+        }
+
+    def report_files(self) -> dict[str, bytes]:
+        """The nearest mix's report as ``drift_report.*``, MNIST's as ``drift_report_mnist.*``;
+        the JSON of the first also holds every mix's score and the MNIST verdict."""
+        evidently = self.result.snapshot.dict() if self.result.snapshot is not None else None
+        document = {"result": self.as_dict(), "evidently": evidently}
+        files = {
+            "drift_report.html": self.result.report_html().encode(),
+            "drift_report.json": json.dumps(document, default=_jsonable).encode(),
+        }
+        for name, data in self.mnist.report_files().items():
+            files[name.replace("drift_report", "drift_report_mnist")] = data
+        return files
+
+
+def detect_drift_adapted(
+    net: nn.Module,
+    images: np.ndarray,
+    mnist: Reference,
+    adapted: Reference,
+    settings: DriftSettings | None = None,
+) -> MixtureDrift:
+    """The drift step for a fine-tuned champion: drifted only if drifted against every mix.
+
+    The mixes run from MNIST alone to the adapted traffic alone in ``drift_mixture_steps``
+    steps; each is scored with the per-column tests, and Evidently then checks the window
+    against the nearest one (smallest share of drifted columns, MNIST first on ties): the
+    window is drifted exactly when it is drifted against that one, so against all
+    (:func:`combine`).
+    """
+    settings = settings or DriftSettings()
+    _check_window(len(images), settings)
+    features = featurise(net, images, mnist.summary)
+    tests = column_tests(list(mnist.features.columns), settings)
+    window = tests.matrix(features)
+    mixes = {
+        share: mixture(mnist.features, adapted.features, share, settings.drift_reference_seed)
+        for share in mixture_grid(settings.drift_mixture_steps)
+    }
+    verdicts = [tests.check(window, tests.matrix(rows)) for rows in mixes.values()]
+    _, _, nearest = combine([v.drift_detected for v in verdicts], [v.drift_score for v in verdicts])
+    share = list(mixes)[nearest]
+    reference = dataclasses.replace(
+        adapted, features=mixes[share], source=f"{adapted.source}; {share:.0%} adapted"
+    )
+    result = check_drift(features, reference, settings)
+    plain = result if share == 0.0 else check_drift(features, mnist, settings)
+    return MixtureDrift(
+        result=result,
+        mnist=plain,
+        nearest_share=share,
+        scores={s: v.drift_score for s, v in zip(mixes, verdicts, strict=True)},
+    )
+
+
+def _check_window(n: int, settings: DriftSettings) -> None:
+    if n < settings.drift_window_min:
         raise WindowTooSmallError(
-            f"the window holds {len(images)} images; a drift check needs at least "
+            f"the window holds {n} images; a drift check needs at least "
             f"{settings.drift_window_min} (DIGITLOOP_DRIFT_WINDOW_MIN)"
         )
-    return check_drift(featurise(net, images, reference.summary), reference, settings)
 
 
 def _result(

@@ -12,6 +12,7 @@ of numpy plus one forward pass of the network.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,14 @@ class EmbeddingSummary:
     @property
     def n_components(self) -> int:
         return int(self.components.shape[0])
+
+    def fingerprint(self) -> str:
+        """A short hash of the fitted arrays: equal exactly when the map is the same."""
+        digest = hashlib.sha256()
+        for array in (self.mean, self.components, self.centroids):
+            digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+            digest.update(str(array.shape).encode())
+        return digest.hexdigest()[:16]
 
     def project(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, K) coordinates along the reference's principal components."""

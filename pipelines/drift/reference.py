@@ -16,7 +16,9 @@ guessed:
 
 A reference is saved as one ``.npz`` (feature columns, the fitted
 :class:`~pipelines.drift.features.EmbeddingSummary`, and what it was built from) so the
-pipeline builds it once per model version and reuses it.
+pipeline builds it once per model version and reuses it. A fine-tuned version also gets a
+second one, built from the traffic it was adapted to (:mod:`pipelines.drift.adapted`); its
+``source`` names that traffic.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Bump when a feature's definition changes: references saved before are rebuilt.
 FEATURES_VERSION = 1
+# What a reference drawn from MNIST test says it was built from.
+MNIST_SOURCE = "mnist-test"
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Reference:
     model_version: str | None = None
     model_run_id: str | None = None
     features_version: int = FEATURES_VERSION
+    source: str = MNIST_SOURCE  # what the images were: MNIST test, or a range of traffic
 
     @property
     def meta(self) -> dict[str, object]:
@@ -74,12 +80,17 @@ class Reference:
             "model_version": self.model_version,
             "model_run_id": self.model_run_id,
             "features_version": self.features_version,
+            "source": self.source,
             "columns": list(self.features.columns),
             "n": len(self.features),
         }
 
     def matches(
-        self, spec: ReferenceSpec, model_version: str | None, model_run_id: str | None
+        self,
+        spec: ReferenceSpec,
+        model_version: str | None,
+        model_run_id: str | None,
+        source: str = MNIST_SOURCE,
     ) -> bool:
         """Whether this reference was built the way a caller now asks for."""
         return (
@@ -87,6 +98,7 @@ class Reference:
             and self.model_version == model_version
             and self.model_run_id == model_run_id
             and self.features_version == FEATURES_VERSION
+            and self.source == source
         )
 
 
@@ -112,6 +124,7 @@ def build_reference(
     spec: ReferenceSpec = ReferenceSpec(),
     model_version: str | None = None,
     model_run_id: str | None = None,
+    source: str = MNIST_SOURCE,
 ) -> Reference:
     """Featurise (N, 28, 28) uint8 images, already as the service logs them, as a reference.
 
@@ -130,6 +143,7 @@ def build_reference(
         spec=spec,
         model_version=model_version,
         model_run_id=model_run_id,
+        source=source,
     )
 
 
@@ -189,6 +203,8 @@ def load_reference(path: Path) -> Reference:
         model_version=meta["model_version"],
         model_run_id=meta["model_run_id"],
         features_version=int(meta["features_version"]),
+        # References saved before sources were recorded were all drawn from MNIST test.
+        source=str(meta.get("source", MNIST_SOURCE)),
     )
 
 
@@ -200,17 +216,46 @@ def load_or_build_reference(
     model_version: str | None = None,
     model_run_id: str | None = None,
 ) -> Reference:
-    """The reference cached at ``path`` if it matches, else a new one, saved there."""
+    """The MNIST reference cached at ``path`` if it matches, else a new one, saved there."""
+    reference = cached_reference(
+        path,
+        spec,
+        model_version,
+        model_run_id,
+        MNIST_SOURCE,
+        build=lambda: mnist_reference(net, mnist_test, spec, model_version, model_run_id),
+    )
+    if reference is None:  # mnist_reference always builds one
+        raise RuntimeError(f"no MNIST drift reference for {path}")
+    return reference
+
+
+def cached_reference(
+    path: Path,
+    spec: ReferenceSpec,
+    model_version: str | None,
+    model_run_id: str | None,
+    source: str,
+    build: Callable[[], Reference | None],
+) -> Reference | None:
+    """The reference cached at ``path`` if it was built this way, else ``build()``, saved.
+
+    ``build`` may return None (nothing to build it from): nothing is saved then, so a later
+    call tries again.
+    """
     if path.is_file():
         try:
             cached = load_reference(path)
         except DatasetError as exc:
             log.warning("rebuilding the drift reference: %s", exc)
         else:
-            if cached.matches(spec, model_version, model_run_id):
+            if cached.matches(spec, model_version, model_run_id, source):
                 return cached
-            log.info("drift reference at %s is for another model or spec; rebuilding", path)
-    reference = mnist_reference(net, mnist_test, spec, model_version, model_run_id)
-    save_reference(reference, path)
-    log.info("drift reference (%d MNIST test digits) saved to %s", len(reference.features), path)
+            log.info("drift reference at %s is for another model, spec or source; rebuilding", path)
+    reference = build()
+    if reference is not None:
+        save_reference(reference, path)
+        log.info(
+            "drift reference (%d images of %s) saved to %s", len(reference.features), source, path
+        )
     return reference

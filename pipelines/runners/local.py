@@ -17,11 +17,11 @@ from rich.console import Console
 from pipelines.dag import ORDER, should_run
 from pipelines.outputs import (
     AnalyseOutput,
+    AnswerQuality,
     CanaryOutput,
     CollectOutput,
     DecideOutput,
     DriftOutput,
-    LiveAccuracy,
     QualityOutput,
     RetrainOutput,
     RunOutputs,
@@ -55,6 +55,21 @@ def run_once(ctx: LoopContext, console: Console | None = None) -> dict[str, Any]
     return summary.model_dump(mode="json")
 
 
+def quality_line(quality: AnswerQuality) -> str:
+    """Answers, what people said of them, and the label-free estimate."""
+    parts = [f"{quality.answers} answers"]
+    if quality.labelled:
+        parts.append(
+            f"{quality.confirmed} confirmed, {quality.corrected} corrected "
+            f"(labelled accuracy {quality.labelled_accuracy:.3f})"
+        )
+    else:
+        parts.append("no labels")
+    if quality.estimated_accuracy is not None:
+        parts.append(f"estimated accuracy {quality.estimated_accuracy:.3f}")
+    return ", ".join(parts)
+
+
 def outcome(output: StepOutput) -> str:
     """One line of what a step found, for the console."""
     match output:
@@ -65,10 +80,8 @@ def outcome(output: StepOutput) -> str:
                 f"({c.pending} pending, {c.orphaned} orphaned); "
                 f"stable v{output.stable_version}{canary}"
             )
-        case QualityOutput(overall=LiveAccuracy(accuracy=float(accuracy), n=n)):
-            return f"live accuracy {accuracy:.3f} on {n}"
-        case QualityOutput():
-            return "no labels"
+        case QualityOutput(overall=quality):
+            return quality_line(quality)
         case DriftOutput(skipped=str(why)):
             return f"skipped: {why}"
         case DriftOutput():

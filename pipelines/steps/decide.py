@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.decisions import Tally, decide
+from pipelines.decisions import decide
 from pipelines.outputs import CollectOutput, DecideOutput, DriftOutput, QualityOutput
 from pipelines.steps.context import LoopContext
 
@@ -13,14 +13,12 @@ def step_decide(
     """Retrain? (DESIGN.md's rule; never while a canary is being judged)."""
     if collect.canary_active:
         return DecideOutput(retrain=False, reasons=("a canary is being judged",))
-    live = Tally(quality.overall.n, quality.overall.correct)
-    by_class = {label: Tally(t.n, t.correct) for label, t in quality.by_class.items()}
     decision = decide(
         collect.counts.joined,
         drift.drift_detected,
         drift.drift_score,
-        live,
-        by_class,
+        quality.overall,
+        quality.by_answer,
         ctx.decisions,
     )
     return DecideOutput(retrain=decision.retrain, reasons=tuple(decision.reasons))

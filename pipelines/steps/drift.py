@@ -1,24 +1,54 @@
 """Drift: Evidently's check of the latest predictions against the champion's reference.
 
+A champion trained on MNIST only is judged against MNIST. One fine-tuned on feedback is
+judged against MNIST, the traffic it was adapted to, and mixes of the two
+(:func:`~pipelines.drift.detect.detect_drift_adapted`): traffic it was built or adapted for
+is no reason to retrain it.
+
 A window with too few predictions is no verdict: the step says why and reports no drift.
 The report (HTML and JSON) goes to the store under ``reports/<run_id>/``.
 """
 
 from __future__ import annotations
 
-from pipelines.drift.detect import WindowTooSmallError, detect_drift, model_reference
+import numpy as np
+
+from pipelines.drift.adapted import TrainingRange, adapted_rows
+from pipelines.drift.detect import (
+    WindowTooSmallError,
+    adapted_reference,
+    detect_drift,
+    detect_drift_adapted,
+    model_reference,
+)
 from pipelines.outputs import CollectOutput, DriftOutput
 from pipelines.steps.context import LoopContext
 
 
 def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
-    """Evidently drift of the latest predictions against the champion's reference."""
+    """Evidently drift of the latest predictions against the champion's reference(s)."""
     window = ctx.window(collect.since, collect.until)
     recent = window.predictions.tail(ctx.loop.drift_window)
     net, info = ctx.registry.load(collect.stable_version)
     reference = model_reference(net, info, ctx.mnist.x_test, ctx.model.data_dir, ctx.drift)
+
+    def traffic(trained: TrainingRange, size: int) -> np.ndarray:
+        adapted = ctx.window(trained.since, trained.end)
+        return adapted.images(adapted_rows(adapted.predictions, adapted.labelled, trained, size))
+
+    adapted = adapted_reference(net, info, reference, traffic, ctx.model.data_dir, ctx.drift)
+    images = window.images(recent)
+    adapted_fields: dict[str, object] = {}
     try:
-        result = detect_drift(net, window.images(recent), reference, ctx.drift)
+        if adapted is None:
+            result = detect_drift(net, images, reference, ctx.drift)
+        else:
+            result = mixed = detect_drift_adapted(net, images, reference, adapted, ctx.drift)
+            adapted_fields = {
+                "nearest_adapted_share": mixed.nearest_share,
+                "mnist_drift_score": mixed.mnist.drift_score,
+                "mixture_scores": mixed.scores,
+            }
     except WindowTooSmallError as exc:
         return DriftOutput(drift_detected=False, drift_score=0.0, skipped=str(exc))
     for name, data in result.report_files().items():
@@ -27,10 +57,13 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
             data,
             "text/html" if name.endswith(".html") else "application/json",
         )
-    return DriftOutput(
-        drift_detected=result.drift_detected,
-        drift_score=result.drift_score,
-        drifted_columns=tuple(result.drifted_columns),
-        n_current=result.n_current,
-        report=f"reports/{ctx.run_id}/drift_report.html",
+    return DriftOutput.model_validate(
+        {
+            "drift_detected": result.drift_detected,
+            "drift_score": result.drift_score,
+            "drifted_columns": tuple(result.drifted_columns),
+            "n_current": result.n_current,
+            "report": f"reports/{ctx.run_id}/drift_report.html",
+            **adapted_fields,
+        }
     )

@@ -36,8 +36,9 @@ def summarise(run_id: str, outputs: RunOutputs) -> Summary:
         reasons=reasons,
         drift_detected=outputs.drift.drift_detected if outputs.drift else None,
         drift_score=outputs.drift.drift_score if outputs.drift else None,
-        live_accuracy=overall.accuracy if overall else None,
-        labelled=overall.n if overall else None,
+        live_accuracy=overall.labelled_accuracy if overall else None,
+        estimated_accuracy=overall.estimated_accuracy if overall else None,
+        labelled=overall.labelled if overall else None,
         challenger=outputs.retrain.challenger if outputs.retrain else None,
         canary=outputs.canary.canary if outputs.canary else None,
         mlflow_run_id=outputs.retrain.mlflow_run_id if outputs.retrain else None,
@@ -68,6 +69,7 @@ def _log_to_mlflow(ctx: LoopContext, summary: Summary, outputs: RunOutputs) -> N
             for name, value in (
                 ("drift_score", summary.drift_score),
                 ("live_accuracy", summary.live_accuracy),
+                ("estimated_accuracy", summary.estimated_accuracy),
             )
             if value is not None
         }

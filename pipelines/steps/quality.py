@@ -1,59 +1,69 @@
-"""Quality: live accuracy from joined feedback, overall, per model version and track, per class."""
+"""Quality: how the answers fared, overall, per model version and track, per digit.
+
+People label a minority of answers, and many only correct wrong ones, so three figures
+are kept apart: the accuracy over labelled answers, the corrected share of all answers
+(a floor on the error rate, however people label), and a label-free estimate from the
+model's calibrated probabilities (:func:`model.calibration.expected_accuracy`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import numpy as np
 import pandas as pd
 
-from pipelines.decisions import Tally
-from pipelines.outputs import CollectOutput, LiveAccuracy, QualityOutput
+from model.calibration import expected_accuracy
+from pipelines.outputs import AnswerQuality, CollectOutput, LiveAccuracy, QualityOutput
 from pipelines.steps.context import LoopContext
 
 
-@dataclass(frozen=True)
-class QualityReport:
-    overall: Tally
-    by_track: dict[tuple[str, str], Tally]  # (model_version, track) -> tally
-    by_class: dict[int, Tally]  # true label -> tally
-
-    def output(self) -> QualityOutput:
-        def accuracy(t: Tally) -> LiveAccuracy:
-            return LiveAccuracy(n=t.n, correct=t.correct)
-
-        return QualityOutput(
-            overall=accuracy(self.overall),
-            by_track={
-                f"{track}:v{version}": accuracy(t)
-                for (version, track), t in sorted(self.by_track.items())
-            },
-            by_class={c: accuracy(t) for c, t in sorted(self.by_class.items())},
-        )
-
-    def track(self, track: str, version: str | None = None) -> Tally:
-        """The tally of one track (and version, if given), summed over what matches."""
-        n = correct = 0
-        for (v, t), tally in self.by_track.items():
-            if t == track and (version is None or v == version):
-                n, correct = n + tally.n, correct + tally.correct
-        return Tally(n, correct)
-
-
-def quality(labelled: pd.DataFrame) -> QualityReport:
-    """Tally right and wrong answers of labelled predictions (``label`` vs ``true_label``)."""
-    if labelled.empty:
-        return QualityReport(Tally(0, 0), {}, {})
+def answer_quality(answers: pd.DataFrame, labelled: pd.DataFrame) -> AnswerQuality:
+    """The quality of ``answers`` (logged predictions), given the ``labelled`` ones among them."""
     right = labelled["label"] == labelled["true_label"]
+    probabilities = (
+        np.stack(answers["probabilities"].to_numpy()) if len(answers) else np.zeros((0, 10))
+    )
+    return AnswerQuality(
+        answers=len(answers),
+        confirmed=int(right.sum()),
+        corrected=int((~right).sum()),
+        estimated_accuracy=expected_accuracy(probabilities) if len(answers) else None,
+    )
 
-    def tallies(keys) -> dict:
-        grouped = right.groupby(keys).agg(["size", "sum"])
-        return {key: Tally(int(n), int(c)) for key, (n, c) in grouped.iterrows()}
 
-    by_track = tallies([labelled["model_version"].astype(str), labelled["track"].astype(str)])
-    by_class = {int(k): v for k, v in tallies(labelled["true_label"]).items()}
-    return QualityReport(Tally(len(labelled), int(right.sum())), by_track, by_class)
+def quality(predictions: pd.DataFrame, labelled: pd.DataFrame) -> QualityOutput:
+    """Quality of a window: ``predictions`` are its answers, ``labelled`` its labelled answers
+    (``label`` as answered, ``true_label`` as people said)."""
+    predictions = _keyed(predictions)
+    # Feedback of the window may label an older answer: it counts where its answer does.
+    labelled = _keyed(labelled[labelled["prediction_id"].isin(predictions["prediction_id"])])
+
+    def grouped(key: str) -> dict:
+        return {
+            value: answer_quality(group, labelled[labelled[key] == value])
+            for value, group in predictions.groupby(key, sort=True)
+        }
+
+    by_class = {
+        int(digit): LiveAccuracy(n=len(group), correct=int((group["label"] == digit).sum()))
+        for digit, group in labelled.groupby("true_label", sort=True)
+    }
+    return QualityOutput(
+        overall=answer_quality(predictions, labelled),
+        by_track=grouped("served_by"),
+        by_answer={int(k): v for k, v in grouped("label").items()},
+        by_class=by_class,
+    )
+
+
+def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``served_by`` = ``<track>:v<version>`` and integer labels."""
+    frame = frame.copy()
+    frame["served_by"] = frame["track"].astype(str) + ":v" + frame["model_version"].astype(str)
+    frame["label"] = frame["label"].astype(int)
+    return frame
 
 
 def step_quality(ctx: LoopContext, collect: CollectOutput) -> QualityOutput:
-    """Live accuracy and per-class error rates, per model version and track."""
-    return quality(ctx.window(collect.since, collect.until).labelled).output()
+    """Labelled accuracy, corrected share and label-free estimate, per track and digit."""
+    window = ctx.window(collect.since, collect.until)
+    return quality(window.predictions, window.labelled)

@@ -88,6 +88,29 @@ def retrain(
     """Fine-tune the champion on MNIST + the training part of the feedback; register it."""
     base = mnist.limit(n_train=settings.retrain_mnist_limit)
     config = TrainConfig(epochs=settings.retrain_epochs, max_lr=1e-3, seed=0)
+    extra_share = settings.retrain_extra_share
+    searched: dict[str, object] = {}
+    if settings.retrain_trials:
+        from model.tune import MIN_FEEDBACK_TO_SEARCH, Budget, TrialRuns, search_fine_tune
+
+        if len(split.train_y) >= MIN_FEEDBACK_TO_SEARCH:
+            # Scored on the newest training feedback, never on the gate's holdout; the
+            # chosen configuration is then refit on all of the training feedback below.
+            search = search_fine_tune(
+                champion,
+                base.x_train,
+                base.y_train.astype(np.int64),
+                split.train_x,
+                split.train_y,
+                config,
+                extra_share,
+                Budget(settings.retrain_trials, settings.retrain_search_seconds),
+                TrialRuns(registry.client, registry.experiment_id, f"tune-{run_id}"),
+            )
+            config, extra_share = search.config, search.extra_share
+            searched = {"search_run_id": search.parent_run_id, "search_trials": len(search.trials)}
+        else:
+            log.info("%d labelled images: too few to search, defaults", len(split.train_y))
     result = fine_tune(
         champion,
         base.x_train,
@@ -95,7 +118,7 @@ def retrain(
         split.train_x,
         split.train_y,
         config,
-        extra_share=settings.retrain_extra_share,
+        extra_share=extra_share,
     )
     mnist_test = evaluate(result.net, mnist.x_test, mnist.y_test)
     holdout = (
@@ -117,12 +140,14 @@ def retrain(
             result,
             mnist_test,
             training_data,
-            extra_params={"extra_share": settings.retrain_extra_share},
+            extra_params={"extra_share": extra_share, **searched},
             parent_version=champion_info.version,
             extra_metrics=extra,
             run_name=f"retrain-{run_id}",
         ),
     )
+    if searched:
+        registry.client.set_tag(str(searched["search_run_id"]), "registered_version", info.version)
     log.info("registered challenger version %s (parent %s)", info.version, champion_info.version)
     return RetrainResult(info, mnist_test, holdout.accuracy if holdout else float("nan"))
 

@@ -103,8 +103,11 @@ def page(browser):
 
 
 @contextmanager
-def run_ui(service_url: str, workdir: Path, timeout: float = 90) -> Iterator[str]:
-    """Serve the app on 127.0.0.1 in a child process, in front of ``service_url``."""
+def run_ui(service_url: str, workdir: Path, timeout: float = 90, **settings: str) -> Iterator[str]:
+    """Serve the app on 127.0.0.1 in a child process, in front of ``service_url``.
+
+    ``settings``: more DIGITLOOP_* variables for the app, e.g. its asking threshold.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = clean_env(
@@ -112,6 +115,7 @@ def run_ui(service_url: str, workdir: Path, timeout: float = 90) -> Iterator[str
         DIGITLOOP_REQUEST_TIMEOUT_S="10",
         GRADIO_ANALYTICS_ENABLED="False",
         GRADIO_TEMP_DIR=str(workdir / "gradio"),
+        **settings,
     )
     log_path = workdir / "ui.log"
     with log_path.open("w") as log:
@@ -141,6 +145,14 @@ def served(sketch_service: Service) -> Service:
 @pytest.fixture(scope="module")
 def ui_url(served: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with run_ui(served.url, tmp_path_factory.mktemp("ui")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def ui_always_asks(served: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app asking about every answer: no top probability is below 1.01."""
+    workdir = tmp_path_factory.mktemp("ui-asks")
+    with run_ui(served.url, workdir, DIGITLOOP_ASK_BELOW_CONFIDENCE="1.01") as url:
         yield url
 
 

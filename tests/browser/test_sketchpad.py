@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from services.store.backends import LocalStore
+from services.store.readers import read_predictions
 from tests.serving import Service
+from ui.asking import ASKED_SOURCE
 
 pytestmark = pytest.mark.browser
 
@@ -94,6 +98,38 @@ def wait_idle(page, timeout: float = 20) -> None:
     )
 
 
+def logged(served: Service, since: datetime | None = None) -> set[str]:
+    """The ids in the service's predictions log (flushed every second in the tests)."""
+    return set(read_predictions(LocalStore(served.store_dir), since=since)["prediction_id"])
+
+
+def wait_logged(served: Service, prediction_id: str, timeout: float = 20) -> set[str]:
+    """Every logged id, once ``prediction_id`` is among them (the log is flushed in order)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = logged(served)
+        if prediction_id in ids:
+            return ids
+        time.sleep(0.2)
+    raise AssertionError(f"{prediction_id} never reached the predictions log")
+
+
+def new_feedback(served: Service, before: set[str], timeout: float = 10) -> dict[str, dict]:
+    """The feedback records that are not among ``before``, once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = {pid: r for pid, r in served.feedback_records().items() if pid not in before}
+        if new:
+            return new
+        time.sleep(0.1)
+    raise AssertionError("no new feedback record in the store")
+
+
+def asking(page) -> bool:
+    """Whether the app asks the person to check the answer on screen."""
+    return page.locator("#ask .dl-ask").count() > 0
+
+
 def open_app(page, url: str) -> None:
     page.goto(url)
     page.locator("#sketchpad canvas").first.wait_for(state="visible")
@@ -109,16 +145,22 @@ def test_draw_predict_and_correct(page, ui_url: str, served: Service, artifacts:
     draw(page, ONE)
     _, auto_id = settled_answer(page)
     page.click("#predict")
-    digit, one_id = settled_answer(page)
+    # The stroke's end answered a draft; Predict logs the drawing and shows that answer.
+    digit, one_id = settled_answer(page, not_ids=(auto_id,))
     assert digit == "1"
-    assert one_id == auto_id  # Predict on the same drawing: the same answer, no second record
+    assert auto_id.startswith("draft.") and not one_id.startswith("draft.")
+    page.click("#predict")  # the same drawing again: the same answer, no second record
+    wait_idle(page)
+    assert prediction_id(page) == one_id
     assert "model version 1 on the stable track" in page.locator("#answered-by").inner_text()
     page.locator("#probabilities").get_by_text("1", exact=True).first.wait_for()
 
+    source = ASKED_SOURCE if asking(page) else "ui"  # the model may be unsure of a mouse's 1
     page.click("#correct")
     wait_for_message(page, r"^Thanks! Recorded that 1 was right\. Draw the next digit\.$")
     record = served.wait_for_feedback(one_id)
-    assert (record["prediction_id"], record["label"], record["source"]) == (one_id, 1, "ui")
+    assert (record["prediction_id"], record["label"], record["source"]) == (one_id, 1, source)
+    assert auto_id not in wait_logged(served, one_id)  # the draft never reached the log
     assert page.locator("#digit .dl-digit").inner_text() == "?"
     assert page.locator("#correct").is_disabled()
 
@@ -152,22 +194,59 @@ def test_draw_predict_and_correct(page, ui_url: str, served: Service, artifacts:
     assert page.errors == []  # type: ignore[attr-defined]
 
 
-def test_undo_and_clear(page, ui_url: str):
+def test_undo_and_clear(page, ui_url: str, served: Service):
     open_app(page, ui_url)
+    started = datetime.now(UTC)
     draw(page, SEVEN)
     _, plain = settled_answer(page)
     draw(page, [[(100, 150), (180, 150)]])  # a crossbar: a new answer for the new drawing
     _, crossed = settled_answer(page, not_ids=(plain,))
 
     page.click("#undo")  # back to the plain 7, predicted again when the stroke is undone
-    digit, _ = settled_answer(page, not_ids=(plain, crossed))
+    digit, undone = settled_answer(page, not_ids=(plain, crossed))
     assert digit == "7"
+    assert all(pid.startswith("draft.") for pid in (plain, crossed, undone))
 
     page.click("#clear")
     page.locator("#digit .dl-digit", has_text="?").wait_for()
     wait_idle(page)
     page.click("#predict")
     wait_for_message(page, r"^The pad is empty")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+    # Three drafts, one drawing ended with: Clear logged it once, and no draft.
+    deadline = time.monotonic() + 20
+    while not logged(served, since=started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.5)  # two more flushes: a second record would be there by now
+    (final,) = logged(served, since=started)
+    assert not final.startswith("draft.")
+
+
+def test_an_unsure_answer_is_asked_about_and_its_label_counted_as_asked(
+    page, ui_always_asks: str, served: Service, artifacts: Path
+):
+    open_app(page, ui_always_asks)
+    labelled = set(served.feedback_records())
+    draw(page, SEVEN)
+    digit, draft_id = settled_answer(page)
+    prompt = page.locator("#ask .dl-ask")
+    prompt.wait_for()
+    assert prompt.inner_text().strip() == (
+        f"I'm not sure about this one. Is it a {digit}? Press ✓ if it is, or pick the right digit."
+    )
+    assert prompt.get_attribute("role") == "status" and prompt.is_visible()
+    wait_idle(page)
+    page.screenshot(path=str(artifacts / "sketchpad-asking.png"), full_page=True)
+
+    page.click("#label-7")  # the answer: it is a 7
+    wait_for_message(page, r"^Thanks! Recorded")
+    prompt.wait_for(state="detached")  # the question goes with the answer it asked about
+    ((final_id, record),) = new_feedback(served, labelled).items()
+    assert (record["label"], record["source"]) == (7, ASKED_SOURCE)
+    # The feedback is on the logged drawing, not on the draft on screen.
+    assert draft_id.startswith("draft.") and not final_id.startswith("draft.")
+    assert draft_id not in wait_logged(served, final_id)
     assert page.errors == []  # type: ignore[attr-defined]
 
 

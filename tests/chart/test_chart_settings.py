@@ -32,7 +32,7 @@ READERS = {
 
 def every_optional_variable() -> dict[str, Any]:
     """Values that make the chart render the variables no scenario sets."""
-    extra = classes()["DecisionSettings"].env_name("canary_min_samples")
+    extra = classes()["DecisionSettings"].env_name("canary_min_answers")
     return {
         "secrets": {"webhookUrl": "https://hooks.example.invalid/loop"},
         "workflow": {"env": {extra: "100"}},
@@ -145,12 +145,12 @@ def test_the_check_sees_a_variable_no_reader_has() -> None:
 
 
 def test_the_check_sees_a_value_its_reader_refuses() -> None:
-    margin = classes()["DecisionSettings"].env_name("non_inferiority_margin")
-    found = problems({"workflow": {"env": {margin: "2"}}})
-    assert found, "a margin of 2 (above 1) passed"
+    rate = classes()["DecisionSettings"].env_name("false_promotion_rate")
+    found = problems({"workflow": {"env": {rate: "2"}}})
+    assert found, "a false promotion rate of 2 (above 1) passed"
     for refused in found:  # once per step of the loop
         assert "WorkflowTemplate/digitloop-loop" in refused
-        assert "DecisionSettings refuses {'non_inferiority_margin': '2'}" in refused
+        assert "DecisionSettings refuses {'false_promotion_rate': '2'}" in refused
 
 
 @pytest.mark.parametrize("scenario", ["default", "canary-20"])

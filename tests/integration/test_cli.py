@@ -47,6 +47,33 @@ def test_train_then_evaluate(data_dir: Path, tmp_path: Path, mnist):
     assert [v["version"] for v in json.loads(listed.stdout)["versions"]] == ["1"]
 
 
+def test_train_with_trials_registers_the_best_of_a_search(data_dir: Path, tmp_path: Path):
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    args = ("train", "--trials", "2", "--epochs", "1", "--limit", "300", "--no-augment")
+    trained = run(*args, "--json", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads(trained.stdout)
+    assert summary["version"] == "1" and summary["trials_run"] == 2
+    assert "trial 2/2" in trained.stderr and "mnist_val_accuracy" in trained.stderr
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    search = client.get_run(summary["search_run_id"])
+    assert search.data.tags["registered_version"] == "1"
+    assert search.data.params["best_trial"] == str(summary["best_trial"])
+    children = client.search_runs(
+        [search.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{search.info.run_id}'"
+    )
+    assert len(children) == 2
+    registered = client.get_run(summary["run_id"]).data.params
+    assert registered["search_run_id"] == search.info.run_id
+    assert float(registered["max_lr"]) == summary["best_params"]["max_lr"]
+
+    alone = run("train", "--timeout", "60", cwd=tmp_path)
+    assert alone.returncode == 2 and "--trials" in alone.stderr
+
+
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
@@ -83,3 +110,21 @@ def test_styles_writes_evaluate_compatible_files(data_dir, tmp_path):
     for path in files.values():
         x, y = load_labelled_npz(path)
         assert x.shape == (20, 28, 28) and len(y) == 20
+
+
+def test_loop_calibrate_measures_the_canary_decision(tmp_path):
+    result = run("loop", "calibrate", "--canaries", "20", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {(r["labelling"], r["challenger"]): r for r in report["rows"]}
+    assert set(rows) == {
+        (labelling, challenger)
+        for labelling in ("one answer in five", "corrections only")
+        for challenger in ("2 points worse", "equal", "5 points better")
+    }
+    for row in rows.values():
+        outcomes = row["promoted"] + row["rolled_back"] + row["out_of_budget"] + row["undecided"]
+        assert outcomes == row["canaries"] == 20
+    assert rows["one answer in five", "5 points better"]["promoted"] >= 17
+    assert rows["one answer in five", "2 points worse"]["promoted"] <= 2
+    assert report["settings"]["false_promotion_rate"] == 0.05

@@ -62,8 +62,8 @@ def context(env: dict[str, str], service: Service, run_id: str) -> LoopContext:
         ),
         decisions=DecisionSettings(
             min_new_labels=300,
-            canary_min_samples=150,
-            canary_max_samples=1000,
+            canary_min_answers=150,
+            canary_max_labels=1000,
             new_canary_weight=20,
         ),
         drift=DriftSettings(drift_reference_size=1000),

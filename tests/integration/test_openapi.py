@@ -148,13 +148,25 @@ def test_the_document_tells_every_status_and_bound(service: Service):
     }
     assert statuses["/predict"] == {"200", "400", "413", "422", "500", "503"}
     assert statuses["/predict_batch"] == {"200", "400", "413", "500", "503"}
-    assert statuses["/feedback"] == {"200", "400", "404", "409", "413", "500", "503"}
+    assert statuses["/feedback"] == {"200", "400", "404", "409", "413", "422", "500", "503"}
     assert statuses["/admin/reload"] == {"200", "400", "401", "403", "404", "413", "500"}
     assert statuses["/model"] == {"200", "500", "503"}
     schemas = spec["components"]["schemas"]
     feedback = schemas["FeedbackInput"]["properties"]
     assert (feedback["label"]["minimum"], feedback["label"]["maximum"]) == (0, 9)
-    assert feedback["prediction_id"]["pattern"].startswith("^([0-9a-f]{32})")
+    assert feedback["prediction_id"]["pattern"].startswith(r"^(draft\.)?([0-9a-f]{32})")
+    # A draft: the JSON field, the query parameter for any body, and the answer's flag.
+    predict = paths["/predict"]["post"]
+    assert schemas["PredictInput"]["properties"]["draft"]["type"] == "boolean"
+    (draft,) = [p for p in predict["parameters"] if p["name"] == "draft"]
+    assert (draft["in"], draft["required"], draft["schema"]) == (
+        "query",
+        False,
+        {"type": "boolean", "default": False},
+    )
+    assert "draft" in schemas["Prediction"]["required"]
+    assert "query parameter `draft`" in predict["responses"]["400"]["description"]
+    assert "draft" in paths["/feedback"]["post"]["responses"]["422"]["description"]
     batch = schemas["PredictBatchInput"]["properties"]
     assert batch["pixels"]["anyOf"][0]["maxItems"] == 64
     assert batch["images"]["anyOf"][0]["maxItems"] == 64

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from contracts.errors import ModelNotFoundError
+from model.calibration import calibrate
 from model.evaluate import evaluate
 from model.network import predict_proba
 from model.registry import Registry, TrainingRecord
@@ -67,6 +68,16 @@ def test_first_version_is_champion_and_loads_back_identical(registry: Registry, 
     )
     artifacts = {a.path for a in registry.client.list_artifacts(info.run_id)}
     assert {"confusion.png", "training_data.json", "mnist_test_evaluation.json"} <= artifacts
+
+    # The temperature serving divides the logits by, fitted on the held-out evaluation set.
+    calibration = calibrate(expected, y_test)
+    assert info.temperature == pytest.approx(calibration.temperature, abs=1e-5)
+    assert registry.get("champion").tags["temperature"] == info.tags["temperature"]
+    assert run.data.metrics["temperature"] == pytest.approx(calibration.temperature)
+    assert run.data.metrics["mnist_test_ece"] == pytest.approx(calibration.ece)
+    assert run.data.metrics["mnist_test_ece_calibrated"] == pytest.approx(
+        calibration.ece_calibrated
+    )
 
 
 def test_fine_tuned_child_is_registered_with_its_parent(registry: Registry, mnist):

@@ -86,7 +86,15 @@ def test_predict_png_raw_and_array(service: Service, pngs):
     for response in (multipart, raw, array):
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == {"prediction_id", "label", "probabilities", "model_version", "track"}
+        assert set(body) == {
+            "prediction_id",
+            "label",
+            "probabilities",
+            "model_version",
+            "track",
+            "draft",
+        }
+        assert body["draft"] is False and not body["prediction_id"].startswith("draft.")
         assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-3
         assert body["label"] == int(np.argmax(body["probabilities"]))
         assert body["model_version"] == "1" and body["track"] == "stable"
@@ -114,6 +122,42 @@ def test_batch_is_one_answer_per_image(service: Service, pngs):
     answers = response.json()
     assert len(answers) == 5 and len({a["prediction_id"] for a in answers}) == 5
     assert answers[3]["label"] == single.json()["label"]
+
+
+def test_answers_are_calibrated_with_the_version_s_temperature(service: Service, mnist):
+    """Each version serves ``softmax(logits / T)`` with the temperature its registration
+    fitted; batch answers agree with single ones."""
+    from model.calibration import apply_temperature
+    from model.network import predict_proba
+    from model.registry import Registry
+    from model.settings import ModelSettings
+    from services.inference import array_to_pixels
+
+    digits = [mnist.x_test[i].tolist() for i in range(3)]
+    # /readyz answered for one worker; the other may still be loading its model.
+    wait_for(
+        lambda: _model_on_every_worker(service, lambda m: "stable" in m["tracks"]),
+        what="every worker to serve a model",
+    )
+    with service.client() as client:
+        answers = [client.post("/predict", json={"pixels": d}).json() for d in digits]
+        batch = client.post("/predict_batch", json={"pixels": digits})
+    assert batch.status_code == 200, batch.text
+    registry = Registry(
+        ModelSettings(
+            data_dir=Path(service.env["DIGITLOOP_DATA_DIR"]),
+            mlflow_tracking_uri=service.env["DIGITLOOP_MLFLOW_TRACKING_URI"],
+            registered_model=service.env["DIGITLOOP_REGISTERED_MODEL"],
+        )
+    )
+    net, info = registry.load(answers[0]["model_version"])
+    assert "temperature" in info.tags and abs(info.temperature - 1.0) > 0.05
+    pixels = np.stack([array_to_pixels(d) for d in digits])
+    raw = predict_proba(net, pixels)
+    served = np.array([a["probabilities"] for a in answers])
+    np.testing.assert_allclose(served, apply_temperature(raw, info.temperature), atol=1e-4)
+    assert np.abs(served - raw).max() > 1e-3  # not the network's own probabilities
+    np.testing.assert_allclose([a["probabilities"] for a in batch.json()], served, atol=1e-4)
 
 
 def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, pngs):
@@ -156,6 +200,72 @@ def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, p
     assert row["label"] == predicted["label"] and row["track"] == "stable"
     assert len(row["image"]) == 784 and len(row["probabilities"]) == 10
     assert row["latency_ms"] > 0
+
+
+def _counted(metrics: str, name: str) -> float:
+    """The sum of a Prometheus counter over its labels."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(name + "{")
+    )
+
+
+def test_drafts_are_answered_but_never_logged(service: Service, s3, pngs, mnist):
+    from services.store.backends import S3Store
+    from services.store.readers import read_predictions
+
+    png = pngs[6][0]
+    raw = {"content": png, "headers": {"content-type": "image/png"}}
+    # One connection, so one worker: its predictions log keeps the order of the requests.
+    with service.client() as client:
+        before = client.get("/metrics").text
+        drafts = [
+            client.post("/predict", json={"pixels": mnist.x_test[6].tolist(), "draft": True}),
+            client.post("/predict", params={"draft": "true"}, **raw),
+            client.post(
+                "/predict", params={"draft": "true"}, files={"image": ("d.png", png, "image/png")}
+            ),
+        ]
+        after = client.get("/metrics").text
+        final = client.post("/predict", params={"draft": "false"}, **raw)
+        on_draft = client.post(
+            "/feedback", json={"prediction_id": drafts[1].json()["prediction_id"], "label": 3}
+        )
+        on_final = client.post(
+            "/feedback", json={"prediction_id": final.json()["prediction_id"], "label": 3}
+        )
+        not_a_flag = client.post("/predict", params={"draft": "yes"}, **raw)
+    for draft in drafts:
+        assert draft.status_code == 200, draft.text
+        body = draft.json()
+        assert body["draft"] is True and body["prediction_id"].startswith("draft.")
+        assert len(body["probabilities"]) == 10 and body["model_version"] and body["track"]
+    assert final.status_code == 200 and final.json()["draft"] is False
+    assert final.json()["label"] == drafts[1].json()["label"]  # the same drawing, answered alike
+    assert on_draft.status_code == 422
+    assert "drafts take no feedback" in on_draft.json()["error"]
+    assert "without draft" in on_draft.json()["error"]
+    assert on_final.status_code == 200, on_final.text
+    assert not_a_flag.status_code == 400 and "true or false" in not_a_flag.json()["error"]
+    # Drafts have a counter of their own; the prediction counters count predictions only.
+    assert (
+        _counted(after, "digitloop_drafts_total") - _counted(before, "digitloop_drafts_total") == 3
+    )
+    assert _counted(after, "digitloop_predictions_total") == _counted(
+        before, "digitloop_predictions_total"
+    )
+
+    store = S3Store(s3.endpoint, s3.access_key, s3.secret_key, "digitloop-test")
+    final_id = final.json()["prediction_id"]
+
+    def flushed() -> set[str] | None:
+        """The logged ids once the final prediction, sent after the drafts, is among them."""
+        ids = set(read_predictions(store)["prediction_id"])
+        return ids if final_id in ids else None
+
+    logged = wait_for(flushed, what="the final prediction in the predictions log")
+    assert not {draft.json()["prediction_id"] for draft in drafts} & logged
 
 
 @pytest.mark.parametrize(
@@ -365,6 +475,7 @@ def test_metrics_count_predictions_and_corrections(service: Service, pngs):
     )
     assert any(line.startswith("digitloop_request_duration_seconds_bucket") for line in lines)
     assert any(line.startswith("digitloop_model_info{") for line in lines)
+    assert any(line.startswith("digitloop_answer_confidence_bucket{") for line in lines)
     assert any(line.startswith("digitloop_feedback_spool_depth") for line in lines)
 
 
@@ -380,7 +491,7 @@ bodies = st.one_of(
             st.lists(children, max_size=6)
             | st.dictionaries(
                 st.sampled_from(
-                    ["image", "pixels", "images", "label", "prediction_id", "source", "x"]
+                    ["image", "pixels", "images", "label", "prediction_id", "source", "draft", "x"]
                 ),
                 children,
                 max_size=4,

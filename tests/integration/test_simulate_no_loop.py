@@ -79,8 +79,13 @@ def test_no_loop_plays_the_users_and_leaves_the_loop_alone(service: Service, tmp
     # Its feedback landed in the store: one record per labelled answer, from the simulator.
     labelled = sum(w["labelled"] for w in windows)
     assert 0 < labelled < 2 * WINDOW
-    records = [r for r in service.feedback_records().values() if r["source"] == "simulator"]
+    records = [
+        r
+        for r in service.feedback_records().values()
+        if r["source"] in ("simulator", "simulator-asked")
+    ]
     assert len(records) == labelled
+    assert all(w["estimated_accuracy"] is not None for w in windows)
 
     # And no loop ran here: it says so, saw no loop events, left no run outputs or reports in
     # the store, trained nothing and scored no champion.
@@ -91,6 +96,57 @@ def test_no_loop_plays_the_users_and_leaves_the_loop_alone(service: Service, tmp
     assert not (service.store_dir / "reports").exists()
     registry = Registry(ModelSettings(data_dir=data_dir, mlflow_tracking_uri=None))
     assert [v.version for v in registry.versions()] == ["1"]
+
+
+def play(service: Service, out: Path, *options: str) -> dict:
+    """``digitloop simulate --no-loop`` against ``service``, one window each side."""
+    env = clean_env(
+        DIGITLOOP_DATA_DIR=service.env["DIGITLOOP_DATA_DIR"], DIGITLOOP_MNIST_PATH=str(MNIST_PATH)
+    )
+    command = [str(VENV_BIN / "digitloop"), "simulate", "--url", service.url, "--no-loop"]
+    command += ["--windows-before", "1", "--windows-after", "1", "--window-size", str(WINDOW)]
+    result = subprocess.run(
+        [*command, *options, "--out", str(out), "--json"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_users_who_only_correct_never_confirm(service: Service, tmp_path: Path):
+    before = set(service.feedback_records())
+    summary = play(
+        service, tmp_path, "--feedback", "correct-only", "--label-prob", "1", "--ask-below", "0"
+    )
+    new = [r for pid, r in service.feedback_records().items() if pid not in before]
+    wrong = sum(w["n"] - round(w["accuracy"] * w["n"]) for w in summary["windows"])
+    assert len(new) == summary["labels"] == wrong > 0  # every wrong answer, nothing else
+    # a prediction id carries the label the service answered: every record corrects it
+    assert all(int(r["prediction_id"].split(".")[3]) != r["label"] for r in new)
+
+
+def test_users_answer_when_the_sketchpad_asks(service: Service, tmp_path: Path):
+    before = set(service.feedback_records())
+    summary = play(
+        service,
+        tmp_path,
+        "--label-prob",
+        "0",
+        "--ask-below",
+        "1",
+        "--answer-when-asked",
+        "1",
+    )
+    new = [r for pid, r in service.feedback_records().items() if pid not in before]
+    asked = sum(w["asked"] for w in summary["windows"])
+    # unsure of every answer short of certainty: each asked one answered, none unasked
+    assert len(new) == summary["labels"] == asked > 0
+    assert {r["source"] for r in new} == {"simulator-asked"}
 
 
 def test_no_loop_needs_the_url_of_a_stack_whose_loop_runs_elsewhere(tmp_path: Path):

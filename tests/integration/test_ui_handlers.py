@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +19,20 @@ from PIL import Image
 
 from contracts.api import Prediction
 from services.client import DigitloopClient, ServiceError
+from services.store.backends import LocalStore
+from services.store.readers import read_predictions
 from tests.serving import Service
 from ui.app import (
     BATCH_COLUMNS,
     Session,
+    clear_drawing,
     png_bytes,
     predict_drawing,
     predict_files,
     send_feedback,
     service_status,
 )
+from ui.asking import ASKED_SOURCE
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +78,82 @@ def test_a_drawing_is_predicted_and_counted_once(client: DigitloopClient, mnist)
     assert extended.prediction is not None
     assert extended.prediction.prediction_id != prediction.prediction_id
     assert extended.session.drawn == 1
+    # A stroke's end answers a draft; Predict answered the logged prediction.
+    assert extended.prediction.draft and not prediction.draft
+
+
+def strokes(digit: np.ndarray) -> list[dict[str, object]]:
+    """The pad as a digit is drawn: its top half first, then the whole digit."""
+    whole = pad_value(digit)
+    top = pad_value(digit)
+    top["composite"][140:, :, :3] = 255  # type: ignore[index]
+    return [top, whole]
+
+
+def logged_since(served: Service, since: datetime, prediction_id: str) -> set[str]:
+    """Every id logged since ``since`` once ``prediction_id`` is among them.
+
+    The service has one worker and its log is flushed in order, so whatever was appended
+    before ``prediction_id`` is in the store by then.
+    """
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ids = set(read_predictions(LocalStore(served.store_dir), since=since)["prediction_id"])
+        if prediction_id in ids:
+            return ids
+        time.sleep(0.2)
+    raise AssertionError(f"{prediction_id} never reached the predictions log")
+
+
+def test_pen_lift_drafts_and_a_confirm_log_the_drawing_once(
+    client: DigitloopClient, served: Service, mnist
+):
+    started = datetime.now(UTC)
+    labelled = set(served.feedback_records())
+    session = Session()
+    drafts = []
+    for value in strokes(mnist.x_test[4]):
+        session = predict_drawing(client, value, session, auto=True, ask_below=1.01).session
+        assert session.current is not None and session.current.draft and session.asked
+        drafts.append(session.current.prediction_id)
+    assert session.drawn == 1
+
+    confirmed = send_feedback(client, session, None)
+    assert confirmed.notice.kind == "ok" and confirmed.session.confirmed == 1
+
+    new = {pid: r for pid, r in served.feedback_records().items() if pid not in labelled}
+    assert len(new) == 1, new
+    ((final_id, record),) = new.items()
+    assert not final_id.startswith("draft.") and final_id not in drafts
+    assert (record["label"], record["source"]) == (session.current.label, ASKED_SOURCE)
+    assert logged_since(served, started, final_id) == {final_id}
+
+
+def test_clear_after_drafts_logs_the_final_drawing_once(
+    client: DigitloopClient, served: Service, mnist
+):
+    started = datetime.now(UTC)
+    session = Session()
+    for value in strokes(mnist.x_test[5]):
+        session = predict_drawing(client, value, session, auto=True).session
+    last = session.current
+    assert last is not None and last.draft
+
+    cleared = clear_drawing(client, session)
+    assert cleared.session.current is None and cleared.notice is None
+    clear_drawing(client, cleared.session)  # a second Clear has nothing to log
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = read_predictions(LocalStore(served.store_dir), since=started)
+        if len(rows):
+            break
+        time.sleep(0.2)
+    time.sleep(2.5)  # two more flushes: a second record would be in the store by now
+    rows = read_predictions(LocalStore(served.store_dir), since=started)
+    assert len(rows) == 1
+    assert not rows["prediction_id"][0].startswith("draft.")
+    assert (rows["label"][0], rows["track"][0]) == (last.label, last.track)
 
 
 def test_most_drawn_mnist_digits_are_recognised(client: DigitloopClient, mnist):

@@ -24,6 +24,7 @@ from contracts.api import (
     Prediction,
     ReloadInput,
 )
+from services.errors import DraftTakesNoFeedback, UnknownPrediction, status_of
 from services.ids import PredictionIds
 
 IDS = PredictionIds(b"a key of sixteen bytes or more")
@@ -63,6 +64,24 @@ def test_feedback_takes_the_ids_the_service_issues_and_no_other_form():
         assert error_type(FeedbackInput, body) == "string_pattern_mismatch"
 
 
+def test_a_drafts_id_is_of_the_form_but_takes_no_feedback():
+    draft = IDS.new("stable", "3", 4, draft=True)
+    assert draft.startswith("draft.") and not PREDICTION_ID.startswith("draft.")
+    # The contract lets it through, so the service can say why it refuses it (422).
+    assert FeedbackInput(prediction_id=draft, label=4).prediction_id == draft
+    ref = IDS.parse(draft)
+    assert (ref.draft, ref.track, ref.model_version, ref.label) == (True, "stable", "3", 4)
+    assert IDS.parse_for_feedback(PREDICTION_ID).draft is False
+    with pytest.raises(DraftTakesNoFeedback, match="drafts take no feedback: send the final"):
+        IDS.parse_for_feedback(draft)
+    assert status_of(DraftTakesNoFeedback("x")) == 422
+    # The prefix is signed: dropping it, or adding it to a logged prediction's id, forges one.
+    for forged in (draft.removeprefix("draft."), "draft." + PREDICTION_ID):
+        assert FeedbackInput(prediction_id=forged, label=4)
+        with pytest.raises(UnknownPrediction):
+            IDS.parse_for_feedback(forged)
+
+
 def test_feedback_source_is_one_to_its_maximum_characters():
     longest = "s" * FEEDBACK_SOURCE_MAX
     assert FeedbackInput(prediction_id=PREDICTION_ID, label=1, source=longest).source == longest
@@ -82,6 +101,14 @@ def test_reload_bounds_and_the_empty_canary():
     assert error_type(ReloadInput, {"canary_weight": 101}) == "less_than_equal"
     assert error_type(ReloadInput, {"stable_model": ""}) == "string_pattern_mismatch"
     assert error_type(ReloadInput, {"stable_model": "v/3"}) == "string_pattern_mismatch"
+
+
+def test_predict_takes_a_draft_flag_that_is_a_boolean():
+    assert PredictInput.model_validate({"image": PNG}).draft is False
+    assert PredictInput.model_validate({"pixels": [[1.0]], "draft": True}).draft is True
+    assert error_type(PredictInput, {"pixels": [[1.0]], "draft": "true"}) == "bool_type"
+    assert error_type(PredictInput, {"pixels": [[1.0]], "draft": 1}) == "bool_type"
+    assert PredictInput.model_json_schema()["properties"]["draft"]["type"] == "boolean"
 
 
 def test_predict_takes_exactly_one_drawing_of_bounded_size():
@@ -134,6 +161,28 @@ def test_the_services_bodies_are_the_contracts_models(monkeypatch: pytest.Monkey
     assert inputs.PredictBatchBody.model_validate({"images": [PNG] * 2}).images == [PNG] * 2
 
 
+@pytest.mark.parametrize(
+    ("query", "draft"), [(b"", False), (b"draft=true", True), (b"draft=false", False)]
+)
+def test_the_draft_query_parameter_reads_json_booleans(query: bytes, draft: bool):
+    from starlette.requests import Request
+
+    from services.inputs import draft_query
+
+    assert draft_query(Request({"type": "http", "query_string": query, "headers": []})) is draft
+
+
+@pytest.mark.parametrize("query", [b"draft=1", b"draft=True", b"draft=", b"draft=true&draft=true"])
+def test_the_draft_query_parameter_refuses_anything_else(query: bytes):
+    from starlette.requests import Request
+
+    from services import inputs
+
+    with pytest.raises(inputs._Problem, match="takes true or false, once") as caught:
+        inputs.draft_query(Request({"type": "http", "query_string": query, "headers": []}))
+    assert caught.value.status == 400
+
+
 # -- answers ----------------------------------------------------------------------------------
 
 
@@ -150,6 +199,10 @@ def prediction(**changes: object) -> dict[str, object]:
 
 def test_a_prediction_has_ten_probabilities_a_digit_and_a_track():
     assert Prediction.model_validate(prediction()).confidence == 1.0
+    # An older service sends no `draft`: its answers were all logged predictions.
+    assert Prediction.model_validate(prediction()).draft is False
+    assert Prediction.model_validate(prediction(draft=True)).draft is True
+    assert "draft" in Prediction.model_json_schema(mode="serialization")["required"]
     for changes in ({"probabilities": [0.1] * 9}, {"label": 10}, {"track": "beta"}):
         with pytest.raises(ValidationError):
             Prediction.model_validate(prediction(**changes))

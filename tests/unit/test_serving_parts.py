@@ -111,3 +111,36 @@ def test_request_inputs_to_pixels():
         image_bytes_to_pixels(b"x" * 11, max_bytes=10)
     with pytest.raises(InvalidImageError):
         image_bytes_to_pixels(b"not a png", max_bytes=100)
+
+
+def test_a_version_with_a_temperature_answers_calibrated_probabilities(mnist):
+    """The classifier reads the version's temperature once, when it loads, and every answer
+    (one image or a batch) is ``softmax(logits / T)``: the same digit, other confidences."""
+    import torch
+
+    from model.calibration import apply_temperature
+    from model.network import DigitNet, predict_proba
+    from model.registry import ModelVersionInfo
+    from services.inference import Classifier
+
+    torch.manual_seed(0)
+    net = DigitNet().eval()
+    with torch.no_grad():  # an untrained head answers near-uniform; spread its logits
+        net.head[-1].weight.mul_(10)
+    images = mnist.x_test[:64]
+    raw = predict_proba(net, images)
+
+    def version(tags: dict[str, str]) -> ModelVersionInfo:
+        return ModelVersionInfo("digitloop-mnist", "7", [], tags, "run")
+
+    calibrated = Classifier.from_net(net, version({"temperature": "0.25"}))
+    assert calibrated.temperature == 0.25
+    batch = calibrated.predict(images)
+    np.testing.assert_allclose(batch, apply_temperature(raw, 0.25), atol=1e-5)
+    np.testing.assert_array_equal(batch.argmax(axis=1), raw.argmax(axis=1))
+    assert batch.max(axis=1).mean() > raw.max(axis=1).mean() + 0.05  # visibly sharper
+    np.testing.assert_allclose(calibrated.predict(images[5:6])[0], batch[5], atol=1e-6)
+    # A version registered before calibration serves the network's own probabilities.
+    np.testing.assert_allclose(
+        Classifier.from_net(net, version({})).predict(images), raw, atol=1e-6
+    )

@@ -32,6 +32,7 @@ from model.settings import ModelSettings
 from pipelines.drift.detect import DriftSettings
 from pipelines.outputs import (
     AnalyseOutput,
+    AnswerQuality,
     CanaryOutput,
     CollectCounts,
     CollectOutput,
@@ -209,7 +210,7 @@ def ctx(tmp_path: Path) -> LoopContext:
         loop=LoopSettings(
             _env_file=None, prometheus_url=None, webhook_url=None, holdout_fraction=0.25
         ),
-        decisions=DecisionSettings(_env_file=None, min_new_labels=20, canary_min_samples=50),
+        decisions=DecisionSettings(_env_file=None, min_new_labels=20, canary_min_answers=5),
         drift=DriftSettings(_env_file=None, drift_reference_size=1000),
         model=ModelSettings(_env_file=None, data_dir=data),
         store_settings=StoreSettings(_env_file=None, data_dir=data),
@@ -297,7 +298,8 @@ def test_outputs_round_trip_through_the_store_and_argo_files(ctx, tmp_path):
     files = {p.name: p.read_text() for p in (tmp_path / "outputs").iterdir()}
     assert files == {"stable_version": "1", "canary_version": "", "canary_active": "false"}
     # the next pod reads it back from the store
-    assert run_step(ctx, "quality").overall == LiveAccuracy(n=3, correct=2)
+    overall = run_step(ctx, "quality").overall
+    assert (overall.answers, overall.confirmed, overall.corrected) == (3, 2, 1)
 
 
 def test_a_step_refuses_to_run_without_the_outputs_it_reads(ctx):
@@ -308,7 +310,7 @@ def test_a_step_refuses_to_run_without_the_outputs_it_reads(ctx):
 # -- quality --------------------------------------------------------------------------------
 
 
-def test_quality_tallies_per_track_version_and_true_class(ctx):
+def test_quality_counts_answers_per_track_version_and_digit(ctx):
     ctx.rollout = FakeRollout(RoutingState("1", "2", 20))
     traffic(
         ctx,
@@ -320,20 +322,33 @@ def test_quality_tallies_per_track_version_and_true_class(ctx):
         ],
     )
     output = step_quality(ctx, collected(ctx))
-    assert output.overall == LiveAccuracy(n=7, correct=5)
-    assert output.overall.accuracy == pytest.approx(5 / 7)
-    assert output.by_track == {
-        "canary:v2": LiveAccuracy(n=2, correct=1),
-        "stable:v1": LiveAccuracy(n=5, correct=4),
+
+    def counts(quality):
+        return quality.answers, quality.confirmed, quality.corrected
+
+    assert counts(output.overall) == (8, 5, 2)
+    assert output.overall.labelled_accuracy == pytest.approx(5 / 7)
+    assert output.overall.corrected_share == pytest.approx(2 / 8)
+    assert {k: counts(v) for k, v in output.by_track.items()} == {
+        "canary:v2": (2, 1, 1),
+        "stable:v1": (6, 4, 1),
+    }
+    # answered 3: right 4 times (stable 3, canary 1); answered 5: corrected twice
+    assert {k: counts(v) for k, v in output.by_answer.items()} == {
+        3: (4, 4, 0),
+        5: (2, 0, 2),
+        7: (2, 1, 0),
     }
     assert output.by_class == {3: LiveAccuracy(n=6, correct=4), 7: LiveAccuracy(n=1, correct=1)}
+    # the label-free estimate is the mean top probability: this log's are all uniform
+    assert output.overall.estimated_accuracy == pytest.approx(0.1)
 
 
 def test_quality_of_a_window_without_labels(ctx):
     traffic(ctx, [Drawn("unlabelled", NOW - timedelta(minutes=5), 7)])
     output = step_quality(ctx, collected(ctx))
-    assert output == QualityOutput(overall=LiveAccuracy(n=0, correct=0), by_track={}, by_class={})
-    assert output.overall.accuracy is None
+    assert (output.overall.answers, output.overall.labelled) == (1, 0)
+    assert output.overall.labelled_accuracy is None and output.by_class == {}
 
 
 # -- drift ----------------------------------------------------------------------------------
@@ -419,15 +434,28 @@ def collect_output(joined: int, canary: str | None = None) -> CollectOutput:
 
 
 def quality_output(n: int, correct: int) -> QualityOutput:
-    tally = LiveAccuracy(n=n, correct=correct)
-    return QualityOutput(overall=tally, by_track={"stable:v1": tally}, by_class={3: tally})
+    """``n`` answers, all labelled, ``correct`` of them right."""
+    answers = AnswerQuality(answers=n, confirmed=correct, corrected=n - correct)
+    return QualityOutput(
+        overall=answers,
+        by_track={"stable:v1": answers},
+        by_answer={3: answers},
+        by_class={3: LiveAccuracy(n=n, correct=correct)},
+    )
 
 
 @pytest.mark.parametrize(
     ("joined", "drift", "accuracy", "canary", "retrain", "reason"),
     [
         (40, True, 1.0, None, True, "drift detected (score 0.50)"),
-        (40, False, 0.5, None, True, "live accuracy 0.500 < 0.95"),
+        (
+            40,
+            False,
+            0.5,
+            None,
+            True,
+            "20 of 40 answers corrected: live accuracy at most 0.500 < 0.95",
+        ),
         (40, False, 1.0, None, False, "no drift, accuracy and class errors within thresholds"),
         (10, True, 0.5, None, False, "10 new labels < 20 needed"),
         (40, True, 0.5, "2", False, "a canary is being judged"),
@@ -499,25 +527,50 @@ def test_canary_serves_the_challenger_at_the_configured_weight(ctx):
 # -- analyse --------------------------------------------------------------------------------
 
 
+class Answers(nn.Module):
+    """A classifier that answers one digit, whatever the image: its right and wrong
+    answers on a test's images are known."""
+
+    def __init__(self, digit: int) -> None:
+        super().__init__()
+        self.digit = digit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((len(x), 10), -10.0)
+        logits[:, self.digit] = 10.0
+        return logits
+
+
 @pytest.mark.parametrize(
-    ("canary_right", "action", "serving", "champion"),
+    ("champion_says", "challenger_says", "action", "serving", "champion"),
     [
-        (60, "promote", RoutingState("2"), "2"),
-        (20, "rollback", RoutingState("1"), "1"),
-        (None, "wait", RoutingState("1", "2", 20), "1"),
+        (5, 3, "promote", RoutingState("2"), "2"),  # only the challenger is right
+        (3, 5, "rollback", RoutingState("1"), "1"),  # only the champion is right
+        (3, 3, "wait", RoutingState("1", "2", 20), "1"),  # no discordant image
     ],
 )
-def test_analyse_promotes_rolls_back_or_waits(ctx, canary_right, action, serving, champion):
-    ctx.registry.add(untrained_net(1))
+def test_analyse_weighs_both_models_on_the_same_labelled_images(
+    ctx, champion_says, challenger_says, action, serving, champion
+):
+    ctx.registry.nets["1"] = Answers(champion_says)
+    ctx.registry.add(Answers(challenger_says))
     ctx.registry.set_alias(CHALLENGER_ALIAS, "2")
     ctx.rollout = FakeRollout(RoutingState("1", "2", 20))
-    # canary_right None: 10 labels, too few to judge.
-    canary = (
-        labelled("c", 60, canary_right, "canary", "2")
-        if canary_right
-        else labelled("c", 10, 10, "canary", "2")
-    )
-    traffic(ctx, [*canary, *labelled("s", 60, 50, "stable", "1")])
+    start = NOW - timedelta(hours=1)
+    # Every image is a 3; each track logged the answer its model gives, 8 on the canary.
+    drawn = [
+        Drawn(
+            f"p{i:03d}",
+            start + timedelta(seconds=i),
+            label=challenger_says if i % 5 == 0 else champion_says,
+            true_label=3,
+            track="canary" if i % 5 == 0 else "stable",
+            version="2" if i % 5 == 0 else "1",
+        )
+        for i in range(40)
+    ]
+    # Answers of an older version, and before the canary's first answer, do not count.
+    traffic(ctx, [Drawn("old", start - timedelta(minutes=1), 5, 3, version="0"), *drawn])
     output = step_analyse(ctx, collected(ctx))
     assert output.action == action and output.reasons
     assert (output.canary_version, output.stable_version) == ("2", serving.stable_model)
@@ -525,8 +578,9 @@ def test_analyse_promotes_rolls_back_or_waits(ctx, canary_right, action, serving
     assert ctx.rollout.applied == ([] if action == "wait" else [serving])
     assert ctx.registry.alias_version(CHAMPION_ALIAS) == champion
     assert ctx.registry.alias_version(CHALLENGER_ALIAS) == ("2" if action == "wait" else None)
-    if action != "wait":
-        assert output.details["canary_n"] == 60 and output.details["stable_n"] == 60
+    assert output.details["labelled"] == 40 and output.details["canary_labelled"] == 8
+    discordant = 0 if champion_says == challenger_says else 40
+    assert output.details["for_challenger"] + output.details["for_champion"] == discordant
 
 
 # -- finish ---------------------------------------------------------------------------------
@@ -613,9 +667,10 @@ def test_run_once_judges_a_canary_without_drift_or_retraining(ctx, monkeypatch):
     """While a canary is judged, the local runner skips drift, decide, retrain and canary
     (as Argo does, tests/unit/test_workflows.py) and the run ends in finish."""
     monkeypatch.setattr("pipelines.steps.finish._log_to_mlflow", lambda *args: None)
-    ctx.registry.add(untrained_net(1))
+    ctx.registry.nets["1"] = Answers(5)  # stable's answers: all 5, all corrected to 3
+    ctx.registry.add(Answers(3))
     ctx.rollout = FakeRollout(RoutingState("1", "2", 20))
-    traffic(ctx, [*labelled("c", 60, 60, "canary", "2"), *labelled("s", 60, 50, "stable", "1")])
+    traffic(ctx, [*labelled("c", 60, 60, "canary", "2"), *labelled("s", 60, 0, "stable", "1")])
     console = Console(file=io.StringIO(), width=200)
     summary = run_once(ctx, console)
     assert summary["outcome"] == "promoted v2" and summary["steps"] == [
@@ -627,6 +682,6 @@ def test_run_once_judges_a_canary_without_drift_or_retraining(ctx, monkeypatch):
     assert ctx.read(DriftOutput) is None and ctx.read(AnalyseOutput).action == "promote"
     printed = console.file.getvalue()
     assert "120 predictions, 120 labelled (0 pending, 0 orphaned); stable v1, canary v2" in printed
-    assert "live accuracy 0.917 on 120" in printed
+    assert "120 answers, 60 confirmed, 60 corrected (labelled accuracy 0.500)" in printed
     for skipped in ("drift", "decide", "retrain", "canary"):
         assert re.search(rf"{skipped} +skipped", printed), skipped

@@ -31,7 +31,17 @@ from services.client import (
     image_media_type,
 )
 from tests.conftest import free_port
-from ui.app import Session, editor_image, png_bytes, predict_drawing, predict_files, send_feedback
+from ui.app import (
+    Session,
+    ask_html,
+    clear_drawing,
+    editor_image,
+    png_bytes,
+    predict_drawing,
+    predict_files,
+    send_feedback,
+)
+from ui.asking import ASKED_SOURCE, ask_text, should_ask
 from ui.settings import UISettings
 
 PROBS = [0.01, 0.02, 0.0, 0.05, 0.0, 0.0, 0.0, 0.9, 0.02, 0.0]
@@ -42,6 +52,10 @@ PREDICTION = {
     "model_version": "3",
     "track": "stable",
 }
+# What the service answers a draft (pen lift) and the final drawing (no draft), on canary.
+DRAFT = {**PREDICTION, "prediction_id": "draft.d.canary.3.7.0123456789abcdef", "draft": True}
+LOGGED = {**PREDICTION, "prediction_id": "f.canary.3.7.0123456789abcdef", "track": "canary"}
+DRAFT["track"] = "canary"
 
 
 # -- a scripted HTTP server ------------------------------------------------------------------
@@ -61,6 +75,8 @@ class Script:
 
     answers: dict[tuple[str, str], tuple[int, str, bytes]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    # Answer 400 to a request pinned to a track, as a service without that track does.
+    refuse_pins: bool = False
 
     def json(self, method: str, path: str, status: int, body: object) -> None:
         self.answers[(method, path)] = (status, "application/json", json.dumps(body).encode())
@@ -81,6 +97,8 @@ def scripted() -> Iterator[tuple[str, Script]]:
             status, kind, payload = script.answers.get(
                 (self.command, self.path), (404, "application/json", b'{"error": "no route"}')
             )
+            if script.refuse_pins and self.headers.get("X-Digitloop-Track"):
+                status, payload = 400, b'{"error": "no canary is set"}'
             self.send_response(status)
             self.send_header("content-type", kind)
             self.send_header("content-length", str(len(payload)))
@@ -386,3 +404,180 @@ def test_slow_service_is_a_message(silent_server: str):
 def test_session_accuracy():
     assert Session().accuracy is None
     assert Session(drawn=4, confirmed=3, corrected=1).accuracy == pytest.approx(0.75)
+
+
+# -- drafts and asking -----------------------------------------------------------------------
+
+
+def test_drafts_go_as_a_query_parameter_or_a_json_field(scripted):
+    url, script = scripted
+    script.json("POST", "/predict?draft=true", 200, DRAFT)
+    script.json("POST", "/predict", 200, LOGGED)
+    png = png_bytes(np.full((8, 8), 255, np.uint8))
+    with DigitloopClient(url) as client:
+        assert client.predict(png, draft=True).draft is True
+        assert client.predict(png).draft is False
+        client.predict_pixels(np.eye(4), draft=True)
+        client.predict_pixels(np.eye(4))
+    image_draft, image, pixels_draft, pixels = script.seen
+    assert (image_draft.path, image.path) == ("/predict?draft=true", "/predict")
+    assert image_draft.headers["Content-Type"].startswith("multipart/form-data")
+    assert (pixels_draft.path, pixels.path) == ("/predict", "/predict")
+    assert json.loads(pixels_draft.body)["draft"] is True
+    assert "draft" not in json.loads(pixels.body)
+
+
+def test_the_app_asks_when_the_model_is_unsure():
+    sure = Prediction(**PREDICTION)  # 0.9 on the 7
+    unsure = Prediction(**{**PREDICTION, "probabilities": [0.1] * 10})
+    certain = Prediction(**{**PREDICTION, "probabilities": [0.0] * 7 + [1.0, 0.0, 0.0]})
+    assert (should_ask(sure, 0.8), should_ask(unsure, 0.8)) == (False, True)
+    assert should_ask(sure, 0.9) is False and should_ask(sure, 0.9001) is True  # below, not at
+    assert should_ask(unsure, 0.0) is False  # 0 never asks
+    assert should_ask(certain, 1.01) is True  # above 1 always asks
+    assert ask_text(sure) == (
+        "I'm not sure about this one. Is it a 7? Press ✓ if it is, or pick the right digit."
+    )
+    assert ask_html(Session(current=sure, asked=False)) == ""
+    shown = ask_html(Session(current=sure, asked=True))
+    assert 'role="status"' in shown and "Is it a 7?" in shown
+
+
+@pytest.fixture
+def drafting(scripted) -> Iterator[tuple[DigitloopClient, Script]]:
+    """A client of a scripted service that answers drafts, predictions and feedback."""
+    url, script = scripted
+    script.json("POST", "/predict?draft=true", 200, DRAFT)
+    script.json("POST", "/predict", 200, LOGGED)
+    ack = {"prediction_id": LOGGED["prediction_id"], "label": 7, "correct": True}
+    script.json("POST", "/feedback", 200, {**ack, "durable": "stored"})
+    with DigitloopClient(url) as client:
+        yield client, script
+
+
+def stroke(value: dict[str, object], row: int) -> dict[str, object]:
+    """The pad after one more stroke: a short bar of ink at ``row``."""
+    composite = np.array(value["composite"])
+    composite[row : row + 10, 40:80] = (0, 0, 0, 255)
+    return {**value, "composite": composite}
+
+
+def requests(script: Script) -> list[str]:
+    return [f"{seen.method} {seen.path}" for seen in script.seen]
+
+
+def test_pen_lifts_are_drafts_and_the_confirmed_drawing_is_logged_once(drafting):
+    client, script = drafting
+    first = sketch()
+    second = stroke(first, 240)
+    session = predict_drawing(client, first, Session(), auto=True).session
+    session = predict_drawing(client, second, session, auto=True).session
+    assert session.current is not None and session.current.draft and session.drawn == 1
+    assert session.logged is None
+    result = send_feedback(client, session, None)
+    assert result.notice.text == "Thanks! Recorded that 7 was right. Draw the next digit."
+    assert requests(script) == [
+        "POST /predict?draft=true",
+        "POST /predict?draft=true",
+        "POST /predict",
+        "POST /feedback",
+    ]
+    final, feedback = script.seen[2], script.seen[3]
+    # The final drawing is the last one drawn, pinned to the track that answered its draft.
+    assert png_bytes(editor_image(second)) in final.body  # type: ignore[arg-type]
+    assert final.headers["X-Digitloop-Track"] == "canary"
+    assert json.loads(feedback.body) == {
+        "prediction_id": LOGGED["prediction_id"],
+        "label": 7,
+        "source": "ui",
+    }
+    assert result.session.confirmed == 1 and result.session.current is None
+
+
+def test_predict_pressed_on_a_draft_logs_it_and_again_asks_nothing(drafting):
+    client, script = drafting
+    value = sketch()
+    drafted = predict_drawing(client, value, Session(), auto=True).session
+    pressed = predict_drawing(client, value, drafted)
+    assert pressed.prediction is not None and not pressed.prediction.draft
+    assert pressed.prediction.prediction_id == LOGGED["prediction_id"]
+    again = predict_drawing(client, value, pressed.session)
+    assert predict_drawing(client, value, pressed.session, auto=True).skipped
+    send_feedback(client, again.session, 3)
+    assert requests(script) == ["POST /predict?draft=true", "POST /predict", "POST /feedback"]
+    assert json.loads(script.seen[-1].body)["prediction_id"] == LOGGED["prediction_id"]
+
+
+def test_a_stroke_undone_back_to_a_logged_drawing_asks_nothing(drafting):
+    client, script = drafting
+    value = sketch()
+    logged = predict_drawing(client, value, Session()).session
+    drafted = predict_drawing(client, stroke(value, 240), logged, auto=True).session
+    undone = predict_drawing(client, value, drafted, auto=True)
+    assert undone.prediction == logged.current and not undone.skipped
+    send_feedback(client, undone.session, None)
+    assert requests(script) == ["POST /predict", "POST /predict?draft=true", "POST /feedback"]
+
+
+def test_clearing_a_draft_logs_the_final_drawing_once(drafting):
+    client, script = drafting
+    value = sketch()
+    drafted = predict_drawing(client, value, Session(), auto=True).session
+    cleared = clear_drawing(client, drafted)
+    assert cleared.session.current is None and cleared.session.logged is None
+    assert cleared.session.drawn == 1 and not cleared.session.counted
+    clear_drawing(client, cleared.session)  # nothing on screen: nothing to log
+    # Emptied with the pad's own tools: moved on, as with Clear.
+    emptied = predict_drawing(client, None, drafted, auto=True)
+    assert emptied.session.current is None and not emptied.skipped
+    # A logged answer on screen is in the log already.
+    clear_drawing(client, predict_drawing(client, value, Session()).session)
+    assert requests(script) == [
+        "POST /predict?draft=true",
+        "POST /predict",
+        "POST /predict",
+        "POST /predict",
+    ]
+
+
+def test_feedback_while_asked_carries_the_asked_source(drafting):
+    client, script = drafting
+    unsure = predict_drawing(client, sketch(), Session(), auto=True, ask_below=0.95)
+    assert unsure.session.asked and "Is it a 7?" in ask_html(unsure.session)
+    send_feedback(client, unsure.session, 1)
+    sure = predict_drawing(client, sketch(), Session(), auto=True, ask_below=0.9)
+    assert not sure.session.asked and ask_html(sure.session) == ""
+    send_feedback(client, sure.session, 1)
+    never = predict_drawing(client, sketch(), Session(), ask_below=None)
+    assert not never.session.asked
+    sources = [json.loads(s.body)["source"] for s in script.seen if s.path == "/feedback"]
+    assert sources == [ASKED_SOURCE, "ui"]
+
+
+def test_a_failed_feedback_keeps_the_logged_drawing_for_the_retry(drafting):
+    client, script = drafting
+    drafted = predict_drawing(client, sketch(), Session(), auto=True).session
+    script.json("POST", "/feedback", 503, {"error": "the store is down and the spool is full"})
+    failed = send_feedback(client, drafted, None)
+    assert failed.notice.kind == "error" and not failed.reset_canvas
+    assert failed.session.current is not None and not failed.session.current.draft
+    ack = {"prediction_id": LOGGED["prediction_id"], "label": 7, "correct": True}
+    script.json("POST", "/feedback", 200, {**ack, "durable": "stored"})
+    assert send_feedback(client, failed.session, None).session.confirmed == 1
+    assert requests(script) == [
+        "POST /predict?draft=true",
+        "POST /predict",
+        "POST /feedback",
+        "POST /feedback",
+    ]
+
+
+def test_a_gone_canary_logs_the_final_drawing_where_the_split_says(drafting):
+    client, script = drafting
+    drafted = predict_drawing(client, sketch(), Session(), auto=True).session
+    script.refuse_pins = True  # as a service whose canary was removed meanwhile
+    result = predict_drawing(client, sketch(), drafted)
+    assert result.prediction is not None and not result.prediction.draft
+    pinned, unpinned = script.seen[1:]
+    assert pinned.headers["X-Digitloop-Track"] == "canary" and pinned.path == "/predict"
+    assert "X-Digitloop-Track" not in unpinned.headers and unpinned.path == "/predict"

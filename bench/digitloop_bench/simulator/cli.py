@@ -25,8 +25,30 @@ def simulate(
     windows_after: Annotated[int, typer.Option(min=1, help="Drifted windows.")] = 6,
     window_size: Annotated[int, typer.Option(min=50, help="Drawings per window.")] = 400,
     label_prob: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Chance a user confirms or corrects an answer.")
-    ] = 1.0,
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Chance a user labels an answer unasked (see --feedback)."
+        ),
+    ] = 0.2,
+    feedback: Annotated[
+        str,
+        typer.Option(
+            help="both: users confirm right answers and correct wrong ones; correct-only: "
+            "unasked, they only correct wrong ones."
+        ),
+    ] = "both",
+    ask_below: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="The sketchpad asks when the model's confidence is under this (0: never); "
+            "default: the UI's DIGITLOOP_ASK_BELOW_CONFIDENCE.",
+        ),
+    ] = None,
+    answer_when_asked: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Chance a user answers when asked.")
+    ] = 0.5,
     drift_data: Annotated[
         str,
         typer.Option(
@@ -64,6 +86,8 @@ def simulate(
     from digitloop_bench.simulator.population import SimConfig
     from digitloop_bench.simulator.run import run_simulation
 
+    if feedback not in ("both", "correct-only"):
+        raise typer.BadParameter("feedback must be both or correct-only")
     if scenario not in ("drift", "bad-model"):
         raise typer.BadParameter("scenario must be drift or bad-model")
     if not loop and not url:
@@ -75,6 +99,9 @@ def simulate(
         windows_after=windows_after,
         window_size=window_size,
         label_prob=label_prob,
+        feedback=feedback,  # type: ignore[arg-type]
+        answer_when_asked=answer_when_asked,
+        **({} if ask_below is None else {"ask_below": ask_below}),
         drift=drift_data,
         scenario=scenario,
     )

@@ -2,11 +2,15 @@
 
 Phase 1 draws in-distribution digits (MNIST test), phase 2 a drifted population (a
 built-in drawing style from :mod:`digitloop_bench.shifts`, or any ``.npz`` of ``x``/``y``).
-Users confirm right answers and correct wrong ones, each with probability
-``label_prob``. Between windows the loop runs as its scheduler would; the drift it finds
-is its own: the simulator never tells it which phase it is in. Without a loop cycle the
-simulator only plays the users, and the loop runs elsewhere (a cluster's CronWorkflow)
-on the traffic they leave in the store.
+Users label an answer with probability ``label_prob``: they confirm right answers and
+correct wrong ones, or with ``feedback="correct-only"`` only correct wrong ones. When the
+model is unsure the sketchpad asks (:func:`ui.asking.should_ask`, the same rule), and people
+answer the question with probability ``answer_when_asked``.
+
+Between windows the loop runs as its scheduler would; the drift it finds is its own: the
+simulator never tells it which phase it is in. Without a loop cycle the simulator only
+plays the users, and the loop runs elsewhere (a cluster's CronWorkflow) on the traffic
+they leave in the store.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from contracts.api import ModelInfo
+from contracts.api import ModelInfo, Prediction
+from model.calibration import expected_accuracy
 from services.client import DigitloopClient
 from services.store.backends import StoreSettings
+from ui.asking import should_ask
+from ui.settings import UISettings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,12 @@ class SimConfig:
     windows_before: int = 2
     windows_after: int = 6
     window_size: int = 400
-    label_prob: float = 1.0  # chance a user confirms or corrects an answer
+    label_prob: float = 0.2  # chance a user confirms or corrects an answer unasked
+    feedback: Literal["both", "correct-only"] = "both"  # correct-only: never confirm unasked
+    # The sketchpad asks when the model's confidence is under this (its UI setting's
+    # default); people answer the question with ``answer_when_asked``. 0 asks nothing.
+    ask_below: float = field(default_factory=lambda: UISettings().ask_below_confidence)
+    answer_when_asked: float = 0.5
     drift: str = "segments"  # a digitloop_bench.shifts population, or a path to an .npz
     scenario: str = "drift"  # or "bad-model": a deliberately poor challenger first
     seed: int = 0
@@ -55,6 +67,9 @@ class WindowResult:
     canary_weight: int
     drift_score: float | None = None
     events: list[str] = field(default_factory=list)
+    estimated_accuracy: float | None = None  # label-free, from the answers' probabilities
+    asked: int = 0  # answers the sketchpad asked about
+    labelled_on_canary: int = 0
 
 
 @dataclass
@@ -68,6 +83,12 @@ class SimSummary:
     windows: list[dict[str, Any]]
     plot: str | None = None
     loop: bool = True  # whether the loop ran here, between windows
+    labels: int = 0  # labels people gave over the whole run
+    # From the first drifted window to the loop run that promoted (None: no promotion).
+    labels_until_promotion: int | None = None
+    cycles_until_promotion: int | None = None
+    # The rolled-back canary's own labelled answers, from its first window to its rollback.
+    canary_labels_until_rollback: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,24 +107,46 @@ def load_population(
     return make_shift(spec, digits, labels, seed)
 
 
+@dataclass
+class UserWindow:
+    """What the users of one window did."""
+
+    answers: list[Prediction]
+    right: int = 0
+    labelled: int = 0
+    asked: int = 0
+    labelled_on_canary: int = 0
+    served: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
 def user_window(
     client: DigitloopClient,
     images: np.ndarray,
     labels: np.ndarray,
     rng: np.random.Generator,
-    label_prob: float,
-) -> tuple[int, int, int, Counter[tuple[str, str]]]:
-    """Users draw ``images`` and label answers: returns (n, right, labelled, served), where
-    ``served`` counts the answers by (track, model version)."""
-    right = labelled = 0
-    served: Counter[tuple[str, str]] = Counter()
-    for answer, truth in zip(client.predict_batch_pixels(images), labels, strict=True):
-        right += answer.label == int(truth)
-        served[answer.track, answer.model_version] += 1
-        if rng.random() < label_prob:
-            client.feedback(answer.prediction_id, int(truth), source="simulator")
-            labelled += 1
-    return len(images), right, labelled, served
+    config: SimConfig,
+) -> UserWindow:
+    """Users draw ``images``, see the answers, and label some (see the module's doc)."""
+    answers = client.predict_batch_pixels(images)
+    window = UserWindow(answers=answers)
+    for answer, truth in zip(answers, labels, strict=True):
+        right = answer.label == int(truth)
+        window.right += right
+        window.served[answer.track, answer.model_version] += 1
+        asked = config.ask_below > 0 and should_ask(answer, config.ask_below)
+        window.asked += asked
+        if asked:
+            labels_it = rng.random() < config.answer_when_asked
+        elif config.feedback == "correct-only" and right:
+            labels_it = False
+        else:
+            labels_it = rng.random() < config.label_prob
+        if labels_it:
+            source = "simulator-asked" if asked else "simulator"
+            client.feedback(answer.prediction_id, int(truth), source=source)
+            window.labelled += 1
+            window.labelled_on_canary += answer.track == "canary"
+    return window
 
 
 def window_serving(
@@ -160,8 +203,10 @@ def simulate(
         cursor[phase] = start + config.window_size
         window = slice(start, start + config.window_size)
         images, labels = x[window], y[window]
-        n, right, labelled, served = user_window(client, images, labels, rng, config.label_prob)
-        stable_version, canary_version, canary_weight = window_serving(client.model_info(), served)
+        users = user_window(client, images, labels, rng, config)
+        stable_version, canary_version, canary_weight = window_serving(
+            client.model_info(), users.served
+        )
         # The loop runs between windows, as its scheduler would; after the last one its
         # verdict could no longer show in any window.
         summary: dict[str, Any] = {}
@@ -169,17 +214,25 @@ def simulate(
             time.sleep(config.settle_s)
             summary = loop_cycle(index)
         events += _events(summary)
+        n = len(users.answers)
         result = WindowResult(
             index=index,
             phase=phase,
             n=n,
-            accuracy=right / n if n else 0.0,
-            labelled=labelled,
+            accuracy=users.right / n if n else 0.0,
+            labelled=users.labelled,
             stable_version=stable_version,
             canary_version=canary_version,
             canary_weight=canary_weight,
             drift_score=summary.get("drift_score"),
             events=events,
+            estimated_accuracy=expected_accuracy(
+                np.array([answer.probabilities for answer in users.answers])
+            )
+            if n
+            else None,
+            asked=users.asked,
+            labelled_on_canary=users.labelled_on_canary,
         )
         results.append(result)
         if on_window:
@@ -211,6 +264,10 @@ def summarise(
     events = [e for r in results for e in r.events]
     promoted = [e.split(" v", 1)[1] for e in events if e.startswith("promoted v")]
     rolled = [e.split(" v", 1)[1] for e in events if e.startswith("rolled back v")]
+    until_promotion = _until(results, "promoted v", start=drifted[0].index if drifted else 0)
+    rollback_window = next(
+        (r.index for r in results if any(e.startswith("rolled back v") for e in r.events)), None
+    )
     return SimSummary(
         accuracy_drifted_before=drifted[0].accuracy if drifted else float("nan"),
         accuracy_drifted_after=drifted[-1].accuracy if drifted else float("nan"),
@@ -221,7 +278,30 @@ def summarise(
         windows=[asdict(r) for r in results],
         plot=plot,
         loop=loop,
+        labels=sum(r.labelled for r in results),
+        labels_until_promotion=until_promotion[0] if until_promotion else None,
+        cycles_until_promotion=until_promotion[1] if until_promotion else None,
+        canary_labels_until_rollback=_canary_labels(results, rollback_window),
     )
+
+
+def _until(results: list[WindowResult], event: str, start: int) -> tuple[int, int] | None:
+    """(labels, loop runs) from window ``start`` through the first run whose events include
+    ``event``; the loop runs after each window, so that window's labels count."""
+    for r in results[start:]:
+        if any(e.startswith(event) for e in r.events):
+            span = results[start : r.index + 1]
+            return sum(w.labelled for w in span), len(span)
+    return None
+
+
+def _canary_labels(results: list[WindowResult], rollback_window: int | None) -> int | None:
+    """Labelled answers the rolled-back canary served, from its first window to its rollback."""
+    if rollback_window is None:
+        return None
+    span = results[: rollback_window + 1]
+    first = next((r.index for r in span if r.canary_version), rollback_window)
+    return sum(r.labelled_on_canary for r in span[first:])
 
 
 def plot_windows(results: list[WindowResult], path: Path) -> Path:
@@ -234,6 +314,14 @@ def plot_windows(results: list[WindowResult], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     xs = [r.index for r in results]
     ax.plot(xs, [r.accuracy for r in results], marker="o", label="accuracy (answered)")
+    estimated = [(r.index, r.estimated_accuracy) for r in results if r.estimated_accuracy]
+    if estimated:
+        ax.plot(
+            *zip(*estimated, strict=True),
+            marker="x",
+            linestyle="--",
+            label="estimated accuracy (label-free)",
+        )
     drifted = [r.index for r in results if r.phase == "drifted"]
     if drifted:
         ax.axvspan(

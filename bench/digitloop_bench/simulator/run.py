@@ -55,13 +55,17 @@ def run_simulation(
     def inject_bad() -> str:
         return register_bad_challenger(Registry(), mnist, loop_settings)
 
-    table = Table("window", "phase", "accuracy", "drift", "stable", "canary", "events")
+    table = Table(
+        "window", "phase", "accuracy", "estimated", "labels", "drift", "stable", "canary", "events"
+    )
 
     def show(result: WindowResult) -> None:
         table.add_row(
             str(result.index),
             result.phase,
             f"{result.accuracy:.3f}",
+            "-" if result.estimated_accuracy is None else f"{result.estimated_accuracy:.3f}",
+            f"{result.labelled} ({result.asked} asked)",
             "-" if result.drift_score is None else f"{result.drift_score:.2f}",
             f"v{result.stable_version}",
             f"v{result.canary_version} ({result.canary_weight}%)" if result.canary_version else "-",
