@@ -176,7 +176,8 @@ class LoopSettings(AdminTokenSettings, ServiceUrlSettings):
         ge=0,
         description="Optuna trials searching the fine-tune's learning rate, epochs and replay "
         "share before it runs, each scored on the newest quarter of the training feedback; "
-        "0: the defaults above.",
+        "0: no search, retrain_epochs and retrain_extra_share as set (measured: a search "
+        "cost 7-8x the fine-tune's time and gained nothing, see model/tune.py).",
     )
     retrain_search_seconds: float = Field(
         default=600,

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from contracts.cli import JsonOption, VerboseOption, cli_errors, emit, setup_logging, stderr
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def simulate(
@@ -109,7 +117,15 @@ def simulate(
         nullcontext()
         if url
         else EmbeddedStack(
-            StackConfig(data_dir=data_dir, with_ui=False, workers=1, train_epochs=train_epochs),
+            # Ports of its own: a `make dev` stack (3000, 5000) may be running beside it.
+            StackConfig(
+                data_dir=data_dir,
+                with_ui=False,
+                workers=1,
+                train_epochs=train_epochs,
+                mlflow_port=free_port(),
+                serve_port=free_port(),
+            ),
             # SIGTERM or a closed terminal stops the stack it started, as `digitloop dev` does.
             handle_signals=True,
         )
