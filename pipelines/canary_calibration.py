@@ -80,7 +80,7 @@ def simulate_canary(
     settings: DecisionSettings,
     rng: np.random.Generator,
     answers_per_run: int = 400,
-    canary_share: float = 0.2,
+    canary_share: float = 0.5,
     max_runs: int = 200,
 ) -> Outcome:
     """One canary from its first run to its verdict."""

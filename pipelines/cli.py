@@ -225,8 +225,13 @@ def calibrate_command(
     ] = 1000,
     answers_per_run: Annotated[int, typer.Option(min=10, help="Answers between two runs.")] = 400,
     canary_share: Annotated[
-        float, typer.Option(min=0.01, max=0.99, help="Share of answers the canary serves.")
-    ] = 0.2,
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=0.99,
+            help="Share of answers the canary serves; default: DIGITLOOP_NEW_CANARY_WEIGHT.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
@@ -239,6 +244,7 @@ def calibrate_command(
 
     with cli_errors():
         settings = DecisionSettings()
+        canary_share = canary_share or settings.new_canary_weight / 100
         rows = calibrate(
             settings,
             canaries=canaries,
