@@ -39,35 +39,7 @@ def test_no_loop_plays_the_users_and_leaves_the_loop_alone(service: Service, tmp
     data_dir = Path(service.env["DIGITLOOP_DATA_DIR"])
     # The simulator shares the service's data directory: had it run the loop, the loop's run
     # outputs and reports would be in this store and a retrained version in this registry.
-    env = clean_env(DIGITLOOP_DATA_DIR=str(data_dir), DIGITLOOP_MNIST_PATH=str(MNIST_PATH))
-    result = subprocess.run(
-        [
-            str(VENV_BIN / "digitloop"),
-            "simulate",
-            "--url",
-            service.url,
-            "--no-loop",
-            "--windows-before",
-            "1",
-            "--windows-after",
-            "1",
-            "--window-size",
-            str(WINDOW),
-            "--label-prob",
-            "0.5",
-            "--out",
-            str(tmp_path / "out"),
-            "--json",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout)
+    summary = play(service, tmp_path / "out", "--label-prob", "0.5")
 
     # It drew both windows and got an answer for every drawing, from version 1.
     windows = summary["windows"]
