@@ -39,7 +39,7 @@ from pipelines.drift.detect import (
     detect_drift_adapted,
     model_reference,
 )
-from pipelines.drift.features import CLASS_COLUMN, EmbeddingSummary, featurise
+from pipelines.drift.features import CLASS_COLUMN, EmbeddingSummary, featurise, image_features
 from pipelines.drift.reference import (
     Reference,
     ReferenceSpec,
@@ -353,7 +353,7 @@ def test_the_training_range_comes_from_the_retrain_steps_tags():
     assert trained.end > until and trained.source.startswith("traffic 2026-03-01T09:00:00")
 
 
-def test_the_adapted_traffic_leaves_out_what_the_version_was_trained_on():
+def test_the_adapted_traffic_prefers_what_the_version_was_not_trained_on():
     ts = [T0 + timedelta(seconds=i) for i in range(10)]
     predictions = pd.DataFrame({"prediction_id": [f"p{i}" for i in range(10)], "ts": ts})
     # p0..p5 labelled in this feedback order; the oldest 4 by feedback time were trained on.
@@ -365,12 +365,15 @@ def test_the_adapted_traffic_leaves_out_what_the_version_was_trained_on():
         }
     )
     trained = TrainingRange(T0, ts[8], trained=4)  # p9 came after the range
-    rows = adapted_rows(predictions, labelled, trained, size=100)
-    assert list(rows["prediction_id"]) == ["p4", "p5", "p6", "p7", "p8"]
-    assert list(adapted_rows(predictions, labelled, trained, size=2)["prediction_id"]) == [
-        "p7",
-        "p8",
-    ]
+
+    def rows(size: int) -> list[str]:
+        return list(adapted_rows(predictions, labelled, trained, size)["prediction_id"])
+
+    assert rows(2) == ["p7", "p8"]  # the newest
+    assert rows(5) == ["p4", "p5", "p6", "p7", "p8"]  # every one not trained on
+    # Short of those, the newest trained on fill up, in time order.
+    assert rows(7) == ["p2", "p3", "p4", "p5", "p6", "p7", "p8"]
+    assert rows(100) == [f"p{i}" for i in range(9)]
 
 
 @pytest.fixture(scope="session")
@@ -526,8 +529,13 @@ def adapted_loop(tmp_path, net, mnist, segments):
     ctx.store = store
     ctx.mnist = mnist
     ctx.registry = Versions({"1": (net, version(number="1")), "2": (net, version(tags))})
-    # Not trained on, in the range: the held-out labels and the unlabelled drawings.
-    expected = [d[0] for d in drawings if d[1] <= until and d[0] not in trained_ids]
+    # Not trained on, in the range: the held-out labels and the unlabelled drawings (299),
+    # filled up to 400 with the newest trained on.
+    in_range = [d for d in drawings if d[1] <= until]
+    untrained = [d[2] for d in in_range if d[0] not in trained_ids]
+    filler = [d[2] for d in in_range if d[0] in trained_ids][len(untrained) - 400 :]
+    assert (len(untrained), len(filler)) == (299, 101)
+    expected = np.stack(filler + untrained)
     collect = {
         "since": until,
         "until": now,
@@ -546,12 +554,14 @@ def test_the_drift_step_judges_a_fine_tuned_champion_against_its_adapted_traffic
     assert output.nearest_adapted_share > 0.5
     assert len(output.mixture_scores) == ctx.drift.drift_mixture_steps + 1
     assert output.drift_score == min(output.mixture_scores.values())
-    # Its reference: the newest drawings of its range that it was not trained on.
+    # Its reference: the drawings of its range it was not trained on, filled up to 400 with
+    # the newest it was trained on.
     path = adapted_reference_path(ctx.model.data_dir, "digitloop-mnist", "2")
     cached = load_reference(path)
-    assert len(cached.features) == min(len(expected), ctx.drift.drift_adapted_reference_size)
-    assert len(expected) < 400 < 600  # so leaving out the trained-on ones shows in the size
-    assert cached.model_version == "2"
+    assert cached.model_version == "2" and len(cached.features) == 400
+    np.testing.assert_array_equal(
+        np.sort(cached.features["ink_mass"]), np.sort(image_features(expected)["ink_mass"])
+    )
     keys = set(ctx.store.list("reports/run-2/"))
     assert {"reports/run-2/drift_report.html", "reports/run-2/drift_report_mnist.html"} <= keys
     assert output.report == "reports/run-2/drift_report.html"

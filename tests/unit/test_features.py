@@ -151,3 +151,17 @@ def test_featurise_accepts_an_empty_batch():
     frame = featurise(net, np.zeros((0, 28, 28), np.uint8), summary)
     assert len(frame) == 0
     assert CLASS_COLUMN in frame.columns
+
+
+def test_a_summary_fingerprint_tells_fitted_maps_apart():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(50, 8)).astype(np.float32)
+    predicted = np.arange(50) % 10
+    summary = EmbeddingSummary.fit(embeddings, predicted, n_components=3)
+    same = EmbeddingSummary.fit(embeddings.copy(), predicted, n_components=3)
+    assert summary.fingerprint() == same.fingerprint() and len(summary.fingerprint()) == 16
+    # Another fit (other embeddings, or fewer components) is another map.
+    assert EmbeddingSummary.fit(embeddings[1:], predicted[1:], 3).fingerprint() != (
+        summary.fingerprint()
+    )
+    assert EmbeddingSummary.fit(embeddings, predicted, 2).fingerprint() != summary.fingerprint()
