@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from pipelines.decisions import decide
-from pipelines.outputs import CollectOutput, DecideOutput, DriftOutput, QualityOutput
+from pipelines.outputs import (
+    AnswerQuality,
+    CollectOutput,
+    DecideOutput,
+    DriftOutput,
+    QualityOutput,
+)
 from pipelines.steps.context import LoopContext
 
 
@@ -13,11 +19,16 @@ def step_decide(
     """Retrain? (DESIGN.md's rule; never while a canary is being judged)."""
     if collect.canary_active:
         return DecideOutput(retrain=False, reasons=("a canary is being judged",))
+    # Only the champion's own answers say how it does: the window since its training also
+    # holds the answers of the version it replaced, and of its canary days.
+    champion = quality.by_track.get(
+        f"stable:v{collect.stable_version}", AnswerQuality(answers=0, confirmed=0, corrected=0)
+    )
     decision = decide(
         collect.counts.joined,
         drift.drift_detected,
         drift.drift_score,
-        quality.overall,
+        champion,
         quality.by_answer,
         ctx.decisions,
     )

@@ -471,6 +471,19 @@ def test_decide(ctx, joined, drift, accuracy, canary, retrain, reason):
     assert output.retrain is retrain and output.reasons[0] == reason
 
 
+def test_decide_judges_the_champion_on_its_own_answers(ctx):
+    """The answers of the version it replaced (all corrected here) are no reason to retrain."""
+    old = AnswerQuality(answers=100, confirmed=0, corrected=100)
+    mine = AnswerQuality(answers=100, confirmed=100, corrected=0)
+    quality = quality_output(100, 100).model_copy(
+        update={"by_track": {"stable:v0": old, "stable:v1": mine}, "overall": old}
+    )
+    output = step_decide(
+        ctx, collect_output(40), quality, DriftOutput(drift_detected=False, drift_score=0.1)
+    )
+    assert output.retrain is False, output.reasons
+
+
 # -- retrain --------------------------------------------------------------------------------
 
 
