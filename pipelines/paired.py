@@ -68,7 +68,7 @@ class PairedCounts:
     def __post_init__(self) -> None:
         if not 0.0 <= self.canary_share <= 1.0:
             raise ValueError(f"canary_share must be within [0, 1], got {self.canary_share}")
-        if min(self.for_challenger, self.for_champion) < 0 or any(n < 0 for n in self._counts()):
+        if any(n < 0 for n in self._counts()):
             raise ValueError("counts must not be negative")
 
     def _counts(self) -> tuple[int, int, int, int]:
