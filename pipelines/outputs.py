@@ -155,7 +155,9 @@ class QualityOutput(StepOutput):
 
     overall: AnswerQuality
     by_track: dict[str, AnswerQuality] = Field(description="Keyed `<track>:v<version>`.")
-    by_answer: dict[int, AnswerQuality] = Field(description="Keyed by the digit answered.")
+    by_answer: dict[int, AnswerQuality] = Field(
+        description="The champion's own answers (stable track), keyed by the digit answered."
+    )
     by_class: dict[int, LiveAccuracy] = Field(
         description="Labelled answers keyed by the true digit."
     )
@@ -218,6 +220,9 @@ class RetrainOutput(StepOutput):
     gate_passed: Annotated[bool, ArgoOutput(default=False)]
     gate_reasons: tuple[str, ...]
     train_samples: int = Field(ge=0, description="Feedback samples it was trained on.")
+    pseudo_labelled: int = Field(
+        default=0, ge=0, description="The champion's confident unlabelled answers trained on."
+    )
     holdout_samples: int = Field(ge=0, description="Feedback samples the gate judged it on.")
 
 

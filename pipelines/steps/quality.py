@@ -30,17 +30,20 @@ def answer_quality(answers: pd.DataFrame, labelled: pd.DataFrame) -> AnswerQuali
     )
 
 
-def quality(predictions: pd.DataFrame, labelled: pd.DataFrame) -> QualityOutput:
+def quality(predictions: pd.DataFrame, labelled: pd.DataFrame, champion: str) -> QualityOutput:
     """Quality of a window: ``predictions`` are its answers, ``labelled`` its labelled answers
-    (``label`` as answered, ``true_label`` as people said)."""
+    (``label`` as answered, ``true_label`` as people said); ``champion`` is the stable
+    version, whose own answers alone are broken down by digit."""
     predictions = _keyed(predictions)
     # Feedback of the window may label an older answer: it counts where its answer does.
     labelled = _keyed(labelled[labelled["prediction_id"].isin(predictions["prediction_id"])])
 
-    def grouped(key: str) -> dict:
+    def grouped(key: str, answers: pd.DataFrame = predictions) -> dict:
         return {
-            value: answer_quality(group, labelled[labelled[key] == value])
-            for value, group in predictions.groupby(key, sort=True)
+            value: answer_quality(
+                group, labelled[labelled["prediction_id"].isin(group["prediction_id"])]
+            )
+            for value, group in answers.groupby(key, sort=True)
         }
 
     by_class = {
@@ -50,7 +53,12 @@ def quality(predictions: pd.DataFrame, labelled: pd.DataFrame) -> QualityOutput:
     return QualityOutput(
         overall=answer_quality(predictions, labelled),
         by_track=grouped("served_by"),
-        by_answer={int(k): v for k, v in grouped("label").items()},
+        by_answer={
+            int(k): v
+            for k, v in grouped(
+                "label", predictions[predictions["served_by"] == f"stable:v{champion}"]
+            ).items()
+        },
         by_class=by_class,
     )
 
@@ -66,4 +74,4 @@ def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
 def step_quality(ctx: LoopContext, collect: CollectOutput) -> QualityOutput:
     """Labelled accuracy, corrected share and label-free estimate, per track and digit."""
     window = ctx.window(collect.since, collect.until)
-    return quality(window.predictions, window.labelled)
+    return quality(window.predictions, window.labelled, collect.stable_version)

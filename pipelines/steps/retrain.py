@@ -3,6 +3,11 @@
 The most recent ``holdout_fraction`` of the labelled feedback is kept out of training:
 the gate compares champion and challenger on it, so the challenger is judged on
 corrections neither has seen.
+
+People who only correct label a new population's hard cases and never its easy ones, and
+a fine-tune on corrections alone learns a skewed picture of it. So the champion's own
+confident, unlabelled answers of the window join the training data as it labelled them
+(self-training, ``retrain_pseudo_label_confidence``); they never reach the gate.
 """
 
 from __future__ import annotations
@@ -55,6 +60,36 @@ def split_holdout(labelled: pd.DataFrame, fraction: float) -> FeedbackSplit:
     return FeedbackSplit(images[:cut], labels[:cut], images[cut:], labels[cut:], since, until)
 
 
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Unlabelled answers taken as labelled by the model that gave them."""
+
+    x: np.ndarray  # (N, 28, 28) uint8
+    y: np.ndarray  # (N,) int64
+
+
+def pseudo_labels(
+    predictions: pd.DataFrame, labelled: pd.DataFrame, version: str, min_confidence: float | None
+) -> PseudoLabels:
+    """``version``'s stable answers in ``predictions`` that nobody labelled and whose
+    (calibrated) top probability is at least ``min_confidence``; None takes none."""
+    answers = predictions[
+        (predictions["track"] == "stable")
+        & (predictions["model_version"].astype(str) == str(version))
+        & ~predictions["prediction_id"].isin(labelled["prediction_id"])
+    ]
+    if min_confidence is None or answers.empty:
+        return PseudoLabels(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+    confidence = np.stack(answers["probabilities"].to_numpy()).max(axis=1)
+    kept = answers[confidence >= min_confidence]
+    images = (
+        np.stack(kept["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8)
+        if len(kept)
+        else np.zeros((0, 28, 28), np.uint8)
+    )
+    return PseudoLabels(images, kept["label"].to_numpy(dtype=np.int64))
+
+
 def feedback_cutoff(info: ModelVersionInfo) -> datetime | None:
     """The newest feedback a version was trained on (None: MNIST only)."""
     until = json.loads(info.tags.get("training_data") or "{}").get("feedback_until")
@@ -84,8 +119,10 @@ def retrain(
     split: FeedbackSplit,
     settings: LoopSettings,
     run_id: str,
+    pseudo: PseudoLabels | None = None,
 ) -> RetrainResult:
-    """Fine-tune the champion on MNIST + the training part of the feedback; register it."""
+    """Fine-tune the champion on MNIST + the training part of the feedback (+ ``pseudo``);
+    register it. A search, when on, scores its trials on human labels only."""
     base = mnist.limit(n_train=settings.retrain_mnist_limit)
     config = TrainConfig(epochs=settings.retrain_epochs, max_lr=1e-3, seed=0)
     extra_share = settings.retrain_extra_share
@@ -111,12 +148,13 @@ def retrain(
             searched = {"search_run_id": search.parent_run_id, "search_trials": len(search.trials)}
         else:
             log.info("%d labelled images: too few to search, defaults", len(split.train_y))
+    pseudo = pseudo or PseudoLabels(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
     result = fine_tune(
         champion,
         base.x_train,
         base.y_train.astype(np.int64),
-        split.train_x,
-        split.train_y,
+        np.concatenate([split.train_x, pseudo.x]),
+        np.concatenate([split.train_y, pseudo.y]),
         config,
         extra_share=extra_share,
     )
@@ -127,6 +165,7 @@ def retrain(
     training_data = {
         "mnist_train": len(base.x_train),
         "feedback": len(split.train_y),
+        "pseudo_labelled": len(pseudo.y),
         "feedback_holdout": len(split.holdout_y),
         "feedback_since": split.since.isoformat() if split.since else None,
         "feedback_until": split.until.isoformat() if split.until else None,
@@ -183,11 +222,17 @@ def step_retrain(ctx: LoopContext, collect: CollectOutput) -> RetrainOutput:
     window = ctx.window(collect.since, collect.until)
     split = split_holdout(window.labelled, ctx.loop.holdout_fraction)
     champion, champion_info = ctx.registry.load(collect.stable_version)
+    pseudo = pseudo_labels(
+        window.predictions,
+        window.labelled,
+        collect.stable_version,
+        ctx.loop.retrain_pseudo_label_confidence,
+    )
     # An Argo retry after the version was registered judges that version, not a new one.
     version = find_retrained(ctx.registry, ctx.run_id)
     if version is None:
         version = retrain(
-            ctx.registry, champion, champion_info, ctx.mnist, split, ctx.loop, ctx.run_id
+            ctx.registry, champion, champion_info, ctx.mnist, split, ctx.loop, ctx.run_id, pseudo
         ).version
     challenger, _ = ctx.registry.load(version.version)
     mnist_accuracy = float(version.tags["mnist_test_accuracy"])
@@ -203,5 +248,6 @@ def step_retrain(ctx: LoopContext, collect: CollectOutput) -> RetrainOutput:
         gate_passed=verdict.passed,
         gate_reasons=tuple(verdict.reasons),
         train_samples=len(split.train_y),
+        pseudo_labelled=len(pseudo.y),
         holdout_samples=len(split.holdout_y),
     )

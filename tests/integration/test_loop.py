@@ -17,7 +17,7 @@ from model.registry import Registry
 from model.settings import ModelSettings
 from pipelines.decisions import Tally
 from pipelines.drift.detect import DriftSettings
-from pipelines.outputs import RetrainOutput
+from pipelines.outputs import DriftOutput, RetrainOutput
 from pipelines.rollout import sync_aliases, with_canary
 from pipelines.rollout.service import ServiceRollout
 from pipelines.runners.local import run_once
@@ -134,6 +134,13 @@ def test_drift_retrain_canary_promote_then_bad_challenger_rolls_back(stack, mnis
     assert registry.alias_version("challenger") is None
     after = traffic(service, x[1800:2400], y[1800:2400])
     assert after.accuracy > before.accuracy + 0.05, (before, after)
+    # The population v2 was adapted to no longer alarms (its drift reference holds the
+    # traffic it was fine-tuned on), so the loop does not train again: no churn.
+    quiet = run_once(context(env, service, "run-2-after"))
+    drift = context(env, service, "run-2-after").read(DriftOutput)
+    assert drift is not None and drift.drift_detected is False, drift
+    assert drift.nearest_adapted_share is not None and drift.nearest_adapted_share > 0.5, drift
+    assert quiet["challenger"] is None, quiet
 
     # A deliberately bad challenger (trained on shuffled labels) as the canary: rolled back.
     bad = train_bad_challenger(registry, mnist, n=1000)

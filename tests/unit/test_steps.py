@@ -55,7 +55,7 @@ from pipelines.steps.decide import step_decide
 from pipelines.steps.drift import step_drift
 from pipelines.steps.finish import finish, summarise
 from pipelines.steps.quality import step_quality
-from pipelines.steps.retrain import step_retrain
+from pipelines.steps.retrain import pseudo_labels, step_retrain
 from pipelines.steps.window import GRACE, LOOKBACK
 from services.store.backends import LocalStore, StoreSettings
 from services.store.writers import FeedbackWriter, PredictionLog
@@ -150,6 +150,12 @@ class Drawn:
     track: str = "stable"
     version: str = "1"
     image: np.ndarray | None = None
+    confidence: float = 0.1  # the answered digit's probability; the rest share what is left
+
+    def probabilities(self) -> np.ndarray:
+        probabilities = np.full(10, (1 - self.confidence) / 9, np.float32)
+        probabilities[self.label] = self.confidence
+        return probabilities
 
 
 def log_traffic(store: LocalStore, spool: Path, drawn: Iterable[Drawn]) -> None:
@@ -165,7 +171,7 @@ def log_traffic(store: LocalStore, spool: Path, drawn: Iterable[Drawn]) -> None:
                     model_version=d.version,
                     track=d.track,
                     image=np.zeros((28, 28), np.uint8) if d.image is None else d.image,
-                    probabilities=np.full(10, 0.1, np.float32),
+                    probabilities=d.probabilities(),
                     label=d.label,
                     latency_ms=1.0,
                 )
@@ -333,10 +339,12 @@ def test_quality_counts_answers_per_track_version_and_digit(ctx):
         "canary:v2": (2, 1, 1),
         "stable:v1": (6, 4, 1),
     }
-    # answered 3: right 4 times (stable 3, canary 1); answered 5: corrected twice
+    # Per digit, the champion's own answers only (decide's class trigger reads it): stable
+    # answered 3 and was right 3 times, answered 5 once and was corrected; the canary's
+    # answers (a right 3 and a corrected 5) are not the champion's.
     assert {k: counts(v) for k, v in output.by_answer.items()} == {
-        3: (4, 4, 0),
-        5: (2, 0, 2),
+        3: (3, 3, 0),
+        5: (1, 0, 1),
         7: (2, 1, 0),
     }
     assert output.by_class == {3: LiveAccuracy(n=6, correct=4), 7: LiveAccuracy(n=1, correct=1)}
@@ -496,6 +504,11 @@ def test_retrain_registers_a_gated_challenger_once_per_run(ctx, mnist):
         [
             Drawn(f"p{i:03d}", start + timedelta(seconds=i), 0, int(y), image=x)
             for i, (x, y) in enumerate(zip(mnist.x_train[:40], mnist.y_train[:40], strict=True))
+        ]
+        # Unlabelled answers: the 5 sure ones join the training data as answered.
+        + [
+            Drawn(f"u{i}", start + timedelta(seconds=40 + i), 7, confidence=0.999 if i < 5 else 0.6)
+            for i in range(8)
         ],
     )
     collect = collected(ctx)
@@ -505,12 +518,33 @@ def test_retrain_registers_a_gated_challenger_once_per_run(ctx, mnist):
     assert (output.train_samples, output.holdout_samples) == (30, 10)  # the newest quarter
     training = json.loads(challenger.tags["training_data"])
     assert training["loop_run"] == "run-1" and training["feedback"] == 30
+    assert output.pseudo_labelled == training["pseudo_labelled"] == 5
     assert training["feedback_until"] == (start + timedelta(seconds=39)).isoformat()
     assert output.mnist_test_accuracy == float(challenger.tags["mnist_test_accuracy"])
     assert output.holdout_accuracy == float(challenger.tags["feedback_holdout_accuracy"])
     assert output.gate_reasons and output.mlflow_run_id == challenger.run_id
     # An Argo retry of the step judges the version this run registered, not a new one.
     assert step_retrain(ctx, collect) == output and len(ctx.registry.versions()) == 2
+
+
+@pytest.mark.parametrize(
+    ("drawn", "min_confidence", "kept"),
+    [
+        (Drawn("a", NOW, 3, confidence=0.99), 0.99, True),  # at the threshold
+        (Drawn("a", NOW, 3, confidence=0.985), 0.99, False),
+        (Drawn("a", NOW, 3, true_label=5, confidence=1.0), 0.99, False),  # people labelled it
+        (Drawn("a", NOW, 3, track="canary", version="2", confidence=1.0), 0.99, False),
+        (Drawn("a", NOW, 3, version="0", confidence=1.0), 0.99, False),  # another version's
+        (Drawn("a", NOW, 3, confidence=1.0), None, False),  # off
+    ],
+)
+def test_pseudo_labels_are_the_champions_confident_unlabelled_answers(
+    ctx, drawn, min_confidence, kept
+):
+    traffic(ctx, [drawn])
+    window = ctx.window(NOW - timedelta(hours=1), NOW + timedelta(seconds=1))
+    pseudo = pseudo_labels(window.predictions, window.labelled, "1", min_confidence)
+    assert pseudo.y.tolist() == ([3] if kept else []) and pseudo.x.shape[1:] == (28, 28)
 
 
 # -- canary ---------------------------------------------------------------------------------
