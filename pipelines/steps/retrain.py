@@ -66,6 +66,11 @@ class PseudoLabels:
 
     x: np.ndarray  # (N, 28, 28) uint8
     y: np.ndarray  # (N,) int64
+    prediction_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def none(cls) -> PseudoLabels:
+        return cls(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
 
 
 def pseudo_labels(
@@ -79,15 +84,16 @@ def pseudo_labels(
         & ~predictions["prediction_id"].isin(labelled["prediction_id"])
     ]
     if min_confidence is None or answers.empty:
-        return PseudoLabels(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+        return PseudoLabels.none()
     confidence = np.stack(answers["probabilities"].to_numpy()).max(axis=1)
     kept = answers[confidence >= min_confidence]
-    images = (
-        np.stack(kept["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8)
-        if len(kept)
-        else np.zeros((0, 28, 28), np.uint8)
+    if kept.empty:
+        return PseudoLabels.none()
+    return PseudoLabels(
+        np.stack(kept["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8),
+        kept["label"].to_numpy(dtype=np.int64),
+        tuple(kept["prediction_id"]),
     )
-    return PseudoLabels(images, kept["label"].to_numpy(dtype=np.int64))
 
 
 def feedback_cutoff(info: ModelVersionInfo) -> datetime | None:
@@ -148,7 +154,7 @@ def retrain(
             searched = {"search_run_id": search.parent_run_id, "search_trials": len(search.trials)}
         else:
             log.info("%d labelled images: too few to search, defaults", len(split.train_y))
-    pseudo = pseudo or PseudoLabels(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+    pseudo = pseudo or PseudoLabels.none()
     result = fine_tune(
         champion,
         base.x_train,

@@ -119,6 +119,16 @@ class UserWindow:
     served: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
+def gives_label(right: bool, asked: bool, rng: np.random.Generator, config: SimConfig) -> bool:
+    """Whether a person labels an answer: asked, with ``answer_when_asked``; unasked, with
+    ``label_prob``, and never to confirm a right answer when they only correct."""
+    if asked:
+        return bool(rng.random() < config.answer_when_asked)
+    if config.feedback == "correct-only" and right:
+        return False
+    return bool(rng.random() < config.label_prob)
+
+
 def user_window(
     client: DigitloopClient,
     images: np.ndarray,
@@ -135,13 +145,7 @@ def user_window(
         window.served[answer.track, answer.model_version] += 1
         asked = config.ask_below > 0 and should_ask(answer, config.ask_below)
         window.asked += asked
-        if asked:
-            labels_it = rng.random() < config.answer_when_asked
-        elif config.feedback == "correct-only" and right:
-            labels_it = False
-        else:
-            labels_it = rng.random() < config.label_prob
-        if labels_it:
+        if gives_label(right, asked, rng, config):
             source = "simulator-asked" if asked else "simulator"
             client.feedback(answer.prediction_id, int(truth), source=source)
             window.labelled += 1

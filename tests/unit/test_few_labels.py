@@ -1,0 +1,46 @@
+"""The label-efficiency bench's pure parts: people label as the simulator's do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from digitloop_bench.few_labels import as_logged, user_labels
+from digitloop_bench.simulator.population import SimConfig
+
+from pipelines.steps.retrain import pseudo_labels
+
+SURE, UNSURE = 0.999, 0.5
+
+
+def probabilities(answers: list[int], confidence: list[float]) -> np.ndarray:
+    rows = np.full((len(answers), 10), 0.0, np.float32)
+    for row, (answer, top) in enumerate(zip(answers, confidence, strict=True)):
+        rows[row] = (1 - top) / 9
+        rows[row, answer] = top
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("feedback", "keep", "expected"),
+    [
+        # sure+right, sure+wrong, unsure+right (asked), unsure+wrong (asked)
+        ("correct-only", 10, [False, True, True, True]),
+        ("both", 10, [True, True, True, True]),
+        ("correct-only", 2, [False, True, True, False]),  # only the first two labels
+    ],
+)
+def test_people_label_as_the_simulators_do(feedback, keep, expected):
+    answers = np.array([1, 1, 2, 2])
+    truth = np.array([1, 7, 2, 5])
+    probs = probabilities(answers.tolist(), [SURE, SURE, UNSURE, UNSURE])
+    config = SimConfig(feedback=feedback, label_prob=1.0, answer_when_asked=1.0, ask_below=0.8)
+    labelled = user_labels(answers, truth, probs, config, np.random.default_rng(0), keep)
+    assert labelled.tolist() == expected
+
+
+def test_the_bench_takes_pseudo_labels_by_the_retrain_steps_rule():
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    logged = as_logged(images, probabilities([4, 4, 6], [SURE, UNSURE, SURE]))
+    pseudo = pseudo_labels(logged, logged.iloc[[2]], "1", 0.99)
+    assert pseudo.prediction_ids == ("p0",) and pseudo.y.tolist() == [4]
+    assert (pseudo.x[0] == images[0]).all()
