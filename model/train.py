@@ -83,26 +83,46 @@ def fine_tune(
     console: Console | None = None,
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
+    pseudo: tuple[np.ndarray, np.ndarray] | None = None,
+    pseudo_share: float = 0.0,
 ) -> TrainResult:
     """Fine-tune a copy of ``parent`` on base data (MNIST) plus extra labelled samples.
 
     The extra samples are few next to MNIST, so each epoch draws them with replacement to
     make up ``extra_share`` of what the network sees; the rest is MNIST, which keeps the
-    network from forgetting the digits it already knew.
+    network from forgetting the digits it already knew. ``pseudo`` images, labelled by a
+    model rather than by people, make up ``pseudo_share`` on their own: however many there
+    are, they never dilute the people's labels.
     """
-    if not 0.0 <= extra_share < 1.0:
-        raise ValueError(f"extra_share must be in [0, 1), got {extra_share}")
-    x = np.concatenate([x_base, x_extra])
-    y = np.concatenate([y_base, y_extra]).astype(np.int64)
-    weights = np.empty(len(x), np.float64)
-    if len(x_extra) and extra_share > 0:
-        weights[: len(x_base)] = (1.0 - extra_share) / len(x_base)
-        weights[len(x_base) :] = extra_share / len(x_extra)
-    else:
-        weights[:] = 1.0 / len(x)
+    x_pseudo, y_pseudo = pseudo if pseudo is not None else (x_extra[:0], y_extra[:0])
+    weights = mixture_weights(
+        (len(x_base), len(x_extra), len(x_pseudo)), (extra_share, pseudo_share)
+    )
+    x = np.concatenate([x_base, x_extra, x_pseudo])
+    y = np.concatenate([y_base, y_extra, y_pseudo]).astype(np.int64)
     seed_everything(config.seed)
     net = copy.deepcopy(parent)
     return fit(net, x, y, config, sample_weights=weights, x_val=x_val, y_val=y_val, console=console)
+
+
+def mixture_weights(sizes: tuple[int, ...], shares: tuple[float, ...]) -> np.ndarray:
+    """Sampling weights, one per sample, of groups concatenated in order: group ``i + 1``
+    makes up ``shares[i]`` of what an epoch draws, the first group (the base data) the rest.
+    An empty group's share goes to the base data."""
+    if len(shares) != len(sizes) - 1:
+        raise ValueError("one share per group after the first")
+    for name, share in zip(("extra_share", "pseudo_share"), shares, strict=False):
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {share}")
+    if sum(shares) >= 1.0:
+        raise ValueError(f"the shares leave nothing for the base data: {shares}")
+    if sizes[0] == 0:
+        raise ValueError("no base samples")
+    taken = [share if size else 0.0 for size, share in zip(sizes[1:], shares, strict=True)]
+    per_group = [1.0 - sum(taken), *taken]
+    return np.concatenate(
+        [np.full(size, share / size) for size, share in zip(sizes, per_group, strict=True) if size]
+    )
 
 
 def fit(

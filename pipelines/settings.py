@@ -190,6 +190,13 @@ class LoopSettings(AdminTokenSettings, ServiceUrlSettings):
         "the new population's easy cases, which people who only correct never label. The gate "
         "still judges on held-out human labels only. Unset: human labels only.",
     )
+    retrain_pseudo_label_share: float = Field(
+        default=0.2,
+        ge=0,
+        lt=0.3,
+        description="Share of each fine-tuning epoch drawn from those answers, apart from "
+        "`retrain_extra_share`: however many there are, people's labels keep their weight.",
+    )
     retrain_trials: int = Field(
         default=0,
         ge=0,

@@ -43,7 +43,7 @@ from model.network import DigitNet, predict_proba
 from model.preprocess import preprocess_batch
 from model.train import TrainConfig, fine_tune
 from pipelines.settings import LoopSettings
-from pipelines.steps.retrain import pseudo_labels
+from pipelines.steps.retrain import PseudoLabels, pseudo_labels
 from ui.asking import should_ask
 
 
@@ -89,13 +89,14 @@ def user_labels(
 def fine_tuned_scores(
     champion: torch.nn.Module,
     mnist: Mnist,
-    x_extra: np.ndarray,
-    y_extra: np.ndarray,
+    labelled: tuple[np.ndarray, np.ndarray],
+    pseudo: PseudoLabels,
     test: tuple[np.ndarray, np.ndarray],
     loop: LoopSettings,
     threads: int | None,
 ) -> dict[str, float]:
-    """retrain()'s fine-tune on MNIST plus the extra images, scored on the style and MNIST."""
+    """retrain()'s fine-tune on MNIST, people's labels and pseudo-labels, scored on the
+    style and on MNIST."""
     config = TrainConfig(epochs=loop.retrain_epochs, max_lr=1e-3, seed=0, threads=threads)
     base = mnist.limit(n_train=loop.retrain_mnist_limit)
     started = time.perf_counter()
@@ -103,10 +104,11 @@ def fine_tuned_scores(
         champion,
         base.x_train,
         base.y_train.astype(np.int64),
-        x_extra,
-        y_extra,
+        *labelled,
         config,
         extra_share=loop.retrain_extra_share,
+        pseudo=(pseudo.x, pseudo.y),
+        pseudo_share=loop.retrain_pseudo_label_share,
     )
     return {
         "style": evaluate(result.net, *test).accuracy,
@@ -195,15 +197,11 @@ def few_labels(
                     pseudo_labelled=len(pseudo.y),
                     pseudo_wrong=int((answers[kept] != truth[idx][kept]).sum()),
                     champion_window_accuracy=float((answers == truth[idx]).mean()),
-                    labels_only=fine_tuned_scores(champion, data, x_l, y_l, scored, loop, threads),
+                    labels_only=fine_tuned_scores(
+                        champion, data, (x_l, y_l), PseudoLabels.none(), scored, loop, threads
+                    ),
                     with_pseudo=fine_tuned_scores(
-                        champion,
-                        data,
-                        np.concatenate([x_l, pseudo.x]),
-                        np.concatenate([y_l, pseudo.y]),
-                        scored,
-                        loop,
-                        threads,
+                        champion, data, (x_l, y_l), pseudo, scored, loop, threads
                     ),
                 )
             )
@@ -213,6 +211,7 @@ def few_labels(
         "temperature": temperature,
         "champion_style_accuracy": evaluate(champion, images[test_idx], truth[test_idx]).accuracy,
         "pseudo_label_confidence": loop.retrain_pseudo_label_confidence,
+        "pseudo_label_share": loop.retrain_pseudo_label_share,
         "rows": [asdict(row) for row in rows],
     }
     emit(summary, as_json, _table(rows))

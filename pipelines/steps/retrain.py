@@ -159,10 +159,12 @@ def retrain(
         champion,
         base.x_train,
         base.y_train.astype(np.int64),
-        np.concatenate([split.train_x, pseudo.x]),
-        np.concatenate([split.train_y, pseudo.y]),
+        split.train_x,
+        split.train_y,
         config,
         extra_share=extra_share,
+        pseudo=(pseudo.x, pseudo.y),
+        pseudo_share=settings.retrain_pseudo_label_share,
     )
     mnist_test = evaluate(result.net, mnist.x_test, mnist.y_test)
     holdout = (
@@ -185,7 +187,11 @@ def retrain(
             result,
             mnist_test,
             training_data,
-            extra_params={"extra_share": extra_share, **searched},
+            extra_params={
+                "extra_share": extra_share,
+                "pseudo_label_share": settings.retrain_pseudo_label_share,
+                **searched,
+            },
             parent_version=champion_info.version,
             extra_metrics=extra,
             run_name=f"retrain-{run_id}",

@@ -11,7 +11,7 @@ import torch
 from model.augment import AugmentConfig, augment
 from model.evaluate import evaluate, plot_confusion, score
 from model.network import DigitNet, predict_proba, to_tensor
-from model.train import TrainConfig, fine_tune, train
+from model.train import TrainConfig, fine_tune, mixture_weights, train
 from tests.conftest import tiny_split
 
 FAST = TrainConfig(epochs=2, batch_size=64, augment=False, seed=7)
@@ -129,3 +129,38 @@ def test_score_counts_rejected_inputs_as_wrong():
     assert result.accuracy == pytest.approx(2 / 3)
     assert result.per_class == {"3": 0.5, "4": 1.0}
     assert result.confusion.sum() == 2
+
+
+@pytest.mark.parametrize(
+    ("sizes", "shares", "per_group"),
+    [
+        ((4, 2, 0), (0.3, 0.2), (0.7, 0.3, None)),  # no pseudo-labels: base takes 0.7
+        ((4, 2, 3), (0.3, 0.2), (0.5, 0.3, 0.2)),
+        ((4, 2, 300), (0.3, 0.2), (0.5, 0.3, 0.2)),  # 100x more pseudo-labels: same shares
+        ((4, 0, 3), (0.3, 0.2), (0.8, None, 0.2)),  # no labels: their share is MNIST's
+        ((4, 2, 3), (0.0, 0.0), (1.0, 0.0, 0.0)),
+    ],
+)
+def test_mixture_weights_give_each_group_its_share(sizes, shares, per_group):
+    weights = mixture_weights(sizes, shares)
+    assert len(weights) == sum(sizes) and weights.sum() == pytest.approx(1.0)
+    start = 0
+    for size, share in zip(sizes, per_group, strict=True):
+        group = weights[start : start + size]
+        start += size
+        if size:
+            assert group.sum() == pytest.approx(share) and np.ptp(group) == pytest.approx(0)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "shares", "message"),
+    [
+        ((4, 2, 3), (1.0, 0.0), "extra_share"),
+        ((4, 2, 3), (0.3, -0.1), "pseudo_share"),
+        ((4, 2, 3), (0.6, 0.5), "nothing for the base"),
+        ((0, 2, 3), (0.3, 0.2), "no base"),
+    ],
+)
+def test_mixture_weights_refuse_bad_shares(sizes, shares, message):
+    with pytest.raises(ValueError, match=message):
+        mixture_weights(sizes, shares)
