@@ -7,10 +7,16 @@ trained v3, and v3 failed its gate). So a champion with feedback in its training
 also judged against a sample of that traffic, and against mixes of it with MNIST
 (:func:`mixture`; the rule is :func:`pipelines.drift.detect.detect_drift_adapted`).
 
-Which traffic: the most recent ``drift_adapted_reference_size`` predictions logged in the
-time range of the feedback it was trained on (its registry tags ``feedback_since`` and
-``feedback_until``), preferring those it was not trained on (the feedback held out for its
-gate, and the unlabelled answers): a network is more confident on images it was trained on
+Which traffic: the most recent ``drift_adapted_reference_size`` predictions logged from the
+start of the feedback it was trained on (its registry tags ``feedback_since`` and
+``feedback_until``) until the first window it is checked on, preferring those it was not
+trained on: the traffic it served as a canary, then the feedback held out for its gate and
+the unlabelled answers of its training range. The canary's traffic comes first because the
+training range also holds the traffic from before the drift: a reference of its newest 400
+answers held about 10 % MNIST drawings in the simulator, and the first 400 drawings after
+the promotion drifted against every mix (2 simulator runs of 2; the canary's own traffic
+is the population it was promoted on). The reference is built once, when the version is
+first checked as the champion. A network is more confident on images it was trained on
 than on fresh drawings of the same population, the reason :mod:`pipelines.drift.reference`
 uses MNIST test and not train. After the retrain step's fine-tune (3 epochs, with
 augmentation) the difference did not show: with a reference of the 300 drawings trained on,
@@ -67,12 +73,17 @@ def training_range(info: ModelVersionInfo) -> TrainingRange | None:
 
 
 def adapted_rows(
-    predictions: pd.DataFrame, labelled: pd.DataFrame, trained: TrainingRange, size: int
+    predictions: pd.DataFrame,
+    labelled: pd.DataFrame,
+    trained: TrainingRange,
+    size: int,
+    before: datetime | None = None,
 ) -> pd.DataFrame:
-    """The newest ``size`` predictions of the range, those it was not trained on first.
+    """The newest ``size`` predictions logged before ``before`` (default: the range's end),
+    those it was not trained on first.
 
     ``predictions`` and ``labelled`` are a window's (:class:`pipelines.steps.window.Window`)
-    over the range. The images trained on are the oldest ``trained`` labelled ones by
+    from the range's start. The images trained on are the oldest ``trained`` labelled ones by
     feedback time, as the retrain step splits them (the newer ones were held out for its
     gate); they only fill up what the rest leaves short, newest first, so a range where
     every answer was labelled still gives a reference. Returned oldest first.
@@ -82,7 +93,7 @@ def adapted_rows(
         .head(trained.trained)["prediction_id"]
         .to_numpy()
     )
-    in_range = predictions[predictions["ts"] < pd.Timestamp(trained.end)]
+    in_range = predictions[predictions["ts"] < pd.Timestamp(before or trained.end)]
     in_range = in_range.sort_values("ts", kind="stable")
     seen = in_range["prediction_id"].isin(trained_ids)
     fresh = in_range[~seen].tail(size)
@@ -124,4 +135,5 @@ def adapted_reference_path(data_dir: Path, model_name: str, version: str) -> Pat
 
 
 TrafficReader = Callable[[TrainingRange, int], np.ndarray]
-"""Reads the (N, 28, 28) uint8 images of :func:`adapted_rows` for a range and a size."""
+"""Reads the (N, 28, 28) uint8 images of :func:`adapted_rows` for a range and a size (up to
+the window being checked)."""

@@ -31,10 +31,14 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
     recent = window.predictions.tail(ctx.loop.drift_window)
     net, info = ctx.registry.load(collect.stable_version)
     reference = model_reference(net, info, ctx.mnist.x_test, ctx.model.data_dir, ctx.drift)
+    # The adapted reference is read up to the window it is first checked on, so it holds
+    # the traffic the version served as a canary (see pipelines.drift.adapted).
+    before = recent["ts"].min().to_pydatetime() if len(recent) else collect.until
 
     def traffic(trained: TrainingRange, size: int) -> np.ndarray:
-        adapted = ctx.window(trained.since, trained.end)
-        return adapted.images(adapted_rows(adapted.predictions, adapted.labelled, trained, size))
+        adapted = ctx.window(trained.since, max(before, trained.end))
+        rows = adapted_rows(adapted.predictions, adapted.labelled, trained, size, before)
+        return adapted.images(rows)
 
     adapted = adapted_reference(net, info, reference, traffic, ctx.model.data_dir, ctx.drift)
     images = window.images(recent)

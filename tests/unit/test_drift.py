@@ -376,6 +376,22 @@ def test_the_adapted_traffic_prefers_what_the_version_was_not_trained_on():
     assert rows(100) == [f"p{i}" for i in range(9)]
 
 
+def test_the_adapted_traffic_takes_what_it_served_as_a_canary_first():
+    """Read up to the first window checked, the traffic after the training range (all of it
+    unseen) comes first: the range also holds the traffic from before the drift."""
+    ts = [T0 + timedelta(seconds=i) for i in range(10)]
+    predictions = pd.DataFrame({"prediction_id": [f"p{i}" for i in range(10)], "ts": ts})
+    labelled = pd.DataFrame({"prediction_id": ["p0", "p1"], "feedback_ts": [ts[2], ts[3]]})
+    trained = TrainingRange(T0, ts[3], trained=2)  # p0..p3; p4..p7 the canary's; p8 checked
+
+    def rows(size: int) -> list[str]:
+        return list(adapted_rows(predictions, labelled, trained, size, ts[8])["prediction_id"])
+
+    assert rows(3) == ["p5", "p6", "p7"]  # the canary's newest, never the window checked
+    assert rows(6) == ["p2", "p3", "p4", "p5", "p6", "p7"]
+    assert rows(100) == [f"p{i}" for i in range(8)]
+
+
 @pytest.fixture(scope="session")
 def segments(mnist, holdout):
     """Drawings of a population far from MNIST: three disjoint sets of it."""
@@ -529,12 +545,12 @@ def adapted_loop(tmp_path, net, mnist, segments):
     ctx.store = store
     ctx.mnist = mnist
     ctx.registry = Versions({"1": (net, version(number="1")), "2": (net, version(tags))})
-    # Not trained on, in the range: the held-out labels and the unlabelled drawings (299),
-    # filled up to 400 with the newest trained on.
-    in_range = [d for d in drawings if d[1] <= until]
-    untrained = [d[2] for d in in_range if d[0] not in trained_ids]
-    filler = [d[2] for d in in_range if d[0] in trained_ids][len(untrained) - 400 :]
-    assert (len(untrained), len(filler)) == (299, 101)
+    # Not trained on, before the window: the held-out labels and the unlabelled drawings,
+    # the last of them logged after the range (300), filled up to 400 with the newest
+    # trained on.
+    untrained = [d[2] for d in drawings if d[0] not in trained_ids]
+    filler = [d[2] for d in drawings if d[0] in trained_ids][len(untrained) - 400 :]
+    assert (len(untrained), len(filler)) == (300, 100)
     expected = np.stack(filler + untrained)
     collect = {
         "since": until,
