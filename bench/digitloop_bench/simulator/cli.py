@@ -79,6 +79,10 @@ def simulate(
         ),
     ] = True,
     train_epochs: Annotated[int, typer.Option(min=1, help="Epochs of version 1 if trained.")] = 8,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed of the drawings and of what users do; repeat runs with others."),
+    ] = 0,
     out: Annotated[Path, typer.Option(help="Where the plot and summary go.")] = Path(
         ".digitloop/simulate/out"
     ),
@@ -112,6 +116,7 @@ def simulate(
         **({} if ask_below is None else {"ask_below": ask_below}),
         drift=drift_data,
         scenario=scenario,
+        seed=seed,
     )
     stack = (
         nullcontext()
