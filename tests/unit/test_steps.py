@@ -54,9 +54,10 @@ from pipelines.steps.collect import EPOCH, step_collect
 from pipelines.steps.decide import step_decide
 from pipelines.steps.drift import step_drift
 from pipelines.steps.finish import finish, summarise
+from pipelines.steps.labelling import LOOKBACK
 from pipelines.steps.quality import step_quality
 from pipelines.steps.retrain import step_retrain
-from pipelines.steps.window import GRACE, LOOKBACK
+from pipelines.steps.window import GRACE
 from services.store.backends import LocalStore, StoreSettings
 from services.store.writers import FeedbackWriter, PredictionLog
 
