@@ -71,7 +71,11 @@ class Window:
     @cached_property
     def counts(self) -> CollectCounts:
         """What the window holds; feedback not joined is pending while younger than grace."""
-        joined = self.feedback["prediction_id"].isin(self.labelled["prediction_id"])
+        # The labelled ids only, unless a step read the labelled rows already.
+        labelled = self.__dict__.get("labelled")
+        if labelled is None:
+            labelled = read_labelled(self.store, self.since, self.until, columns=["prediction_id"])
+        joined = self.feedback["prediction_id"].isin(labelled["prediction_id"])
         unjoined = self.feedback[~joined]
         young = unjoined["ts"] >= pd.Timestamp(self.until - self.grace)
         return CollectCounts(

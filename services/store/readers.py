@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
 from contracts.records import (
@@ -56,10 +57,11 @@ def in_range(hour: datetime, since: datetime, until: datetime) -> bool:
     return hour < until and hour + HOUR > since
 
 
-def partition_keys(
+def partition_files(
     store: ObjectStore, prefix: str, since: datetime, until: datetime, suffixes: Sequence[str]
-) -> list[str]:
-    """The keys ending in one of ``suffixes`` in the hourly partitions overlapping the range.
+) -> list[tuple[str, int]]:
+    """``(key, size)`` of the files ending in one of ``suffixes`` in the hourly partitions
+    overlapping the range, listed through the store's pyarrow filesystem.
 
     One listing per UTC day of the range (an S3 LIST page holds 1,000 keys: a compacted day
     has 24), and for a range of more than a few days one listing of the days that exist.
@@ -68,15 +70,29 @@ def partition_keys(
     if len(days) > _DISCOVER_AFTER_DAYS:
         existing = set(store.list_dirs(prefix))
         days = [d for d in days if f"dt={d.isoformat()}" in existing]
-    keys = []
+    filesystem, root = store.arrow()
+    found = []
     for day in days:
-        for key in store.list(f"{prefix}dt={day.isoformat()}/"):
+        selector = pafs.FileSelector(
+            f"{root}/{prefix}dt={day.isoformat()}", recursive=True, allow_not_found=True
+        )
+        for info in filesystem.get_file_info(selector):
+            key = info.path.removeprefix(f"{root}/")
+            if info.type != pafs.FileType.File or info.base_name.startswith("."):
+                continue  # folders, and the local backend's files being written
             hour = key_hour(key)
             if hour is None or not key.endswith(tuple(suffixes)):
                 log.warning("skipping %s: not in the store layout", key)
             elif in_range(hour, since, until):
-                keys.append(key)
-    return keys
+                found.append((key, info.size))
+    return sorted(found)
+
+
+def partition_keys(
+    store: ObjectStore, prefix: str, since: datetime, until: datetime, suffixes: Sequence[str]
+) -> list[str]:
+    """The keys of :func:`partition_files`."""
+    return [key for key, _ in partition_files(store, prefix, since, until, suffixes)]
 
 
 def _json_format(schema: pa.Schema) -> ds.JsonFileFormat:
@@ -87,19 +103,22 @@ def _json_format(schema: pa.Schema) -> ds.JsonFileFormat:
 
 def _scan(
     store: ObjectStore,
-    keys: Iterable[str],
+    files: Iterable[tuple[str, int]],
     schema: pa.Schema,
-    file_format: ds.FileFormat | str,
+    file_format: ds.FileFormat,
     columns: Sequence[str] | None,
     row_filter: pc.Expression | None,
 ) -> pa.Table:
-    keys = list(keys)
-    if not keys:
+    files = list(files)
+    if not files:
         return schema.empty_table().select(list(columns) if columns else schema.names)
     filesystem, root = store.arrow()
-    dataset = ds.dataset(
-        [f"{root}/{key}" for key in keys], schema=schema, format=file_format, filesystem=filesystem
-    )
+    # The sizes from the listing spare pyarrow a HEAD request per file.
+    fragments = [
+        file_format.make_fragment(f"{root}/{key}", filesystem=filesystem, file_size=size)
+        for key, size in files
+    ]
+    dataset = ds.FileSystemDataset(fragments, schema, file_format, filesystem)
     # pyarrow 22's JSON scan deadlocks when its CPU pool has one thread (OMP_NUM_THREADS=1,
     # as pods run): raw JSON objects are one line each, threads would not help them anyway.
     threads = not isinstance(file_format, ds.JsonFileFormat)
@@ -137,14 +156,12 @@ def read_range(
         wanted = row_filter if wanted is None else wanted & row_filter
     suffixes = (".parquet", ".json") if json else (".parquet",)
     for attempt in range(1, _ATTEMPTS + 1):
-        keys = partition_keys(store, prefix, since, until, suffixes)
+        files = partition_files(store, prefix, since, until, suffixes)
         try:
-            tables = [
-                _scan(store, [k for k in keys if k.endswith(".parquet")], schema, "parquet",
-                      columns, wanted)
-            ]  # fmt: skip
+            parquet = [f for f in files if f[0].endswith(".parquet")]
+            tables = [_scan(store, parquet, schema, ds.ParquetFileFormat(), columns, wanted)]
             if json:
-                raw = [k for k in keys if k.endswith(".json")]
+                raw = [f for f in files if f[0].endswith(".json")]
                 tables.append(_scan(store, raw, schema, _json_format(schema), columns, wanted))
             return pa.concat_tables(tables)
         except FileNotFoundError as exc:
