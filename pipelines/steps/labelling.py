@@ -44,6 +44,7 @@ from services.store.readers import (
     read_labelled,
     read_predictions,
 )
+from services.store.writers import PARQUET
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ RETRY_FOR = timedelta(days=1)
 # An id's time and the prediction's ts differ by the time to answer; near an hour's
 # boundary they may fall in two hours.
 _ID_SLACK = timedelta(minutes=1)
-PARQUET = "application/vnd.apache.parquet"
 _FEEDBACK_COLUMNS = ["prediction_id", "label", "ts", "source"]
 
 

@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 from contracts.errors import DigitloopError
-from contracts.records import check_name
+from contracts.records import (
+    FEEDBACK_IDS_PREFIX,
+    FEEDBACK_PREFIX,
+    LABELLED_PREFIX,
+    PREDICTIONS_PREFIX,
+    check_name,
+)
 from contracts.settings import DigitloopSettings
 
 log = logging.getLogger(__name__)
@@ -145,13 +151,6 @@ class StoreSettings(DigitloopSettings):
 
     def retention(self) -> dict[str, int]:
         """Days to keep each prefix of the bucket; prefixes kept forever are left out."""
-        from contracts.records import (
-            FEEDBACK_IDS_PREFIX,
-            FEEDBACK_PREFIX,
-            LABELLED_PREFIX,
-            PREDICTIONS_PREFIX,
-        )
-
         days = {
             PREDICTIONS_PREFIX: self.retention_predictions_days,
             FEEDBACK_PREFIX: self.retention_feedback_days,

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from contracts.records import (
     COMPACTED_PREFIX,
+    FEEDBACK_IDS_PREFIX,
     FEEDBACK_PREFIX,
     FEEDBACK_SCHEMA,
     LABELLED_PREFIX,
@@ -52,11 +53,11 @@ from contracts.records import (
 )
 from services.store.backends import ObjectNotFound, ObjectStore, StoreSettings
 from services.store.readers import HOUR, _json_format, once_per_prediction, range_days
-from services.store.retention import sweep
+from services.store.retention import expired_partitions
+from services.store.writers import PARQUET
 
 log = logging.getLogger(__name__)
 
-PARQUET = "application/vnd.apache.parquet"
 # An hour is compacted once it ended this long ago: pods flush every few seconds.
 SETTLE = timedelta(minutes=5)
 
@@ -240,3 +241,19 @@ def compact(
     if settings is not None:
         report.expired = len(sweep(store, settings.retention(), now))
     return report
+
+
+def sweep(store: ObjectStore, days: dict[str, int], now: datetime) -> list[str]:
+    """Delete every object of the expired partitions (:func:`expired_partitions`).
+
+    Used where the backend has no lifecycle of its own (the local folder); harmless on S3,
+    where MinIO's rule got there first. Per-id feedback markers are not partitioned: they
+    expire through the bucket rule only (a folder of small files costs nothing to keep).
+    """
+    partitioned = {p: store.list_dirs(p) for p in days if p != FEEDBACK_IDS_PREFIX}
+    deleted = []
+    for folder in expired_partitions(partitioned, days, now):
+        for key in store.list(folder):
+            store.delete(key)
+            deleted.append(key)
+    return deleted

@@ -4,7 +4,8 @@
 carries one expiry rule per prefix (set where the bucket is created, and again by
 ``digitloop store compact`` for a bucket made before), so MinIO deletes old objects itself.
 The local backend has no lifecycle: :func:`expired_partitions` picks the whole ``dt=``
-partitions past their retention and the compaction job deletes them. Both count days from
+partitions past their retention and the compaction job deletes them
+(:func:`services.store.compaction.sweep`). Both count days from
 an object's date: MinIO from its creation, the sweep from its partition's date.
 """
 
@@ -13,12 +14,10 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from contracts.records import FEEDBACK_IDS_PREFIX, as_utc
+from contracts.records import as_utc
 
 if TYPE_CHECKING:
     from minio.lifecycleconfig import LifecycleConfig
-
-    from services.store.backends import ObjectStore
 
 RULE_PREFIX = "digitloop-retention-"
 
@@ -75,19 +74,3 @@ def expired_partitions(
             if name.startswith("dt=") and day < oldest_kept:
                 expired.append(f"{prefix}{name}/")
     return expired
-
-
-def sweep(store: ObjectStore, days: dict[str, int], now: datetime) -> list[str]:
-    """Delete every object of the expired partitions (:func:`expired_partitions`).
-
-    Used where the backend has no lifecycle of its own (the local folder); harmless on S3,
-    where MinIO's rule got there first. Per-id feedback markers are not partitioned: they
-    expire through the bucket rule only (a folder of small files costs nothing to keep).
-    """
-    partitioned = {p: store.list_dirs(p) for p in days if p != FEEDBACK_IDS_PREFIX}
-    deleted = []
-    for folder in expired_partitions(partitioned, days, now):
-        for key in store.list(folder):
-            store.delete(key)
-            deleted.append(key)
-    return deleted

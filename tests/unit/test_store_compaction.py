@@ -18,9 +18,9 @@ from contracts.records import (
     feedback_key,
 )
 from services.store.backends import LocalStore, StoreSettings
-from services.store.compaction import DATASETS, compact
+from services.store.compaction import DATASETS, compact, sweep
 from services.store.readers import read_feedback, read_predictions
-from services.store.retention import expired_partitions, sweep
+from services.store.retention import expired_partitions
 from services.store.writers import FeedbackWriter, PredictionLog, encode_predictions
 
 HOUR_START = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
