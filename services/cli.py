@@ -94,8 +94,8 @@ def compact(
 ) -> None:
     """Merge each closed hour's small files into one parquet file; apply retention.
 
-    Idempotent and safe while pods write (run it from cron, or the digitloop-compact
-    CronWorkflow); it also moves objects of the legacy date= layout into hourly partitions.
+    Idempotent and safe while pods write (run it hourly from any scheduler); it also moves
+    objects of the legacy date= layout into hourly partitions.
     """
     setup_logging(verbose)
     with cli_errors():

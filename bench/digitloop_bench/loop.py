@@ -184,7 +184,7 @@ def _live(store: ObjectStore, start: datetime, end: datetime, traffic: Traffic) 
     )
     n = int((end - start).total_seconds() * traffic.rate)
     ids, ms = _ids(start, n, 1000 / traffic.rate, seed=999)
-    flush_every = int(FLUSH_S * traffic.rate) * PODS
+    flush_every = max(1, int(FLUSH_S * traffic.rate)) * PODS
     for i, (pid, t) in enumerate(zip(ids, ms.tolist(), strict=True)):
         ts = datetime.fromtimestamp(t / 1000, UTC)
         answer = int(rng.integers(0, 10))
