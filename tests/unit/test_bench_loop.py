@@ -6,21 +6,27 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
-
 from digitloop_bench.loop import RUN_AT, RUN_INTERVAL, Traffic, build_history, count_requests
+
 from pipelines.steps.labelling import advance, load_state
 from pipelines.steps.window import read_window
 from services.store.backends import LocalStore
 
-LOG = """\
-127.0.0.1 - - [02/Dec/2026 07:01:35] "\x1b[33mGET /bench-mark-start HTTP/1.1\x1b[0m" 404 -
-127.0.0.1 - - [02/Dec/2026 07:01:35] "GET /b?delimiter=&encoding-type=url&list-type=2&max-keys=1000&prefix=predictions/dt%3D2026-03-02/ HTTP/1.1" 200 -
-127.0.0.1 - - [02/Dec/2026 07:01:35] "\x1b[32mGET /b/predictions/dt=2026-03-02/hour=11/x.parquet HTTP/1.1\x1b[0m" 206 -
-127.0.0.1 - - [02/Dec/2026 07:01:35] "\x1b[32mGET /b/predictions/dt=2026-03-02/hour=11/x.parquet HTTP/1.1\x1b[0m" 206 -
-127.0.0.1 - - [02/Dec/2026 07:01:35] "HEAD /b HTTP/1.1" 200 -
-127.0.0.1 - - [02/Dec/2026 07:01:35] "GET /b?location= HTTP/1.1" 200 -
-127.0.0.1 - - [02/Dec/2026 07:01:35] "PUT /b/loop-state/labelling.json HTTP/1.1" 200 -
-"""
+GREEN, YELLOW, RESET = "\x1b[32m", "\x1b[33m", "\x1b[0m"
+LIST = "/b?delimiter=&encoding-type=url&list-type=2&max-keys=1000&prefix=predictions/"
+OBJECT = "/b/predictions/dt=2026-03-02/hour=11/x.parquet"
+LOG = "".join(
+    f'127.0.0.1 - - [02/Dec/2026 07:01:35] "{request} HTTP/1.1{end}" {status} -\n'
+    for request, end, status in [
+        (f"{YELLOW}GET /bench-mark-start", RESET, 404),
+        (f"GET {LIST}", "", 200),
+        (f"{GREEN}GET {OBJECT}", RESET, 206),
+        (f"{GREEN}GET {OBJECT}", RESET, 206),
+        ("HEAD /b", "", 200),
+        ("GET /b?location=", "", 200),
+        ("PUT /b/loop-state/labelling.json", "", 200),
+    ]
+)
 
 
 def test_requests_are_counted_by_kind_colours_and_marks_aside():
