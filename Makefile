@@ -83,6 +83,10 @@ serve: install ## Serve the champion on http://127.0.0.1:3000 (BentoML; DIGITLOO
 bench: install ## Benchmark serving: BentoML vs FastAPI vs KServe, side by side (a few minutes).
 	$(BIN)/digitloop bench
 
+.PHONY: bench-loop
+bench-loop: install ## Benchmark one loop run over 1 and 30 days of stored history, local and S3 (about 20 min).
+	$(BIN)/digitloop bench loop --json
+
 .PHONY: bento
 bento: install ## Build the serving Bento (bentoml build); containerize it where Docker runs.
 	$(BIN)/python scripts/lock-serving.py --check

@@ -1,13 +1,26 @@
 """What the store holds: the records the service writes and the loop reads, and their keys.
 
-Layout of the one bucket (S3 keys, or relative paths under the local backend's folder;
-dates are UTC):
+Layout of the one bucket (S3 keys, or relative paths under the local backend's folder).
+Every dataset is partitioned hive style by UTC date and hour, ``dt=YYYY-MM-DD/hour=HH``,
+so a reader lists only the hours of its time range, and Spark, Trino, Athena or DuckDB
+read the same folders as tables partitioned by ``dt`` and ``hour``:
 
-- ``predictions/date=YYYY-MM-DD/<pod>-<unix_ms>-<seq>.parquet``: batches of
-  :class:`PredictionRecord` in :data:`PREDICTIONS_SCHEMA`, keyed by :func:`predictions_key`;
-- ``feedback/date=YYYY-MM-DD/<prediction_id>.json``: one :class:`FeedbackRecord` per
-  prediction id, keyed by :func:`feedback_key`;
-- ``reports/<run_id>/...``: whatever the pipeline writes.
+- ``predictions/dt=.../hour=.../<pod>-<unix_ms>-<seq>.parquet``: batches of
+  :class:`PredictionRecord` in :data:`PREDICTIONS_SCHEMA`, in the hour of their ``ts``
+  (:func:`predictions_key`); compaction merges an hour into ``compacted-*.parquet``;
+- ``feedback/dt=.../hour=.../<prediction_id>.json``: one :class:`FeedbackRecord`, in the
+  hour it reached the store (:func:`feedback_key`), compacted like predictions into
+  parquet in :data:`FEEDBACK_SCHEMA`;
+- ``feedback-ids/<prediction_id>``: a marker per prediction id that took feedback, the
+  one place that makes feedback idempotent per id across hours and days
+  (:func:`feedback_marker_key`); nobody lists it;
+- ``labelled/dt=.../hour=.../*.parquet``: the labelled dataset, predictions joined with
+  their feedback (:data:`LABELLED_SCHEMA`), appended once by the loop's collect step in
+  the hour of the feedback's ``ts``;
+- ``loop-state/``, ``runs/<run_id>/``, ``reports/<run_id>/...``: what the pipeline writes.
+
+Before this layout, predictions and feedback were under ``<prefix>/date=YYYY-MM-DD/``;
+compaction moves such legacy objects into the hourly partitions (:func:`legacy_date`).
 
 Records validate themselves when made, so a bad one fails the request that made it and
 never a whole batch at flush time.
@@ -27,6 +40,9 @@ from contracts.api import DIGITS, FEEDBACK_SOURCE_MAX, TRACKS
 
 PREDICTIONS_PREFIX = "predictions/"
 FEEDBACK_PREFIX = "feedback/"
+FEEDBACK_IDS_PREFIX = "feedback-ids/"
+LABELLED_PREFIX = "labelled/"
+COMPACTED_PREFIX = "compacted-"  # file names compaction writes inside a partition
 IMAGE_SIDE = 28
 # Ids and pod names become path segments and S3 keys: keep them to characters that need no
 # escaping anywhere, and out of the dot-files the local backend uses for its temp files.
@@ -55,6 +71,28 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 """One row per prediction in every ``predictions/`` object."""
+
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        pa.field("prediction_id", pa.string(), nullable=False),
+        pa.field("label", pa.int8(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+"""One row per feedback record in compacted ``feedback/`` parquet (raw objects are JSON)."""
+
+LABELLED_SCHEMA = pa.schema(
+    [
+        pa.field("prediction_id", pa.string(), nullable=False),
+        pa.field("true_label", pa.int8(), nullable=False),
+        pa.field("feedback_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        *(f for f in PREDICTIONS_SCHEMA if f.name != "prediction_id"),
+    ]
+)
+"""One row per labelled prediction in ``labelled/``: the feedback's fields (``label`` as
+``true_label``, ``ts`` as ``feedback_ts``), then the prediction's."""
 
 
 def check_name(value: str, what: str) -> None:
@@ -145,7 +183,8 @@ class FeedbackRecord:
             "ts": ts,
             "source": self.source,
         }
-        return json.dumps(body, separators=(",", ":")).encode()
+        # One JSON line: pyarrow's JSON reader skips a last line without its newline.
+        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> FeedbackRecord:
@@ -161,25 +200,55 @@ class FeedbackRecord:
             raise ValueError(f"not a feedback record: {exc}") from exc
 
 
-def _date_dir(day: date) -> str:
-    return f"date={day.isoformat()}"
+def partition(when: datetime) -> str:
+    """``dt=YYYY-MM-DD/hour=HH``: the hive partition of the UTC hour holding ``when``."""
+    when = as_utc(when, "when")
+    return f"dt={when.date().isoformat()}/hour={when.hour:02d}"
 
 
 def predictions_key(pod: str, when: datetime, seq: int) -> str:
-    """``predictions/date=<UTC date of when>/<pod>-<unix ms of when>-<seq>.parquet``."""
+    """``predictions/<partition of when>/<pod>-<unix ms of when>-<seq>.parquet``."""
     check_name(pod, "pod")
-    when = as_utc(when, "when")
-    return f"{PREDICTIONS_PREFIX}{_date_dir(when.date())}/{pod}-{unix_ms(when)}-{seq}.parquet"
+    return f"{PREDICTIONS_PREFIX}{partition(when)}/{pod}-{unix_ms(when)}-{seq}.parquet"
 
 
-def feedback_key(record: FeedbackRecord) -> str:
-    """``feedback/date=<UTC date of the feedback>/<prediction_id>.json``."""
-    day = as_utc(record.ts, "ts").date()
-    return f"{FEEDBACK_PREFIX}{_date_dir(day)}/{record.prediction_id}.json"
+def feedback_key(record: FeedbackRecord, arrived: datetime | None = None) -> str:
+    """``feedback/<partition of arrived>/<prediction_id>.json``; ``arrived`` defaults to the
+    record's ``ts``. A record replayed from a spool arrives later than it was acknowledged:
+    keyed by its arrival, it lands in an hour the loop has not processed yet."""
+    when = record.ts if arrived is None else max(as_utc(arrived, "arrived"), record.ts)
+    return f"{FEEDBACK_PREFIX}{partition(when)}/{record.prediction_id}.json"
+
+
+def feedback_marker_key(prediction_id: str) -> str:
+    """``feedback-ids/<prediction_id>``: exists once feedback for the id was stored."""
+    check_name(prediction_id, "prediction_id")
+    return f"{FEEDBACK_IDS_PREFIX}{prediction_id}"
+
+
+def key_hour(key: str) -> datetime | None:
+    """The start of the UTC hour of a ``<prefix>/dt=YYYY-MM-DD/hour=HH/...`` key, else None."""
+    parts = key.split("/")
+    if len(parts) < 4 or not parts[1].startswith("dt=") or not parts[2].startswith("hour="):
+        return None
+    try:
+        day = date.fromisoformat(parts[1].removeprefix("dt="))
+        hour = int(parts[2].removeprefix("hour="))
+    except ValueError:
+        return None
+    if not 0 <= hour < 24:
+        return None
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
 
 
 def key_date(key: str) -> date | None:
-    """The partition date of a ``<prefix>/date=YYYY-MM-DD/...`` key, None for other keys."""
+    """The UTC date of a key in the hourly layout or the legacy one (``date=YYYY-MM-DD``)."""
+    hour = key_hour(key)
+    return hour.date() if hour is not None else legacy_date(key)
+
+
+def legacy_date(key: str) -> date | None:
+    """The date of a key of the legacy layout ``<prefix>/date=YYYY-MM-DD/...``, else None."""
     parts = key.split("/")
     if len(parts) < 3 or not parts[1].startswith("date="):
         return None
@@ -187,3 +256,28 @@ def key_date(key: str) -> date | None:
         return date.fromisoformat(parts[1].removeprefix("date="))
     except ValueError:
         return None
+
+
+def time_ordered_hex(when: datetime, random_bits: int) -> str:
+    """32 hex digits laid out as a UUIDv7: 48 bits of unix ms, then version 7, then random.
+
+    Prediction ids built on it carry their time, so the loop finds a prediction that
+    feedback labels by reading one hour of the log (:func:`prediction_time`), not a week.
+    """
+    ms = unix_ms(when) & ((1 << 48) - 1)
+    rand_a = (random_bits >> 62) & 0xFFF
+    rand_b = random_bits & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return f"{value:032x}"
+
+
+def prediction_time(prediction_id: str) -> datetime | None:
+    """The time a :func:`time_ordered_hex` id was made, None for ids without one."""
+    head = prediction_id.removeprefix("draft.")[:32]
+    if len(head) != 32 or head[12] != "7" or head[16] not in "89ab":
+        return None
+    try:
+        ms = int(head[:12], 16)
+    except ValueError:
+        return None
+    return _EPOCH + timedelta(milliseconds=ms)

@@ -1,4 +1,5 @@
-"""``digitloop serve``: run the prediction service with BentoML."""
+"""``digitloop serve`` runs the prediction service with BentoML; ``digitloop store`` keeps
+its store compact."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from contracts.cli import stderr
+from contracts.cli import JsonOption, VerboseOption, cli_errors, emit, setup_logging, stderr
 from contracts.registry import CHAMPION_ALIAS
 from services.settings import ServingSettings
 
@@ -71,3 +73,48 @@ def serve(
     shown = workers or env.get(ServingSettings.env_name("workers"), _WORKERS_DEFAULT)
     stderr.print(f"serving on http://{host}:{port} ({shown} workers)")
     os.execvpe(command[0], command, env)
+
+
+store_app = typer.Typer(
+    help="The predictions/feedback store: compaction and retention.", no_args_is_help=True
+)
+
+
+@store_app.command()
+def compact(
+    days: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            help="Look back this many days for hours to compact (hours that got a late file).",
+        ),
+    ] = 2.0,
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Merge each closed hour's small files into one parquet file; apply retention.
+
+    Idempotent and safe while pods write (run it hourly from any scheduler); it also moves
+    objects of the legacy date= layout into hourly partitions.
+    """
+    setup_logging(verbose)
+    with cli_errors():
+        from dataclasses import asdict
+        from datetime import UTC, datetime
+
+        from services.store.backends import S3Store, StoreSettings, open_store
+        from services.store.compaction import compact as run_compaction
+
+        settings = StoreSettings()
+        store = open_store(settings)
+        store.ping()
+        if isinstance(store, S3Store):
+            store.apply_lifecycle()  # a bucket made before the rules existed gets them too
+        report = run_compaction(store, datetime.now(UTC), days=days, settings=settings)
+        result = {"store": store.description, **asdict(report)}
+    table = Table("dataset", "hours", "files merged", "rows")
+    for name, hours in report.partitions.items():
+        table.add_row(name, str(hours), str(report.files_in[name]), str(report.rows[name]))
+    emit(result, as_json, table)
+    if not as_json:
+        stderr.print(f"legacy objects moved: {report.legacy_files}; expired: {report.expired}")

@@ -15,10 +15,11 @@ import hashlib
 import hmac
 import re
 import secrets
-import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from contracts.api import DRAFT_ID_PREFIX, PREDICTION_ID_PATTERN, Track
+from contracts.records import time_ordered_hex
 from services.errors import DraftTakesNoFeedback, UnknownPrediction
 
 _ID = re.compile(PREDICTION_ID_PATTERN)
@@ -36,7 +37,7 @@ class PredictionRef:
 
 
 class PredictionIds:
-    """Issues and verifies ids ``[draft.]<uuid>.<track>.<version>.<label>.<signature>``."""
+    """Issues and verifies ids ``[draft.]<uuidv7 hex>.<track>.<version>.<label>.<signature>``."""
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
@@ -48,7 +49,10 @@ class PredictionIds:
 
     def new(self, track: Track, model_version: str, label: int, *, draft: bool = False) -> str:
         prefix = DRAFT_ID_PREFIX if draft else ""
-        payload = f"{prefix}{uuid.uuid4().hex}.{track}.{model_version}.{label}"
+        # Time-ordered, so the loop finds the prediction feedback labels in one hour of the
+        # log (contracts.records.prediction_time); 74 random bits keep ids unguessable.
+        unique = time_ordered_hex(datetime.now(UTC), secrets.randbits(74))
+        payload = f"{prefix}{unique}.{track}.{model_version}.{label}"
         return f"{payload}.{self._sign(payload)}"
 
     def parse(self, prediction_id: str) -> PredictionRef:

@@ -11,7 +11,7 @@ simulator's do (:func:`~digitloop_bench.simulator.population.gives_label`, asked
 sketchpad's :func:`~ui.asking.should_ask`), and the first N labels are kept. The loop's
 fine-tune (:func:`pipelines.steps.retrain.retrain`'s configuration) then runs twice from
 the champion: on the labels alone, and with the window's unlabelled answers that
-:func:`pipelines.steps.retrain.pseudo_labels` takes. Both are scored on ``--test``
+:func:`pipelines.steps.retrain.pseudo_label_rows` takes. Both are scored on ``--test``
 other drawings of the style and on MNIST test.
 
 The figures behind ``min_new_labels`` and ``retrain_pseudo_label_confidence``
@@ -43,7 +43,8 @@ from model.network import DigitNet, predict_proba
 from model.preprocess import preprocess_batch
 from model.train import TrainConfig, fine_tune
 from pipelines.settings import LoopSettings
-from pipelines.steps.retrain import PseudoLabels, pseudo_labels
+from pipelines.steps.retrain import PseudoLabels, pseudo_label_rows
+from pipelines.steps.window import stack_images
 from ui.asking import should_ask
 
 
@@ -182,9 +183,10 @@ def few_labels(
             answers = probabilities.argmax(axis=1)
             labelled = user_labels(answers, truth[idx], probabilities, config, rng, count)
             logged = as_logged(images[idx], probabilities)
-            pseudo = pseudo_labels(
+            rows = pseudo_label_rows(
                 logged, logged[labelled], "1", loop.retrain_pseudo_label_confidence
             )
+            pseudo = PseudoLabels.of(rows, stack_images(rows))
             kept = [int(pid[1:]) for pid in pseudo.prediction_ids]
             x_l, y_l = images[idx][labelled], truth[idx][labelled]
             scored = (images[test_idx], truth[test_idx])

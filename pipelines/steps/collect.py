@@ -1,8 +1,11 @@
 """Collect: the labelled traffic since the champion's training, and what serves now.
 
-The window starts where the champion's training data ended (its ``feedback_until`` tag), or
-at the epoch for a champion trained on MNIST only, and ends now; the steps after it read the
-same window again (:meth:`LoopContext.window`: once per process).
+First it appends the feedback that arrived since the last run, joined to its predictions,
+to the labelled dataset (:func:`pipelines.steps.labelling.advance`): the only join the loop
+does, and it reads only what is new. Then it counts the window. The window starts where the
+champion's training data ended (its ``feedback_until`` tag), or at the epoch for a champion
+trained on MNIST only, and ends now; the steps after it read the same window again
+(:meth:`LoopContext.window`: once per process).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from datetime import UTC, datetime
 
 from pipelines.outputs import CollectOutput
 from pipelines.steps.context import LoopContext
+from pipelines.steps.labelling import advance
 from pipelines.steps.retrain import feedback_cutoff
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -21,6 +25,7 @@ def step_collect(ctx: LoopContext) -> CollectOutput:
     state = ctx.rollout.current()
     champion = ctx.registry.get(state.stable_model)
     since = feedback_cutoff(champion) or EPOCH
+    advance(ctx.store, ctx.now)
     window = ctx.window(since, ctx.now)
     return CollectOutput(
         since=since,

@@ -28,7 +28,8 @@ from pipelines.steps.context import LoopContext
 def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
     """Evidently drift of the latest predictions against the champion's reference(s)."""
     window = ctx.window(collect.since, collect.until)
-    recent = window.predictions.tail(ctx.loop.drift_window)
+    # Only the newest answers, read back from the window's end: not the whole window.
+    recent = window.latest(ctx.loop.drift_window)
     net, info = ctx.registry.load(collect.stable_version)
     reference = model_reference(net, info, ctx.mnist.x_test, ctx.model.data_dir, ctx.drift)
     # The adapted reference is read up to the window it is first checked on, so it holds

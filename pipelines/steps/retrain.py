@@ -29,6 +29,7 @@ from pipelines.decisions import GateResult, Tally, gate
 from pipelines.outputs import CollectOutput, RetrainOutput
 from pipelines.settings import DecisionSettings, LoopSettings
 from pipelines.steps.context import LoopContext
+from pipelines.steps.window import stack_images
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,7 @@ class FeedbackSplit:
 def split_holdout(labelled: pd.DataFrame, fraction: float) -> FeedbackSplit:
     """Hold out the most recent ``fraction`` of labelled feedback (by feedback time)."""
     frame = labelled.sort_values("feedback_ts", kind="stable")
-    images = (
-        np.stack(frame["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8)
-        if len(frame)
-        else np.zeros((0, 28, 28), np.uint8)
-    )
+    images = stack_images(frame)
     labels = frame["true_label"].to_numpy(dtype=np.int64)
     cut = len(frame) - round(len(frame) * fraction)
     since = frame["feedback_ts"].iloc[0].to_pydatetime() if len(frame) else None
@@ -72,10 +69,15 @@ class PseudoLabels:
     def none(cls) -> PseudoLabels:
         return cls(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
 
+    @classmethod
+    def of(cls, rows: pd.DataFrame, images: np.ndarray) -> PseudoLabels:
+        """The answers ``rows`` (see :func:`pseudo_label_rows`) and their ``images``."""
+        return cls(images, rows["label"].to_numpy(dtype=np.int64), tuple(rows["prediction_id"]))
 
-def pseudo_labels(
+
+def pseudo_label_rows(
     predictions: pd.DataFrame, labelled: pd.DataFrame, version: str, min_confidence: float | None
-) -> PseudoLabels:
+) -> pd.DataFrame:
     """``version``'s stable answers in ``predictions`` that nobody labelled and whose
     (calibrated) top probability is at least ``min_confidence``; None takes none."""
     answers = predictions[
@@ -84,16 +86,9 @@ def pseudo_labels(
         & ~predictions["prediction_id"].isin(labelled["prediction_id"])
     ]
     if min_confidence is None or answers.empty:
-        return PseudoLabels.none()
+        return answers.iloc[:0]
     confidence = np.stack(answers["probabilities"].to_numpy()).max(axis=1)
-    kept = answers[confidence >= min_confidence]
-    if kept.empty:
-        return PseudoLabels.none()
-    return PseudoLabels(
-        np.stack(kept["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8),
-        kept["label"].to_numpy(dtype=np.int64),
-        tuple(kept["prediction_id"]),
-    )
+    return answers[confidence >= min_confidence]
 
 
 def feedback_cutoff(info: ModelVersionInfo) -> datetime | None:
@@ -234,12 +229,13 @@ def step_retrain(ctx: LoopContext, collect: CollectOutput) -> RetrainOutput:
     window = ctx.window(collect.since, collect.until)
     split = split_holdout(window.labelled, ctx.loop.holdout_fraction)
     champion, champion_info = ctx.registry.load(collect.stable_version)
-    pseudo = pseudo_labels(
+    rows = pseudo_label_rows(
         window.predictions,
         window.labelled,
         collect.stable_version,
         ctx.loop.retrain_pseudo_label_confidence,
     )
+    pseudo = PseudoLabels.of(rows, window.images(rows))
     # An Argo retry after the version was registered judges that version, not a new one.
     version = find_retrained(ctx.registry, ctx.run_id)
     if version is None:

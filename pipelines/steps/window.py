@@ -1,76 +1,120 @@
-"""The window: the predictions of a time range, joined with their feedback.
+"""The window: the predictions of a time range and the labelled examples of it.
 
 Collect chooses the range; quality, drift, retrain and analyse read the same range again
-(each Argo step in its own pod), which gives the same rows.
+(each Argo step in its own pod), which gives the same rows. Nothing is read before a step
+asks for it, and each read lists only the hours of the range (:mod:`services.store.readers`):
+
+- :attr:`Window.predictions`: the logged answers of the range, without their images (most
+  of the bytes); :meth:`Window.images` fetches the images of the rows it is given;
+- :attr:`Window.labelled`: from the labelled dataset that collect appends to
+  (:mod:`pipelines.steps.labelling`), with images; nothing is joined again here;
+- :meth:`Window.latest`: the newest answers with their images, reading back hour by hour.
 
 Feedback can arrive before the prediction it labels is flushed to the predictions log
 (pods buffer for a few seconds); such feedback is *pending* and joins in a later run.
-Feedback whose prediction never shows up within ``grace`` is *orphaned* and only counted.
+Feedback whose prediction has not shown up within ``grace`` is *orphaned* and only counted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
+from contracts.records import PREDICTIONS_SCHEMA
 from pipelines.outputs import CollectCounts
 from services.store.backends import ObjectStore
-from services.store.readers import read_feedback, read_predictions
+from services.store.readers import HOUR, read_feedback, read_labelled, read_predictions
 
-# How far back a feedback record may point: predictions older than this are not read.
-LOOKBACK = timedelta(days=7)
 GRACE = timedelta(minutes=10)
+# Everything but the image: what quality, analyse and the counts read of each answer.
+ANSWER_COLUMNS = tuple(name for name in PREDICTIONS_SCHEMA.names if name != "image")
 
 
-@dataclass
+def stack_images(frame: pd.DataFrame) -> np.ndarray:
+    """(N, 28, 28) uint8 images of a frame with an ``image`` column."""
+    if frame.empty:
+        return np.zeros((0, 28, 28), np.uint8)
+    return np.stack(frame["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8)
+
+
 class Window:
-    since: datetime
-    until: datetime
-    predictions: pd.DataFrame  # logged predictions with since <= ts < until
-    labelled: pd.DataFrame  # predictions joined with feedback: + true_label, feedback_ts
-    counts: CollectCounts
+    """The window ``[since, until)`` of a store, read lazily, each part at most once."""
+
+    def __init__(
+        self, store: ObjectStore, since: datetime, until: datetime, grace: timedelta = GRACE
+    ) -> None:
+        self.store = store
+        self.since = since
+        self.until = until
+        self.grace = grace
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame:
+        """Logged answers with ``since <= ts < until``, oldest first, without ``image``."""
+        return read_predictions(self.store, self.since, self.until, columns=ANSWER_COLUMNS)
+
+    @cached_property
+    def labelled(self) -> pd.DataFrame:
+        """Predictions joined with their feedback, ``since <= feedback_ts < until``: the
+        prediction's columns plus ``true_label``, ``feedback_ts`` and ``source``."""
+        frame = read_labelled(self.store, self.since, self.until)
+        return frame.astype({"true_label": int, "label": int})
+
+    @cached_property
+    def feedback(self) -> pd.DataFrame:
+        """Feedback records with ``since <= ts < until``, joined or not."""
+        return read_feedback(self.store, self.since, self.until)
+
+    @cached_property
+    def counts(self) -> CollectCounts:
+        """What the window holds; feedback not joined is pending while younger than grace."""
+        # The labelled ids only, unless a step read the labelled rows already.
+        labelled = self.__dict__.get("labelled")
+        if labelled is None:
+            labelled = read_labelled(self.store, self.since, self.until, columns=["prediction_id"])
+        joined = self.feedback["prediction_id"].isin(labelled["prediction_id"])
+        unjoined = self.feedback[~joined]
+        young = unjoined["ts"] >= pd.Timestamp(self.until - self.grace)
+        return CollectCounts(
+            predictions=len(self.predictions),
+            feedback=len(self.feedback),
+            joined=int(joined.sum()),
+            pending=int(young.sum()),
+            orphaned=int((~young).sum()),
+        )
+
+    def latest(self, n: int) -> pd.DataFrame:
+        """The newest ``n`` answers of the window with their images, oldest first.
+
+        Reads back from ``until`` an hour, then two, four...: the cost follows ``n``.
+        """
+        span = HOUR
+        while True:
+            start = max(self.since, self.until - span)
+            frame = read_predictions(self.store, start, self.until)
+            if len(frame) >= n or start <= self.since:
+                break
+            span *= 2
+        return frame.tail(n).reset_index(drop=True)
 
     def images(self, frame: pd.DataFrame | None = None) -> np.ndarray:
-        """(N, 28, 28) uint8 images of ``frame`` (default: the window's predictions)."""
+        """(N, 28, 28) uint8 images of ``frame``'s rows (default: the window's answers), in
+        its order; fetched from the log by id for a frame read without them."""
         frame = self.predictions if frame is None else frame
-        if frame.empty:
-            return np.zeros((0, 28, 28), np.uint8)
-        return np.stack(frame["image"].to_numpy()).reshape(-1, 28, 28).astype(np.uint8)
-
-
-def join_feedback(
-    predictions: pd.DataFrame, feedback: pd.DataFrame, now: datetime, grace: timedelta = GRACE
-) -> tuple[pd.DataFrame, int, int]:
-    """Join feedback to predictions by id; returns (labelled, pending, orphaned)."""
-    feedback = feedback.rename(columns={"label": "true_label", "ts": "feedback_ts"})
-    merged = feedback.merge(predictions, on="prediction_id", how="left", indicator=True)
-    unmatched = merged[merged["_merge"] == "left_only"]
-    young = unmatched["feedback_ts"] >= pd.Timestamp(now - grace)
-    labelled = merged[merged["_merge"] == "both"].drop(columns="_merge").reset_index(drop=True)
-    labelled["true_label"] = labelled["true_label"].astype(int)
-    labelled["label"] = labelled["label"].astype(int)
-    return labelled, int(young.sum()), int((~young).sum())
+        if "image" in frame.columns or frame.empty:
+            return stack_images(frame)
+        first, last = frame["ts"].min().to_pydatetime(), frame["ts"].max().to_pydatetime()
+        found = read_predictions(
+            self.store, first, last + timedelta(milliseconds=1), ids=frame["prediction_id"]
+        ).set_index("prediction_id")
+        return stack_images(found.loc[frame["prediction_id"]])
 
 
 def read_window(
-    store: ObjectStore, since: datetime, until: datetime | None = None, grace: timedelta = GRACE
+    store: ObjectStore, since: datetime, until: datetime, grace: timedelta = GRACE
 ) -> Window:
-    """Read the window ``[since, until)`` from the store and join its feedback."""
-    until = until or datetime.now(UTC)
-    predictions = read_predictions(store, since=since - LOOKBACK)
-    predictions = predictions[predictions["ts"] < pd.Timestamp(until)]
-    feedback = read_feedback(store, since=since)
-    feedback = feedback[feedback["ts"] < pd.Timestamp(until)]
-    labelled, pending, orphaned = join_feedback(predictions, feedback, until, grace)
-    in_window = predictions[predictions["ts"] >= pd.Timestamp(since)].reset_index(drop=True)
-    counts = CollectCounts(
-        predictions=len(in_window),
-        feedback=len(feedback),
-        joined=len(labelled),
-        pending=pending,
-        orphaned=orphaned,
-    )
-    return Window(since=since, until=until, predictions=in_window, labelled=labelled, counts=counts)
+    """The window ``[since, until)`` of ``store`` (read lazily)."""
+    return Window(store, since, until, grace)

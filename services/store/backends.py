@@ -19,13 +19,22 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from xml.etree.ElementTree import ParseError
 
 from pydantic import Field, SecretStr, field_validator
 
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
 from contracts.errors import DigitloopError
-from contracts.records import check_name
+from contracts.records import (
+    FEEDBACK_IDS_PREFIX,
+    FEEDBACK_PREFIX,
+    LABELLED_PREFIX,
+    PREDICTIONS_PREFIX,
+    check_name,
+)
 from contracts.settings import DigitloopSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +109,23 @@ class StoreSettings(DigitloopSettings):
         default_factory=socket.gethostname,
         description="Name of this serving pod in predictions keys; default the host name.",
     )
+    retention_predictions_days: int = Field(
+        default=30,
+        ge=8,
+        description="Days the predictions log (images included) is kept, raw or compacted; "
+        "more than the 7 days feedback may look back to its prediction.",
+    )
+    retention_feedback_days: int = Field(
+        default=30,
+        ge=1,
+        description="Days feedback records and their per-id markers are kept; a repeat "
+        "after that is stored again (the labelled dataset already holds the first).",
+    )
+    retention_labelled_days: int = Field(
+        default=0,
+        ge=0,
+        description="Days the labelled dataset (the training data) is kept; 0: forever.",
+    )
 
     @field_validator("s3_endpoint")
     @classmethod
@@ -122,6 +148,16 @@ class StoreSettings(DigitloopSettings):
     def _valid_pod(cls, value: str) -> str:
         check_name(value, "pod_name")
         return value
+
+    def retention(self) -> dict[str, int]:
+        """Days to keep each prefix of the bucket; prefixes kept forever are left out."""
+        days = {
+            PREDICTIONS_PREFIX: self.retention_predictions_days,
+            FEEDBACK_PREFIX: self.retention_feedback_days,
+            FEEDBACK_IDS_PREFIX: self.retention_feedback_days,
+            LABELLED_PREFIX: self.retention_labelled_days,
+        }
+        return {prefix: n for prefix, n in days.items() if n > 0}
 
     @property
     def store_path(self) -> Path:
@@ -157,6 +193,19 @@ class ObjectStore(Protocol):
         """Every key starting with ``prefix`` (a string prefix, as in S3), sorted."""
         ...
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The names of the "folders" right under ``prefix`` (which ends with '/'), sorted."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; nothing happens when there is none."""
+        ...
+
+    def arrow(self) -> tuple[pafs.FileSystem, str]:
+        """The same objects as a pyarrow filesystem and the path of the store's root in it,
+        for reading through :mod:`pyarrow.dataset`."""
+        ...
+
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the backend answers and can be written."""
         ...
@@ -184,10 +233,15 @@ def write_durably(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
     With ``exclusive`` an existing file is kept and False returned: a hard link either
     creates the name or fails, atomically, with the full content already in place.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "wb") as f:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:  # a delete removed the emptied folder just now
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -259,6 +313,38 @@ class LocalStore(ObjectStore):
             raise StoreUnavailable(f"{self.description}: cannot list {prefix}: {exc}") from exc
         return sorted(keys)
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        try:
+            return sorted(
+                p.name
+                for p in (self.root / prefix).iterdir()
+                if p.is_dir() and not p.name.startswith(".")
+            )
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.description}: cannot list {prefix}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.description}: cannot delete {key}: {exc}") from exc
+        # S3 has no empty folders: neither does this, so listings of partitions agree.
+        for parent in path.parents:
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or just written into): keep it
+                break
+
+    def arrow(self) -> tuple[pafs.FileSystem, str]:
+        import pyarrow.fs as pafs
+
+        return pafs.LocalFileSystem(), self.root.resolve().as_posix()
+
     def ping(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -289,6 +375,7 @@ class S3Store(ObjectStore):
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 5.0,
         retries: int = 1,
+        retention: dict[str, int] | None = None,
     ) -> None:
         import certifi
         import urllib3
@@ -316,6 +403,10 @@ class S3Store(ObjectStore):
         )
         self.bucket = bucket
         self.description = f"s3://{bucket}@{endpoint}"
+        self._endpoint, self._secure, self._region = endpoint, secure, region
+        self._access_key, self._secret_key = access_key, secret_key
+        self._timeouts = (connect_timeout_s, read_timeout_s)
+        self.retention = retention or {}
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 
@@ -335,7 +426,29 @@ class S3Store(ObjectStore):
                     # Another pod created it between our two calls.
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
+                else:
+                    self._apply_lifecycle()
             self._bucket_ready = True
+
+    def _apply_lifecycle(self) -> None:
+        from services.store.retention import lifecycle_config
+
+        if self.retention:
+            self._client.set_bucket_lifecycle(self.bucket, lifecycle_config(self.retention))
+
+    def apply_lifecycle(self) -> None:
+        """(Re)write the bucket's expiry rules from :attr:`retention` (an older bucket)."""
+        self._call("set lifecycle", "", self._apply_lifecycle)
+
+    def lifecycle(self) -> dict[str, int]:
+        """The bucket's expiry rules as ``{prefix: days}``."""
+        from services.store.retention import lifecycle_days
+
+        return self._call(
+            "get lifecycle",
+            "",
+            lambda: lifecycle_days(self._client.get_bucket_lifecycle(self.bucket)),
+        )
 
     def _call(self, op: str, key: str, action: Callable[[], T]) -> T:
         import urllib3
@@ -437,6 +550,40 @@ class S3Store(ObjectStore):
             ),
         )
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        def action() -> list[str]:
+            objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=False)
+            return sorted(
+                o.object_name[len(prefix) :].rstrip("/")
+                for o in objects
+                if o.object_name and o.is_dir
+            )
+
+        return self._call("list", prefix, action)
+
+    def delete(self, key: str) -> None:
+        _check_key(key)
+        self._call("delete", key, lambda: self._client.remove_object(self.bucket, key))
+
+    def arrow(self) -> tuple[pafs.FileSystem, str]:
+        import pyarrow.fs as pafs
+
+        secret = self._secret_key
+        if isinstance(secret, SecretStr):
+            secret = secret.get_secret_value()
+        filesystem = pafs.S3FileSystem(
+            access_key=self._access_key,
+            secret_key=secret,
+            endpoint_override=self._endpoint,
+            scheme="https" if self._secure else "http",
+            region=self._region or "us-east-1",
+            connect_timeout=self._timeouts[0],
+            request_timeout=self._timeouts[1],
+            allow_bucket_creation=False,
+            allow_bucket_deletion=False,
+        )
+        return filesystem, self.bucket
+
     def ping(self) -> None:
         self._bucket_ready = False
         self._call("ping", "", lambda: None)
@@ -453,5 +600,6 @@ def open_store(settings: StoreSettings | None = None) -> ObjectStore:
             bucket=settings.s3_bucket,
             secure=settings.s3_secure,
             region=settings.s3_region,
+            retention=settings.retention(),
         )
     return LocalStore(settings.store_path)

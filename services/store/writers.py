@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +32,7 @@ from contracts.records import (
     PredictionRecord,
     check_name,
     feedback_key,
+    feedback_marker_key,
     predictions_key,
     unix_ms,
 )
@@ -139,7 +140,7 @@ class _Batch:
 
 
 class PredictionLog:
-    """Buffers predictions and writes one parquet object per UTC date per flush.
+    """Buffers predictions and writes one parquet object per UTC hour per flush.
 
     Records the store does not take stay pending and are retried at the next flush; with a
     ``spool_dir`` they are also written to ``spool_dir/predictions`` (same relative keys), so
@@ -253,16 +254,17 @@ class PredictionLog:
         return written
 
     def _new_batches(self, records: list[PredictionRecord]) -> list[_Batch]:
-        by_day: dict[object, list[PredictionRecord]] = {}
+        by_hour: dict[datetime, list[PredictionRecord]] = {}
         for record in records:
-            by_day.setdefault(record.ts.astimezone(UTC).date(), []).append(record)
+            ts = record.ts.astimezone(UTC)
+            by_hour.setdefault(ts.replace(minute=0, second=0, microsecond=0), []).append(record)
         now = datetime.now(UTC)
         batches = []
-        for day, group in sorted(by_day.items()):
-            # The key's time is the flush time, clamped into the records' date so the
-            # key's date partition is theirs (yesterday's records flushed after midnight).
-            start = datetime.combine(day, time.min, UTC)
-            when = min(max(now, start), datetime.combine(day, time.max, UTC))
+        for hour, group in sorted(by_hour.items()):
+            # The key's time is the flush time, clamped into the records' hour so the key's
+            # partition is theirs (the last hour's records flushed after it ended).
+            last = hour + timedelta(hours=1) - timedelta(milliseconds=1)
+            when = min(max(now, hour), last)
             data = encode_predictions(group)
             batches.append(_Batch(self._next_key(when), len(group), data, when=when))
         return batches
@@ -325,9 +327,13 @@ class FeedbackWriter:
     """Writes each feedback record once, durably, through a bounded spool when needed.
 
     :meth:`write` returns only when the record is in the store or fsynced in ``spool_dir``
-    (one file per record, ``<seq>-<prediction_id>.json``). While the spool holds anything,
-    new records join its tail without trying the store: the order of acknowledgement is
-    kept, and a request does not wait on a store that just failed. The background thread
+    (one file per record, ``<seq>-<prediction_id>.json``). In the store a record is two
+    conditional writes: the record in the hour it arrives (what the loop reads) and then the
+    id's marker (:func:`~contracts.records.feedback_marker_key`), which makes a repeat in a
+    later hour or on a later day a duplicate too; such a repeat's record is removed again.
+    While the spool holds anything, new records join its tail without trying the store:
+    the order of acknowledgement is kept, and a request does not wait on a store that just
+    failed. The background thread
     (or :meth:`replay`) drains the spool oldest first. During an outage a duplicate of a
     record already in the store cannot be detected; replay then drops it.
 
@@ -392,14 +398,14 @@ class FeedbackWriter:
             SpoolFull: the store is down and the spool holds ``max_spooled`` records.
             StoreUnavailable: neither the store nor the spool folder could take it.
         """
-        key, data = feedback_key(record), record.to_json()
+        data = record.to_json()
         with self._lock:
             self._check_not_spooled(record)
             if self._spooled:
                 self._spool(record, data)
                 return "spooled"
         try:
-            stored = self._store.put_if_absent(key, data, JSON)
+            stored = self._store_once(record, data, feedback_key(record))
         except StoreUnavailable as exc:
             _report(self._on_error, "feedback", exc)
             with self._lock:
@@ -409,6 +415,22 @@ class FeedbackWriter:
         if not stored:
             raise DuplicateFeedback(f"feedback for prediction {record.prediction_id} exists")
         return "stored"
+
+    def _store_once(self, record: FeedbackRecord, data: bytes, key: str) -> bool:
+        """Store ``record`` under ``key`` unless feedback for its id exists; False if it did.
+
+        A crash between the two writes leaves the record without its marker: a repeat in
+        the same hour finds the record and writes the marker; one in a later hour is
+        stored a second time, which readers drop (they keep the first per id).
+        """
+        marker = feedback_marker_key(record.prediction_id)
+        if not self._store.put_if_absent(key, data, JSON):
+            self._store.put_if_absent(marker, data, JSON)
+            return False
+        if not self._store.put_if_absent(marker, data, JSON):
+            self._store.delete(key)  # feedback for this id came in an earlier hour
+            return False
+        return True
 
     def _check_not_spooled(self, record: FeedbackRecord) -> None:
         if record.prediction_id in self._spooled:
@@ -461,14 +483,16 @@ class FeedbackWriter:
                         self._spooled.pop(prediction_id, None)
                     continue
                 try:
-                    self._store.put_if_absent(feedback_key(record), data, JSON)
+                    # Keyed by the hour it reaches the store, which the loop reads next.
+                    key = feedback_key(record, arrived=datetime.now(UTC))
+                    self._store_once(record, data, key)
                 except StoreUnavailable as exc:
                     _report(self._on_error, "feedback", exc)
                     break
                 with self._lock:
                     self._spooled.pop(prediction_id, None)
-                # A crash before this unlink replays the record again: put_if_absent
-                # makes that harmless.
+                # A crash before this unlink replays the record again: the marker makes
+                # that harmless.
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
                 moved += 1

@@ -177,9 +177,17 @@ def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, p
         "correct": False,
         "durable": "stored",
     }
+    from contracts.records import feedback_marker_key, key_hour, prediction_time
+
     day = datetime.now(UTC).strftime("%Y-%m-%d")
-    key = f"feedback/date={day}/{predicted['prediction_id']}.json"
-    assert key in objects(bucket, "feedback/")
+    [key] = [
+        k for k in objects(bucket, "feedback/") if k.endswith(f"/{predicted['prediction_id']}.json")
+    ]
+    # In the hour it arrived; the id carries the time it was made, seconds before.
+    made = prediction_time(predicted["prediction_id"])
+    assert made is not None and abs(datetime.now(UTC) - made).total_seconds() < 60
+    assert key_hour(key) is not None and key.startswith(f"feedback/dt={day}/hour=")
+    assert feedback_marker_key(predicted["prediction_id"]) in objects(bucket, "feedback-ids/")
     record = json.loads(bucket.get_object("digitloop-test", key).read())
     assert record["label"] == truth and record["source"] == "test"
     assert record["prediction_id"] == predicted["prediction_id"]
@@ -187,7 +195,7 @@ def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, p
     def logged():
         import pyarrow.parquet as pq
 
-        for name in objects(bucket, f"predictions/date={day}/"):
+        for name in objects(bucket, f"predictions/dt={day}/"):
             assert name.endswith(".parquet")
             table = pq.read_table(io.BytesIO(bucket.get_object("digitloop-test", name).read()))
             rows = table.to_pylist()

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contracts.records import FeedbackRecord, PredictionRecord, feedback_key
+from contracts.records import (
+    FeedbackRecord,
+    PredictionRecord,
+    feedback_marker_key,
+    partition,
+    time_ordered_hex,
+)
+from pipelines.steps.labelling import advance
+from pipelines.steps.window import read_window
 from services.store.backends import (
     ObjectNotFound,
     S3Store,
@@ -17,6 +25,7 @@ from services.store.backends import (
     StoreUnavailable,
     open_store,
 )
+from services.store.compaction import compact
 from services.store.readers import read_feedback, read_predictions
 from services.store.writers import DuplicateFeedback, FeedbackWriter, PredictionLog
 
@@ -91,11 +100,12 @@ def test_s3_store_objects_and_layout(s3_server, tmp_path: Path, monkeypatch):
     with pytest.raises(DuplicateFeedback):
         writer.write(feedback(1))
 
-    today = f"date={NOW.date().isoformat()}"
-    yesterday = f"date={(NOW - timedelta(days=1)).date().isoformat()}"
-    assert [key.split("/")[1] for key in keys] == [yesterday, today]
+    now, day_before = partition(NOW), partition(NOW - timedelta(days=1))
+    assert ["/".join(key.split("/")[1:3]) for key in keys] == [day_before, now]
     assert store.list("predictions/") == sorted(keys)
-    assert store.list("feedback/") == [f"feedback/{today}/p00001.json"]
+    assert store.list("feedback/") == [f"feedback/{now}/p00001.json"]
+    assert store.exists(feedback_marker_key("p00001"))
+    assert store.list_dirs("predictions/") == sorted({k.split("/")[1] for k in keys})
     assert store.list("reports/run-1") == [
         "reports/run-1/decision.json",
         "reports/run-10/report.html",
@@ -137,7 +147,9 @@ def test_nothing_acknowledged_is_lost_through_an_outage(s3_server, tmp_path: Pat
     store.created.clear()
     assert writer.replay() == 5
     assert writer.spool_depth == 0
-    assert store.created == [feedback_key(feedback(i)) for i in range(3, 8)]
+    assert [k for k in store.created if k.startswith("feedback-ids/")] == [
+        feedback_marker_key(f"p{i:05d}") for i in range(3, 8)
+    ]
     assert len(log.flush()) == 1
     assert log.pending == 0
     assert read_feedback(store)["prediction_id"].tolist() == [f"p{i:05d}" for i in range(3, 8)]
@@ -192,6 +204,54 @@ def test_the_spool_outlives_the_process_and_the_outage(s3_server, tmp_path: Path
     ids = [f"p{i:05d}" for i in range(4)]
     assert read_feedback(store)["prediction_id"].tolist() == ids
     assert read_predictions(store)["prediction_id"].tolist() == ids
+
+
+def test_readers_compaction_labels_and_lifecycle_on_s3(s3_server, tmp_path: Path):
+    """The same reads as on the local folder, through pyarrow's S3 client; compaction and
+    the labelled dataset on S3; the bucket's expiry rules set where it is created."""
+    retention = {"predictions/": 30, "feedback/": 30, "feedback-ids/": 30}
+    store = S3Store(
+        s3_server.endpoint, s3_server.access_key, s3_server.secret_key, "digitloop-read",
+        retention=retention,
+    )  # fmt: skip
+    store.ping()
+    assert store.lifecycle() == retention
+
+    hour = (NOW - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    ids = [f"{time_ordered_hex(hour + timedelta(minutes=i), i)}.stable.4.1.0123456789abcdef"
+           for i in range(12)]  # fmt: skip
+    log = PredictionLog(store, "pod-a")
+    writer = FeedbackWriter(store, tmp_path / "spool")
+    for i, pid in enumerate(ids):
+        record = prediction(i, hour + timedelta(minutes=i))
+        log.append(PredictionRecord(**{**record.__dict__, "prediction_id": pid}))
+        if i % 3 == 0:
+            log.flush()
+            writer.write(FeedbackRecord(pid, 7, hour + timedelta(minutes=i, seconds=30)))
+    log.flush()
+    before = read_predictions(store, hour, NOW)
+    assert before["prediction_id"].tolist() == ids
+    assert np.array_equal(before["image"].iloc[3].reshape(28, 28), prediction(3).image)
+    assert len(store.list(f"predictions/{partition(hour)}/")) == 5
+
+    report = compact(store, NOW)
+    assert report.rows == {"predictions": 12, "feedback": 4}
+    assert len(store.list(f"predictions/{partition(hour)}/")) == 1
+    assert len(store.list(f"feedback/{partition(hour)}/")) == 1
+    after = read_predictions(store, hour, NOW, columns=["label"])
+    assert after["prediction_id"].tolist() == ids and "image" not in after.columns
+    assert read_feedback(store, hour, NOW)["prediction_id"].tolist() == ids[::3]
+
+    # Feedback for a prediction compacted before it came, and a repeat on a later day.
+    late = FeedbackRecord(ids[1], 2, NOW - timedelta(minutes=1))
+    assert writer.write(late) == "stored"
+    with pytest.raises(DuplicateFeedback):
+        writer.write(FeedbackRecord(ids[1], 3, NOW + timedelta(days=1)))
+    assert advance(store, NOW).appended == 5
+    window = read_window(store, hour, NOW)
+    assert sorted(window.labelled["prediction_id"]) == sorted([*ids[::3], ids[1]])
+    assert (window.counts.feedback, window.counts.joined) == (5, 5)
+    assert window.images(window.predictions.tail(2)).shape == (2, 28, 28)
 
 
 def _note(errors: list[str]):

@@ -54,6 +54,7 @@ from pipelines.outputs import CollectCounts, CollectOutput
 from pipelines.settings import LoopSettings
 from pipelines.steps.context import LoopContext
 from pipelines.steps.drift import step_drift
+from pipelines.steps.labelling import advance
 from services.store.backends import LocalStore, StoreSettings
 from services.store.writers import FeedbackWriter, PredictionLog
 
@@ -533,6 +534,7 @@ def adapted_loop(tmp_path, net, mnist, segments):
     window = [(f"w{i:04d}", until + timedelta(seconds=i + 1), x, None) for i, x in enumerate(fresh)]
     store = LocalStore(tmp_path / "store")
     log_drawings(store, tmp_path / "spool", drawings + window)
+    advance(store, now)  # collect's labelling: the feedback joins the labelled dataset
     tags = fine_tuned_tags(feedback[0], until, 300, len(feedback) - 300)
     ctx = LoopContext(
         run_id="run-2",

@@ -7,7 +7,8 @@ import pytest
 from digitloop_bench.few_labels import as_logged, user_labels
 from digitloop_bench.simulator.population import SimConfig
 
-from pipelines.steps.retrain import pseudo_labels
+from pipelines.steps.retrain import PseudoLabels, pseudo_label_rows
+from pipelines.steps.window import stack_images
 
 SURE, UNSURE = 0.999, 0.5
 
@@ -41,6 +42,7 @@ def test_people_label_as_the_simulators_do(feedback, keep, expected):
 def test_the_bench_takes_pseudo_labels_by_the_retrain_steps_rule():
     images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
     logged = as_logged(images, probabilities([4, 4, 6], [SURE, UNSURE, SURE]))
-    pseudo = pseudo_labels(logged, logged.iloc[[2]], "1", 0.99)
+    rows = pseudo_label_rows(logged, logged.iloc[[2]], "1", 0.99)
+    pseudo = PseudoLabels.of(rows, stack_images(rows))
     assert pseudo.prediction_ids == ("p0",) and pseudo.y.tolist() == [4]
     assert (pseudo.x[0] == images[0]).all()

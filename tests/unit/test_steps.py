@@ -54,9 +54,10 @@ from pipelines.steps.collect import EPOCH, step_collect
 from pipelines.steps.decide import step_decide
 from pipelines.steps.drift import step_drift
 from pipelines.steps.finish import finish, summarise
+from pipelines.steps.labelling import LOOKBACK
 from pipelines.steps.quality import step_quality
-from pipelines.steps.retrain import pseudo_labels, step_retrain
-from pipelines.steps.window import GRACE, LOOKBACK
+from pipelines.steps.retrain import pseudo_label_rows, step_retrain
+from pipelines.steps.window import GRACE
 from services.store.backends import LocalStore, StoreSettings
 from services.store.writers import FeedbackWriter, PredictionLog
 
@@ -530,21 +531,38 @@ def test_retrain_registers_a_gated_challenger_once_per_run(ctx, mnist):
 @pytest.mark.parametrize(
     ("drawn", "min_confidence", "kept"),
     [
-        (Drawn("a", NOW, 3, confidence=0.99), 0.99, True),  # at the threshold
-        (Drawn("a", NOW, 3, confidence=0.985), 0.99, False),
-        (Drawn("a", NOW, 3, true_label=5, confidence=1.0), 0.99, False),  # people labelled it
-        (Drawn("a", NOW, 3, track="canary", version="2", confidence=1.0), 0.99, False),
-        (Drawn("a", NOW, 3, version="0", confidence=1.0), 0.99, False),  # another version's
-        (Drawn("a", NOW, 3, confidence=1.0), None, False),  # off
+        (
+            Drawn("a", NOW - timedelta(minutes=5), 3, confidence=0.99),
+            0.99,
+            True,
+        ),  # at the threshold
+        (Drawn("a", NOW - timedelta(minutes=5), 3, confidence=0.985), 0.99, False),
+        (
+            Drawn("a", NOW - timedelta(minutes=5), 3, true_label=5, confidence=1.0),
+            0.99,
+            False,
+        ),  # people labelled it
+        (
+            Drawn("a", NOW - timedelta(minutes=5), 3, track="canary", version="2", confidence=1.0),
+            0.99,
+            False,
+        ),
+        (
+            Drawn("a", NOW - timedelta(minutes=5), 3, version="0", confidence=1.0),
+            0.99,
+            False,
+        ),  # another version's
+        (Drawn("a", NOW - timedelta(minutes=5), 3, confidence=1.0), None, False),  # off
     ],
 )
 def test_pseudo_labels_are_the_champions_confident_unlabelled_answers(
     ctx, drawn, min_confidence, kept
 ):
     traffic(ctx, [drawn])
-    window = ctx.window(NOW - timedelta(hours=1), NOW + timedelta(seconds=1))
-    pseudo = pseudo_labels(window.predictions, window.labelled, "1", min_confidence)
-    assert pseudo.y.tolist() == ([3] if kept else []) and pseudo.x.shape[1:] == (28, 28)
+    collect = collected(ctx)  # joins the feedback into the labelled dataset
+    window = ctx.window(collect.since, collect.until)
+    rows = pseudo_label_rows(window.predictions, window.labelled, "1", min_confidence)
+    assert rows["label"].tolist() == ([3] if kept else [])
 
 
 # -- canary ---------------------------------------------------------------------------------

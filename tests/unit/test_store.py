@@ -20,8 +20,12 @@ from contracts.records import (
     FeedbackRecord,
     PredictionRecord,
     feedback_key,
+    feedback_marker_key,
     key_date,
+    key_hour,
+    prediction_time,
     predictions_key,
+    time_ordered_hex,
 )
 from services.store.backends import (
     LocalStore,
@@ -106,6 +110,11 @@ def stored_rows(store: LocalStore) -> list[str]:
     return ids
 
 
+def stored_feedback(store: LocalStore, i: int) -> FeedbackRecord:
+    """The feedback the store kept for prediction ``i`` (its marker holds the winner)."""
+    return FeedbackRecord.from_json(store.get(feedback_marker_key(f"p{i:05d}")))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> FlakyStore:
     return FlakyStore(tmp_path / "store")
@@ -114,16 +123,20 @@ def store(tmp_path: Path) -> FlakyStore:
 # --- layout and formats -------------------------------------------------------------------
 
 
-def test_keys_follow_the_layout_with_utc_dates():
+def test_keys_follow_the_hourly_layout_in_utc():
     late = datetime(2024, 5, 1, 23, 59, 59, 999_000, tzinfo=UTC)
     assert predictions_key("pod-a", late, 7) == (
-        "predictions/date=2024-05-01/pod-a-1714607999999-7.parquet"
+        "predictions/dt=2024-05-01/hour=23/pod-a-1714607999999-7.parquet"
     )
     # 01:30 in UTC+2 is still the previous day in UTC.
     plus_two = datetime(2024, 5, 2, 1, 30, tzinfo=timezone(timedelta(hours=2)))
-    assert predictions_key("pod-a", plus_two, 0).startswith("predictions/date=2024-05-01/")
+    assert predictions_key("pod-a", plus_two, 0).startswith("predictions/dt=2024-05-01/hour=23/")
     record = FeedbackRecord(prediction_id="abc.stable.3.7.0f", label=2, ts=plus_two)
-    assert feedback_key(record) == "feedback/date=2024-05-01/abc.stable.3.7.0f.json"
+    assert feedback_key(record) == "feedback/dt=2024-05-01/hour=23/abc.stable.3.7.0f.json"
+    # A record replayed later goes into the hour it reaches the store.
+    replayed = feedback_key(record, arrived=plus_two + timedelta(hours=3))
+    assert replayed == "feedback/dt=2024-05-02/hour=02/abc.stable.3.7.0f.json"
+    assert feedback_marker_key("abc.stable.3.7.0f") == "feedback-ids/abc.stable.3.7.0f"
 
 
 # Any instant from 1970 on, in any UTC offset a clock can have.
@@ -137,11 +150,25 @@ aware_times = st.datetimes(
 
 
 @given(when=aware_times, seq=st.integers(0, 10**6))
-def test_every_key_gives_back_the_utc_date_of_its_record(when: datetime, seq: int):
-    utc_day = when.astimezone(UTC).date()
-    assert key_date(predictions_key("pod-a", when, seq)) == utc_day
+def test_every_key_gives_back_the_utc_hour_of_its_record(when: datetime, seq: int):
+    utc = when.astimezone(UTC)
+    hour = utc.replace(minute=0, second=0, microsecond=0)
+    assert key_hour(predictions_key("pod-a", when, seq)) == hour
+    assert key_date(predictions_key("pod-a", when, seq)) == utc.date()
     record = FeedbackRecord(prediction_id="abc.stable.3.7.0f", label=2, ts=when)
-    assert key_date(feedback_key(record)) == utc_day
+    assert key_hour(feedback_key(record)) == hour
+
+
+@given(when=aware_times, bits=st.integers(0, 2**74 - 1))
+def test_time_ordered_ids_give_back_their_time(when: datetime, bits: int):
+    unique = time_ordered_hex(when, bits)
+    assert len(unique) == 32 and int(unique, 16) >= 0
+    utc = when.astimezone(UTC)
+    ms = utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+    assert prediction_time(f"{unique}.stable.3.7.0123456789abcdef") == ms
+    # ids of before (uuid4) and names made by hand carry no time
+    assert prediction_time("4f0e8a4c9b2d4e7fa1b2c3d4e5f60718.stable.3.7.0123456789abcdef") is None
+    assert prediction_time("p00001") is None
 
 
 @pytest.mark.parametrize(
@@ -150,6 +177,8 @@ def test_every_key_gives_back_the_utc_date_of_its_record(when: datetime, seq: in
         "reports/run-1/decision.json",
         "predictions/pod-a-1-1.parquet",
         "predictions/date=2024-13-01/pod-a-1-1.parquet",
+        "predictions/dt=2024-05-01/hour=24/pod-a-1-1.parquet",
+        "predictions/dt=2024-05-01/pod-a-1-1.parquet",
         "feedback/day=2024-05-01/p1.json",
     ],
 )
@@ -207,7 +236,7 @@ def test_predictions_parquet_has_the_schema_and_the_values(store: FlakyStore):
         log.append(record)
     [key] = log.flush()
 
-    assert key.startswith("predictions/date=2024-05-01/pod-a-") and key.endswith("-1.parquet")
+    assert key.startswith("predictions/dt=2024-05-01/hour=12/pod-a-") and key.endswith("-1.parquet")
     table = pq.read_table(io.BytesIO(store.get(key)))
     assert table.schema.equals(PREDICTIONS_SCHEMA)
     rows = table.to_pylist()
@@ -283,14 +312,17 @@ def test_appends_from_many_threads_land_exactly_once(store: FlakyStore):
     assert len(read_predictions(store)) == 1200
 
 
-def test_a_flush_writes_one_object_per_utc_date(store: FlakyStore):
+def test_a_flush_writes_one_object_per_utc_hour(store: FlakyStore):
     log = PredictionLog(store, pod="pod-a")
     log.append(prediction(1, datetime(2024, 5, 1, 23, 59, tzinfo=UTC)))
     log.append(prediction(2, datetime(2024, 5, 2, 0, 1, tzinfo=UTC)))
     log.append(prediction(3, datetime(2024, 5, 1, 23, 58, tzinfo=UTC)))
     keys = log.flush()
-    assert [k.split("/")[1] for k in keys] == ["date=2024-05-01", "date=2024-05-02"]
-    # The key's time is clamped into the records' day, so it matches the partition.
+    assert ["/".join(k.split("/")[1:3]) for k in keys] == [
+        "dt=2024-05-01/hour=23",
+        "dt=2024-05-02/hour=00",
+    ]
+    # The key's time is clamped into the records' hour, so it matches the partition.
     assert keys[0].split("-")[-2] == str(
         int(datetime(2024, 5, 1, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
     )
@@ -319,7 +351,7 @@ def test_an_unavailable_store_keeps_predictions_and_a_crash_does_not_lose_them(
     successor = PredictionLog(store, "pod-b", spool_dir=spool)
     assert successor.pending == 4
     [key] = successor.flush()
-    assert key.startswith("predictions/date=2024-05-01/pod-a-")  # the key it was given
+    assert key.startswith("predictions/dt=2024-05-01/hour=12/pod-a-")  # the key it was given
     assert sorted(stored_rows(store)) == [f"p{i:05d}" for i in range(1, 6)]
     assert not list((spool / "predictions").rglob("*.parquet"))
     # The first pod, had it survived, finds its spilled copy gone and does not write twice.
@@ -359,7 +391,7 @@ def test_a_key_taken_by_another_writer_is_never_overwritten(tmp_path: Path):
     log.append(prediction(1))  # dated 2024-05-01, flushed today
     [key] = log.flush()
     taken = key.removesuffix("-2.parquet") + "-1.parquet"
-    assert key.endswith("-2.parquet") and key.startswith("predictions/date=2024-05-01/")
+    assert key.endswith("-2.parquet") and key.startswith("predictions/dt=2024-05-01/hour=12/")
     assert store.get(taken) == b"theirs"
     assert pq.read_table(io.BytesIO(store.get(key))).column("prediction_id").to_pylist() == [
         "p00001"
@@ -386,10 +418,36 @@ def test_the_buffer_bound_drops_new_records_instead_of_growing(store: FlakyStore
 def test_feedback_is_stored_once(store: FlakyStore, tmp_path: Path):
     writer = FeedbackWriter(store, tmp_path / "spool")
     assert writer.write(feedback(1)) == "stored"
-    assert store.exists("feedback/date=2024-05-01/p00001.json")
+    assert store.exists("feedback/dt=2024-05-01/hour=12/p00001.json")
+    assert store.exists("feedback-ids/p00001")
     with pytest.raises(DuplicateFeedback):
         writer.write(feedback(1, label=3))
     assert FeedbackRecord.from_json(store.get(feedback_key(feedback(1)))).label == 7
+
+
+def test_a_repeat_on_a_later_utc_day_is_a_duplicate(store: FlakyStore, tmp_path: Path):
+    writer = FeedbackWriter(store, tmp_path / "spool")
+    assert writer.write(feedback(1)) == "stored"
+    next_day = feedback(1, ts=DAY + timedelta(days=1), label=3)
+    with pytest.raises(DuplicateFeedback):
+        writer.write(next_day)
+    # Refused, and its record removed again: the store holds the first one only.
+    assert not store.exists(feedback_key(next_day))
+    assert store.list("feedback/") == [feedback_key(feedback(1))]
+    assert read_feedback(store)["label"].tolist() == [7]
+    # Another worker, restarted, or a replayed spool: the same answer.
+    with pytest.raises(DuplicateFeedback):
+        FeedbackWriter(store, tmp_path / "other").write(next_day)
+
+
+def test_a_crash_between_the_record_and_its_marker_is_repaired(store: FlakyStore, tmp_path):
+    store.put(feedback_key(feedback(1)), feedback(1).to_json())  # the marker never made it
+    writer = FeedbackWriter(store, tmp_path / "spool")
+    with pytest.raises(DuplicateFeedback):  # the client's retry: already stored
+        writer.write(feedback(1))
+    assert store.exists(feedback_marker_key("p00001"))
+    with pytest.raises(DuplicateFeedback):  # so a later day's repeat is refused too
+        writer.write(feedback(1, ts=DAY + timedelta(days=1)))
 
 
 def test_feedback_spools_when_the_store_is_down_and_replays_in_order(
@@ -419,12 +477,17 @@ def test_feedback_spools_when_the_store_is_down_and_replays_in_order(
 
     store.down = False
     # Recorded elsewhere in the meantime: replay counts it as moved and keeps the original.
-    store.put(feedback_key(feedback(5)), feedback(5, label=2).to_json())
+    assert FeedbackWriter(store, tmp_path / "other").write(feedback(5, label=2)) == "stored"
     store.written.clear()
     assert writer.replay() == 5
     assert writer.spool_depth == 0
-    assert store.written == [feedback_key(feedback(i)) for i in order if i != 5]
-    assert FeedbackRecord.from_json(store.get(feedback_key(feedback(5)))).label == 2
+    assert [k.rsplit("/", 1)[-1] for k in store.written if k.startswith("feedback-ids/")] == [
+        f"p{i:05d}" for i in order if i != 5
+    ]
+    assert stored_feedback(store, 5).label == 2
+    assert sorted(read_feedback(store)["prediction_id"]) == [
+        f"p{i:05d}" for i in range(10) if i in {0, *order}
+    ]
     assert not [p for p in spool.iterdir() if not p.name.startswith(".")]
     assert writer.write(feedback(11)) == "stored"
 
@@ -436,7 +499,10 @@ def test_while_the_spool_has_records_new_ones_queue_behind_them(store: FlakyStor
     store.down = False
     assert writer.write(feedback(2)) == "spooled"  # not ahead of record 1
     assert writer.replay() == 2
-    assert store.written == [feedback_key(feedback(1)), feedback_key(feedback(2))]
+    assert [k for k in store.written if k.startswith("feedback-ids/")] == [
+        feedback_marker_key("p00001"),
+        feedback_marker_key("p00002"),
+    ]
 
 
 def test_workers_sharing_a_spool_folder_store_each_id_once(store: FlakyStore, tmp_path: Path):
@@ -449,7 +515,8 @@ def test_workers_sharing_a_spool_folder_store_each_id_once(store: FlakyStore, tm
     store.down = False
     assert second.replay() == 2
     assert first.replay() == 1  # its copy of 1 exists by now: counted, not written again
-    assert FeedbackRecord.from_json(store.get(feedback_key(feedback(1)))).label == 3
+    assert stored_feedback(store, 1).label == 3
+    assert read_feedback(store)["prediction_id"].tolist().count("p00001") == 1
 
     # Both die during an outage with the same id spooled; a restarted worker sees both.
     store.down = True
@@ -461,7 +528,7 @@ def test_workers_sharing_a_spool_folder_store_each_id_once(store: FlakyStore, tm
     assert restarted.spool_depth == 2
     assert restarted.replay() == 2
     assert not list(spool.glob("*.json"))
-    assert FeedbackRecord.from_json(store.get(feedback_key(feedback(5)))).label == 1
+    assert stored_feedback(store, 5).label == 1
 
 
 def test_the_background_replay_drains_the_spool(store: FlakyStore, tmp_path: Path):
@@ -478,7 +545,7 @@ def test_the_background_replay_drains_the_spool(store: FlakyStore, tmp_path: Pat
     writer.close()
     writer.close()
     assert writer.spool_depth == 0
-    assert store.exists(feedback_key(feedback(1)))
+    assert store.exists(feedback_marker_key("p00001"))
 
 
 # --- readers ------------------------------------------------------------------------------
