@@ -181,7 +181,7 @@ class Service:
     def feedback_records(self) -> dict[str, dict]:
         """Every feedback record in the local store, by prediction id (``_key``: its key)."""
         records = {}
-        for path in sorted(self.store_dir.glob("feedback/date=*/*.json")):
+        for path in sorted(self.store_dir.glob("feedback/dt=*/hour=*/*.json")):
             record = json.loads(path.read_text())
             record["_key"] = path.relative_to(self.store_dir).as_posix()
             records[record["prediction_id"]] = record

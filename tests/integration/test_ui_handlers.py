@@ -182,7 +182,7 @@ def test_confirming_and_correcting_land_in_the_store(client: DigitloopClient, se
     assert not confirmed.session.counted  # the next drawing counts anew
     record = served.wait_for_feedback(first.prediction_id)
     assert (record["label"], record["source"]) == (first.label, "ui")
-    assert record["_key"].startswith("feedback/date=")
+    assert record["_key"].startswith("feedback/dt=")
 
     second = predict_drawing(client, pad_value(mnist.x_test[2]), confirmed.session)
     prediction = second.prediction
