@@ -174,7 +174,7 @@ def few_labels(
     images, truth = images[accepted], np.asarray(truth)[accepted].astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(images))
     test_idx, pool = order[:test], order[test:]
-    rows = []
+    results = []
     for count in labels or [16, 24]:
         for run in range(runs):
             rng = np.random.default_rng([seed, run])
@@ -183,15 +183,15 @@ def few_labels(
             answers = probabilities.argmax(axis=1)
             labelled = user_labels(answers, truth[idx], probabilities, config, rng, count)
             logged = as_logged(images[idx], probabilities)
-            rows = pseudo_label_rows(
+            chosen = pseudo_label_rows(
                 logged, logged[labelled], "1", loop.retrain_pseudo_label_confidence
             )
-            pseudo = PseudoLabels.of(rows, stack_images(rows))
+            pseudo = PseudoLabels.of(chosen, stack_images(chosen))
             kept = [int(pid[1:]) for pid in pseudo.prediction_ids]
             x_l, y_l = images[idx][labelled], truth[idx][labelled]
             scored = (images[test_idx], truth[test_idx])
             stderr.print(f"{count} labels, run {run}: fine-tuning twice", highlight=False)
-            rows.append(
+            results.append(
                 Row(
                     run=run,
                     labels=int(labelled.sum()),
@@ -214,9 +214,9 @@ def few_labels(
         "champion_style_accuracy": evaluate(champion, images[test_idx], truth[test_idx]).accuracy,
         "pseudo_label_confidence": loop.retrain_pseudo_label_confidence,
         "pseudo_label_share": loop.retrain_pseudo_label_share,
-        "rows": [asdict(row) for row in rows],
+        "rows": [asdict(row) for row in results],
     }
-    emit(summary, as_json, _table(rows))
+    emit(summary, as_json, _table(results))
 
 
 def _feedback(value: str) -> Literal["both", "correct-only"]:

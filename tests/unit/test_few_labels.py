@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from digitloop_bench.few_labels import as_logged, user_labels
+import torch
+from digitloop_bench.few_labels import as_logged, few_labels, user_labels
 from digitloop_bench.simulator.population import SimConfig
 
+from model.network import DigitNet
 from pipelines.steps.retrain import PseudoLabels, pseudo_label_rows
 from pipelines.steps.window import stack_images
+from tests.conftest import MNIST_PATH
 
 SURE, UNSURE = 0.999, 0.5
 
@@ -46,3 +51,24 @@ def test_the_bench_takes_pseudo_labels_by_the_retrain_steps_rule():
     pseudo = PseudoLabels.of(rows, stack_images(rows))
     assert pseudo.prediction_ids == ("p0",) and pseudo.y.tolist() == [4]
     assert (pseudo.x[0] == images[0]).all()
+
+
+def test_the_bench_runs_end_to_end(tmp_path, capsys):
+    """One tiny run through the command: a row per run with both fine-tunes scored."""
+    torch.save(DigitNet().state_dict(), tmp_path / "net.pt")
+    few_labels(
+        model_file=tmp_path / "net.pt",
+        labels=[4],
+        runs=1,
+        window=60,
+        test=200,
+        mnist_limit=300,
+        threads=1,
+        mnist=MNIST_PATH,
+        as_json=True,
+    )
+    summary = json.loads(capsys.readouterr().out)
+    (row,) = summary["rows"]
+    assert row["labels"] == 4 and row["pseudo_labelled"] == 0  # untrained: sure of nothing
+    for scores in (row["labels_only"], row["with_pseudo"]):
+        assert 0 <= scores["style"] <= 1 and 0 <= scores["mnist"] <= 1
