@@ -16,7 +16,8 @@ other drawings of the style and on MNIST test.
 
 The figures behind ``min_new_labels`` and ``retrain_pseudo_label_confidence``
 (:mod:`pipelines.settings`) came from the 8-epoch champion with ``--feedback correct-only
---labels 16 --labels 24 --runs 3 --mnist-limit 10000 --threads 1``.
+--labels 16 --runs 3 --mnist-limit 10000 --threads 1``: 98.5-99.9 % on the style with the
+labels alone, 100 % in all 3 runs with the pseudo-labels (227-228, none wrong).
 """
 
 from __future__ import annotations
