@@ -706,8 +706,8 @@ def adapted(
         from model.evaluate import evaluate
         from model.network import DigitNet
         from model.preprocess import preprocess_batch
-        from model.train import TrainConfig, fine_tune
         from pipelines.settings import LoopSettings
+        from pipelines.steps.retrain import fine_tune_on_feedback
 
         if threads:
             torch.set_num_threads(threads)
@@ -743,18 +743,16 @@ def adapted(
             net.eval()
             tuned_s = None
         else:
-            base = data.limit(n_train=mnist_limit)
             stderr.print(
-                f"fine-tuning on {len(x_train)} {shift} images + {len(base.x_train)} MNIST"
+                f"fine-tuning on {len(x_train)} {shift} images + "
+                f"{len(data.x_train[:mnist_limit])} MNIST"
             )
-            tuned = fine_tune(
+            tuned = fine_tune_on_feedback(
                 champion,
-                base.x_train,
-                base.y_train.astype(np.int64),
+                data,
                 x_train,
                 y_train,
-                TrainConfig(epochs=loop.retrain_epochs, max_lr=1e-3, seed=0),
-                extra_share=loop.retrain_extra_share,
+                loop.model_copy(update={"retrain_mnist_limit": mnist_limit}),
             )
             net, tuned_s = tuned.net.eval(), round(tuned.seconds, 1)
             if save_adapted is not None:

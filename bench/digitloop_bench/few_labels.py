@@ -42,9 +42,13 @@ from model.data import Mnist, load_mnist
 from model.evaluate import evaluate
 from model.network import DigitNet, predict_proba
 from model.preprocess import preprocess_batch
-from model.train import TrainConfig, fine_tune
 from pipelines.settings import LoopSettings
-from pipelines.steps.retrain import PseudoLabels, pseudo_label_rows
+from pipelines.steps.retrain import (
+    PseudoLabels,
+    fine_tune_config,
+    fine_tune_on_feedback,
+    pseudo_label_rows,
+)
 from pipelines.steps.window import stack_images
 from ui.asking import should_ask
 
@@ -97,20 +101,11 @@ def fine_tuned_scores(
     loop: LoopSettings,
     threads: int | None,
 ) -> dict[str, float]:
-    """retrain()'s fine-tune on MNIST, people's labels and pseudo-labels, scored on the
-    style and on MNIST."""
-    config = TrainConfig(epochs=loop.retrain_epochs, max_lr=1e-3, seed=0, threads=threads)
-    base = mnist.limit(n_train=loop.retrain_mnist_limit)
+    """The loop's fine-tune on people's labels and pseudo-labels, scored on the style and
+    on MNIST."""
     started = time.perf_counter()
-    result = fine_tune(
-        champion,
-        base.x_train,
-        base.y_train.astype(np.int64),
-        *labelled,
-        config,
-        extra_share=loop.retrain_extra_share,
-        pseudo=(pseudo.x, pseudo.y),
-        pseudo_share=loop.retrain_pseudo_label_share,
+    result = fine_tune_on_feedback(
+        champion, mnist, *labelled, loop, pseudo, fine_tune_config(loop, threads)
     )
     return {
         "style": evaluate(result.net, *test).accuracy,

@@ -24,7 +24,7 @@ from torch import nn
 from model.data import Mnist
 from model.evaluate import Evaluation, evaluate
 from model.registry import ModelVersionInfo, Registry, TrainingRecord
-from model.train import TrainConfig, fine_tune
+from model.train import TrainConfig, TrainResult, fine_tune
 from pipelines.decisions import GateResult, Tally, gate
 from pipelines.outputs import CollectOutput, RetrainOutput
 from pipelines.settings import DecisionSettings, LoopSettings
@@ -112,6 +112,38 @@ class RetrainResult:
     holdout_accuracy: float
 
 
+def fine_tune_config(settings: LoopSettings, threads: int | None = None) -> TrainConfig:
+    """The fine-tune's configuration when no search chooses one."""
+    return TrainConfig(epochs=settings.retrain_epochs, max_lr=1e-3, seed=0, threads=threads)
+
+
+def fine_tune_on_feedback(
+    champion: nn.Module,
+    mnist: Mnist,
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: LoopSettings,
+    pseudo: PseudoLabels | None = None,
+    config: TrainConfig | None = None,
+    extra_share: float | None = None,
+) -> TrainResult:
+    """The loop's fine-tune: the champion on MNIST (``retrain_mnist_limit``), people's labels
+    ``x``/``y`` and ``pseudo``-labels, each at its share; the benches run this one too."""
+    base = mnist.limit(n_train=settings.retrain_mnist_limit)
+    pseudo = pseudo or PseudoLabels.none()
+    return fine_tune(
+        champion,
+        base.x_train,
+        base.y_train.astype(np.int64),
+        x,
+        y,
+        config or fine_tune_config(settings),
+        extra_share=settings.retrain_extra_share if extra_share is None else extra_share,
+        pseudo=(pseudo.x, pseudo.y),
+        pseudo_share=settings.retrain_pseudo_label_share,
+    )
+
+
 def retrain(
     registry: Registry,
     champion: nn.Module,
@@ -125,7 +157,7 @@ def retrain(
     """Fine-tune the champion on MNIST + the training part of the feedback (+ ``pseudo``);
     register it. A search, when on, scores its trials on human labels only."""
     base = mnist.limit(n_train=settings.retrain_mnist_limit)
-    config = TrainConfig(epochs=settings.retrain_epochs, max_lr=1e-3, seed=0)
+    config = fine_tune_config(settings)
     extra_share = settings.retrain_extra_share
     searched: dict[str, object] = {}
     if settings.retrain_trials:
@@ -150,16 +182,8 @@ def retrain(
         else:
             log.info("%d labelled images: too few to search, defaults", len(split.train_y))
     pseudo = pseudo or PseudoLabels.none()
-    result = fine_tune(
-        champion,
-        base.x_train,
-        base.y_train.astype(np.int64),
-        split.train_x,
-        split.train_y,
-        config,
-        extra_share=extra_share,
-        pseudo=(pseudo.x, pseudo.y),
-        pseudo_share=settings.retrain_pseudo_label_share,
+    result = fine_tune_on_feedback(
+        champion, mnist, split.train_x, split.train_y, settings, pseudo, config, extra_share
     )
     mnist_test = evaluate(result.net, mnist.x_test, mnist.y_test)
     holdout = (
