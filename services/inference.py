@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from contracts.api import MAX_SIDE, TrackInfo
+from model.network import to_tensor
 from model.preprocess import decode_image, to_mnist
 from model.registry import ModelVersionInfo, Registry
 from services.errors import BadRequest, PayloadTooLarge
@@ -82,11 +83,18 @@ class Classifier:
         )
 
     @torch.inference_mode()
+    def forward(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The penultimate embeddings (N, hidden) and raw logits (N, 10) of (N, 28, 28) uint8
+        images, from one forward pass: the one place a request runs the network."""
+        embeddings = self.net.embed(to_tensor(images))
+        return embeddings, self.net.head(embeddings)
+
+    @torch.inference_mode()
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N, 10) float32 for (N, 28, 28) uint8 images, one forward
         pass: ``softmax(logits / temperature)``, which keeps the argmax."""
-        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
-        return torch.softmax(self.net(batch) * self._inverse_temperature, dim=1).numpy()
+        _, logits = self.forward(images)
+        return torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
 
     def describe(self) -> TrackInfo:
         return TrackInfo(
