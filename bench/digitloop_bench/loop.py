@@ -152,11 +152,21 @@ def hour_tables(hour: datetime, traffic: Traffic, seed: int) -> dict[str, pa.Tab
 
 
 def build_history(
-    store: ObjectStore, days: float, traffic: Traffic, run_at: datetime = RUN_AT
+    store: ObjectStore,
+    days: float,
+    traffic: Traffic,
+    run_at: datetime = RUN_AT,
+    cutoff: datetime | None = None,
 ) -> int:
     """Compacted hours from ``days`` before the last run up to it; the last run's watermark;
-    then the 10 minutes since, as the pods write them. Returns the predictions stored."""
+    then the 10 minutes since, as the pods write them. Returns the predictions stored.
+
+    With the champion's ``cutoff``, also the running totals of its window as the runs
+    before left them (:mod:`pipelines.steps.totals`), up to the hour before the one the
+    measured run closes: of the six runs an hour, it is the one that adds an hour to them.
+    """
     from pipelines.steps.labelling import STATE_KEY, LabellingState
+    from pipelines.steps.window import GRACE, TOTALS_SETTLE
 
     last_run = run_at - RUN_INTERVAL
     first = (last_run - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
@@ -171,6 +181,10 @@ def build_history(
                 stored += table.num_rows
         hour += timedelta(hours=1)
     store.put(STATE_KEY, LabellingState(last_run).to_json(), "application/json")
+    if cutoff is not None:
+        from pipelines.steps.totals import window_totals
+
+        window_totals(store, cutoff, run_at - 2 * RUN_INTERVAL, TOTALS_SETTLE, GRACE)
     # From the start of the last run's hour to the run: raw files, as pods write them.
     stored += _live(store, hour, run_at, traffic)
     return stored
@@ -446,9 +460,9 @@ def run_bench(
                 store = s3_store(location) if server else LocalStore(Path(location))
                 store.ping()
                 built = time.perf_counter()
-                stored = build_history(store, days, traffic)
-                say(f"  {stored} predictions stored in {time.perf_counter() - built:.0f} s")
                 cutoff = champion_cutoff(days, champion_age_days)
+                stored = build_history(store, days, traffic, cutoff=cutoff)
+                say(f"  {stored} predictions stored in {time.perf_counter() - built:.0f} s")
                 runs = []
                 for r in range(repeats):
                     state = _snapshot(store)
@@ -466,20 +480,27 @@ def run_bench(
     return _result(rows)
 
 
-def _snapshot(store: ObjectStore) -> tuple[set[str], bytes]:
-    from pipelines.steps.labelling import STATE_KEY
+def _states() -> tuple[str, ...]:
+    from pipelines.steps import labelling, totals
 
-    return set(store.list(LABELLED_PREFIX)), store.get(STATE_KEY)
+    return labelling.STATE_KEY, totals.WINDOW_STATE_KEY
 
 
-def _restore(store: ObjectStore, state: tuple[set[str], bytes]) -> None:
-    """Undo a run: the labelled files it appended and its watermark."""
-    from pipelines.steps.labelling import STATE_KEY
+def _snapshot(store: ObjectStore) -> tuple[set[str], dict[str, bytes]]:
+    states = {key: store.get(key) for key in _states() if store.exists(key)}
+    return set(store.list(LABELLED_PREFIX)), states
 
-    keys, watermark = state
+
+def _restore(store: ObjectStore, state: tuple[set[str], dict[str, bytes]]) -> None:
+    """Undo a run: the labelled files it appended, its watermark and window totals."""
+    keys, states = state
     for key in set(store.list(LABELLED_PREFIX)) - keys:
         store.delete(key)
-    store.put(STATE_KEY, watermark, "application/json")
+    for key in _states():
+        if key in states:
+            store.put(key, states[key], "application/json")
+        else:
+            store.delete(key)
 
 
 def _summary(

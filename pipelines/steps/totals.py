@@ -66,7 +66,7 @@ from services.store.readers import read_feedback_arrived, read_labelled, read_pr
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "loop-state/window.json"
+WINDOW_STATE_KEY = "loop-state/window.json"
 # A rebuild (a new champion) reads its closed hours a day at a time: its memory is a day's.
 CHUNK = timedelta(days=1)
 _ANSWER = ["track", "model_version", "label"]
@@ -187,7 +187,7 @@ class WindowState:
 
 def load_state(store: ObjectStore) -> WindowState | None:
     try:
-        return WindowState.from_json(store.get(STATE_KEY))
+        return WindowState.from_json(store.get(WINDOW_STATE_KEY))
     except ObjectNotFound:
         return None
 
@@ -328,6 +328,7 @@ def window_totals(
     ahead = state is not None and state.since == since and not resume
     if read_from < closes and not ahead:
         # Last: a crash before this leaves the state as it was, and the hours are read again.
-        store.put(STATE_KEY, WindowState(since, closes, totals).to_json(), "application/json")
+        state = WindowState(since, closes, totals)
+        store.put(WINDOW_STATE_KEY, state.to_json(), "application/json")
         log.info("window totals from %s closed up to %s (read from %s)", since, closes, read_from)
     return WindowTotals(totals + tail, pending)

@@ -28,12 +28,14 @@ import pandas as pd
 
 from contracts.records import PREDICTIONS_SCHEMA
 from pipelines.outputs import CollectCounts
+from pipelines.settings import LoopSettings
 from pipelines.steps.totals import WindowTotals, window_totals
 from services.store.backends import ObjectStore
 from services.store.readers import HOUR, read_labelled, read_predictions
 
 GRACE = timedelta(minutes=10)
-SETTLE = timedelta(hours=1)  # LoopSettings.window_settle_minutes' default
+# The setting's default, for a window opened without the loop's settings (tests, benches).
+TOTALS_SETTLE = timedelta(minutes=LoopSettings.model_fields["window_settle_minutes"].default)
 # Everything but the image: what quality, analyse and the counts read of each answer.
 ANSWER_COLUMNS = tuple(name for name in PREDICTIONS_SCHEMA.names if name != "image")
 
@@ -54,7 +56,7 @@ class Window:
         since: datetime,
         until: datetime,
         grace: timedelta = GRACE,
-        settle: timedelta = SETTLE,
+        settle: timedelta = TOTALS_SETTLE,
     ) -> None:
         self.store = store
         self.since = since
@@ -117,7 +119,7 @@ def read_window(
     since: datetime,
     until: datetime,
     grace: timedelta = GRACE,
-    settle: timedelta = SETTLE,
+    settle: timedelta = TOTALS_SETTLE,
 ) -> Window:
     """The window ``[since, until)`` of ``store`` (read lazily)."""
     return Window(store, since, until, grace, settle)

@@ -48,7 +48,7 @@ from pipelines.runners.argo import run_step
 from pipelines.runners.local import run_once
 from pipelines.settings import DecisionSettings, LoopSettings
 from pipelines.steps import LoopContext
-from pipelines.steps.analyse import step_analyse
+from pipelines.steps.analyse import canary_since, step_analyse
 from pipelines.steps.canary import step_canary
 from pipelines.steps.collect import EPOCH, step_collect
 from pipelines.steps.decide import step_decide
@@ -646,6 +646,31 @@ def test_analyse_weighs_both_models_on_the_same_labelled_images(
     assert output.details["labelled"] == 40 and output.details["canary_labelled"] == 8
     discordant = 0 if champion_says == challenger_says else 40
     assert output.details["for_challenger"] + output.details["for_champion"] == discordant
+
+
+def test_analyse_reads_only_from_the_challengers_training_cutoff(ctx):
+    """It runs every loop while a canary serves: its reads start where the challenger's
+    training data ended, not at the champion's (here the epoch, days of traffic before)."""
+    ctx.registry.nets["1"] = Answers(5)
+    cutoff = NOW - timedelta(hours=1, minutes=1)
+    trained_on = {"training_data": json.dumps({"feedback_until": cutoff.isoformat()})}
+    ctx.registry.add(Answers(3), trained_on)
+    ctx.registry.set_alias(CHALLENGER_ALIAS, "2")
+    ctx.rollout = FakeRollout(RoutingState("1", "2", 20))
+    start = NOW - timedelta(hours=1)
+    drawn = [
+        Drawn(f"p{i:03d}", start + timedelta(seconds=i), 3 if i % 5 == 0 else 5, 3,
+              track="canary" if i % 5 == 0 else "stable", version="2" if i % 5 == 0 else "1")
+        for i in range(40)
+    ]  # fmt: skip
+    older = [Drawn(f"o{i}", cutoff - timedelta(days=3, minutes=i), 5, 3) for i in range(5)]
+    traffic(ctx, older + drawn)
+    collect = collected(ctx)
+    output = step_analyse(ctx, collect)
+    assert canary_since(ctx, collect) == cutoff
+    assert sorted(since for since, _ in ctx._windows) == [EPOCH, cutoff]
+    assert output.details["labelled"] == 40 and output.details["canary_labelled"] == 8
+    assert output.action == "promote"
 
 
 # -- finish ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from model.calibration import expected_accuracy
 from pipelines.outputs import AnswerQuality, CollectCounts, LiveAccuracy, QualityOutput
 from pipelines.steps import totals as totals_module
 from pipelines.steps.labelling import advance
-from pipelines.steps.totals import STATE_KEY, WindowState, load_state, window_totals
+from pipelines.steps.totals import WINDOW_STATE_KEY, WindowState, load_state, window_totals
 from pipelines.steps.window import ANSWER_COLUMNS, GRACE, read_window
 from services.store.backends import LocalStore, StoreUnavailable
 from services.store.readers import read_feedback, read_labelled, read_predictions
@@ -25,7 +25,7 @@ from services.store.writers import PredictionLog
 
 START = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 RUN = timedelta(minutes=10)
-SETTLE = timedelta(hours=1)
+TOTALS_SETTLE = timedelta(hours=1)
 SERVED = [("stable", "1"), ("stable", "2"), ("canary", "3")]
 
 
@@ -155,7 +155,7 @@ class CrashingStore(LocalStore):
     crash_next = False
 
     def put(self, key, data, content_type="application/octet-stream"):
-        if key == STATE_KEY and self.crash_next:
+        if key == WINDOW_STATE_KEY and self.crash_next:
             self.crash_next = False
             raise StoreUnavailable("the pod was killed")
         super().put(key, data, content_type)
@@ -181,19 +181,19 @@ def test_running_totals_equal_a_full_read_run_after_run(tmp_path: Path, seed: in
         advance(store, now)
         if now.minute == 0 and rng.random() < 0.5:  # an hour closes: the state is written
             store.crash_next = True
-            before = store.get(STATE_KEY) if store.exists(STATE_KEY) else None
+            before = store.get(WINDOW_STATE_KEY) if store.exists(WINDOW_STATE_KEY) else None
             try:
-                window_totals(store, since, now, SETTLE, GRACE)
+                window_totals(store, since, now, TOTALS_SETTLE, GRACE)
             except StoreUnavailable:
                 crashed += 1
-            after = store.get(STATE_KEY) if store.exists(STATE_KEY) else None
+            after = store.get(WINDOW_STATE_KEY) if store.exists(WINDOW_STATE_KEY) else None
             assert after == before  # nothing written: the next run reads the same hours
             store.crash_next = False
-        window = read_window(store, since, now, settle=SETTLE)
+        window = read_window(store, since, now, settle=TOTALS_SETTLE)
         assert window.counts == full_counts(store, since, now), now
         assert window.totals.quality(champion) == full_quality(store, since, now, champion), now
         state = load_state(store)
-        assert state is None or state.since == since or now - since < SETTLE + RUN * 6
+        assert state is None or state.since == since or now - since < TOTALS_SETTLE + RUN * 6
     assert load_state(store).since == since
     assert crashed >= 2 and rebuilt == 1  # the history exercised both
     counts = full_counts(store, since, now)
@@ -215,18 +215,18 @@ def test_each_run_reads_only_the_hours_closed_since_the_last_and_the_tail(
 
     monkeypatch.setattr(totals_module, "read_part", spy)
     first = START + timedelta(hours=28, minutes=10)
-    window_totals(store, since, first, SETTLE, GRACE)
+    window_totals(store, since, first, TOTALS_SETTLE, GRACE)
     closes = START + timedelta(hours=27)
     # A new window: its closed hours a UTC day at a time, then the open tail.
     midnight = START + timedelta(hours=18)
     assert read == [(since, midnight), (midnight, closes), (closes, first)]
     assert load_state(store).closed == closes
     read.clear()
-    window_totals(store, since, first + RUN, SETTLE, GRACE)
+    window_totals(store, since, first + RUN, TOTALS_SETTLE, GRACE)
     assert read == [(closes, first + RUN)]  # the tail alone: no hour closed since
     read.clear()
     later = first + 6 * RUN
-    window_totals(store, since, later, SETTLE, GRACE)
+    window_totals(store, since, later, TOTALS_SETTLE, GRACE)
     assert read == [(closes, closes + timedelta(hours=1)), (closes + timedelta(hours=1), later)]
 
 
@@ -234,20 +234,55 @@ def test_an_old_run_computes_from_scratch_and_leaves_a_newer_state_alone(tmp_pat
     store = LocalStore(tmp_path / "store")
     write(store, history(3, hours=6))
     late = START + timedelta(hours=6)
-    window_totals(store, START, late, SETTLE, GRACE)
-    state = store.get(STATE_KEY)
+    window_totals(store, START, late, TOTALS_SETTLE, GRACE)
+    state = store.get(WINDOW_STATE_KEY)
     early = START + timedelta(hours=3, minutes=20)
-    totals = window_totals(store, START, early, SETTLE, GRACE)
-    assert store.get(STATE_KEY) == state
+    totals = window_totals(store, START, early, TOTALS_SETTLE, GRACE)
+    assert store.get(WINDOW_STATE_KEY) == state
     assert totals.counts() == full_counts(store, START, early)
 
 
 def test_the_state_round_trips_and_settle_must_cover_the_grace(tmp_path: Path):
     store = LocalStore(tmp_path / "store")
     write(store, history(4, hours=4))
-    window_totals(store, START, START + timedelta(hours=4), SETTLE, GRACE)
+    window_totals(store, START, START + timedelta(hours=4), TOTALS_SETTLE, GRACE)
     state = load_state(store)
     assert state is not None and state.totals.answers
     assert WindowState.from_json(state.to_json()) == state
     with pytest.raises(ValueError, match="grace"):
         window_totals(store, START, START + timedelta(hours=4), GRACE / 2, GRACE)
+
+
+def test_what_the_totals_miss_is_a_row_written_after_its_hour_closed(tmp_path: Path):
+    """The documented limit: a predictions file flushed, and a labelled row appended, more
+    than the settle time after their hour ended are missed until the window restarts;
+    the late feedback itself counts, as orphaned instead of joined."""
+    store = LocalStore(tmp_path / "store")
+    answered = START + timedelta(minutes=30)
+    pid = f"{time_ordered_hex(answered, 1)}.stable.1.3.0123456789abcdef"
+    on_time = f"{time_ordered_hex(answered, 2)}.stable.1.3.0123456789abcdef"
+    probabilities = np.full(10, 0.05, np.float32)
+    probabilities[3] = 0.55
+
+    def record(prediction_id: str) -> PredictionRecord:
+        return PredictionRecord(
+            prediction_id, answered, "1", "stable", np.zeros((28, 28), np.uint8),
+            probabilities, 3, 1.0,
+        )  # fmt: skip
+
+    given = answered + timedelta(minutes=1)
+    write(store, [Write(answered + timedelta(seconds=3), (record(on_time),)),
+                  Write(given, feedback=FeedbackRecord(pid, 3, given))])  # fmt: skip
+    closing = START + timedelta(hours=2, minutes=10)  # hour 06:00 closed at 08:00
+    for now in (START + timedelta(hours=1), closing):
+        advance(store, now)
+        window_totals(store, START, now, TOTALS_SETTLE, GRACE)
+    assert load_state(store).closed == START + timedelta(hours=1)
+    # The pod that answered at 06:30 reaches the store at 08:20: its hour closed before.
+    write(store, [Write(closing + timedelta(minutes=10), (record(pid),))])
+    now = closing + RUN * 2
+    advance(store, now)  # the feedback of 06:31 joins now, into the closed hour 06:00
+    totals = read_window(store, START, now, settle=TOTALS_SETTLE).counts
+    full = full_counts(store, START, now)
+    assert (full.predictions, full.joined, full.orphaned) == (2, 1, 0)
+    assert totals == CollectCounts(predictions=1, feedback=1, joined=0, pending=0, orphaned=1)
