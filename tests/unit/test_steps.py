@@ -29,6 +29,7 @@ from contracts.routing import RoutingState
 from model.network import DigitNet
 from model.registry import ModelVersionInfo, TrainingRecord
 from model.settings import ModelSettings
+from pipelines.drift.adapted import adapted_reference_path
 from pipelines.drift.detect import DriftSettings
 from pipelines.outputs import (
     AnalyseOutput,
@@ -423,6 +424,38 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
     )
     assert ctx.store.get(output.report) == b"<html></html>"
     assert ctx.store.get("reports/run-1/drift_report.json") == b"{}"
+
+
+def test_the_adapted_reference_is_built_once_per_version_not_once_per_pod(
+    ctx, mnist, monkeypatch, tmp_path
+):
+    """Each Argo step has a data folder of its own: the reference is kept in the store, so
+    the next run's pod neither reads the champion's traffic again nor takes newer traffic
+    as the reference."""
+    builds = []
+
+    def adapted(net, info, reference, traffic, data_dir, settings):
+        path = adapted_reference_path(data_dir, info.name, info.version)
+        if not path.is_file():  # as pipelines.drift.reference.cached_reference does
+            builds.append(data_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"the traffic it was adapted to")
+        return None
+
+    monkeypatch.setattr("pipelines.steps.drift.adapted_reference", adapted)
+    monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    monkeypatch.setattr("pipelines.steps.drift.detect_drift", lambda *args: Verdict())
+    ctx.mnist = mnist
+    traffic(ctx, [Drawn(f"p{i}", NOW - timedelta(minutes=i), 1) for i in range(5)])
+    collect = collected(ctx)
+    step_drift(ctx, collect)
+    assert ctx.store.get("loop-state/references/digitloop-mnist-v1-adapted.npz") == (
+        b"the traffic it was adapted to"
+    )
+    for pod in ("pod-2", "pod-3"):
+        ctx.model = ctx.model.model_copy(update={"data_dir": tmp_path / pod})
+        step_drift(ctx, collect)
+    assert builds == [tmp_path / "data"]
 
 
 # -- decide ---------------------------------------------------------------------------------
