@@ -20,6 +20,32 @@ only the stored history differs).
 Each measurement runs in a process of its own (:func:`measure`), so its peak RSS is the
 run's (torch, Evidently and pyarrow imported: a baseline of a few hundred MB is included).
 S3 requests are counted from the S3 server's request log, between two marks.
+
+Measured (issue 15, 2 shared cores under other jobs' load, so seconds are noisy; medians;
+``digitloop bench loop --json``, 1/s with 5 % labelled, the champion serving the whole
+history), before and after collect and quality read running totals
+(:mod:`pipelines.steps.totals`):
+
+=========  ====  =============  ====================  =========  =======
+backend    days  seconds        collect + quality     S3 calls   peak MB
+=========  ====  =============  ====================  =========  =======
+before
+local      1     28.6           3.1                   -          692
+local      30    60.8           50.8                  -          3,860
+s3         1     22.3           6.8                   1,245      698
+s3         30    105.5          92.6                  9,749      3,869
+after
+local      1     14.6           0.9                   -          625
+local      30    7.9            0.5                   -          644
+s3         1     12.2           2.9                   1,011      654
+s3         30    11.8           3.7                   1,011      637
+=========  ====  =============  ====================  =========  =======
+
+ratio_30_vs_1 (time, the worse backend): 4.73 before, 0.97 after; S3 calls 7.83 before,
+1.00 after. The rest of a run's seconds is the drift step's Evidently check of the newest
+400 answers, the same in every history, and most of the noise. The measured run is the
+one of six an hour that adds a closed hour to the totals; the other five read only the
+open tail.
 """
 
 from __future__ import annotations

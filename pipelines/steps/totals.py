@@ -2,9 +2,12 @@
 
 Collect's counts and quality's figures are sums over the window ``[since, until)``: since
 the champion's training cutoff, until now. A month-old champion's window is a month of
-answers; read whole on every run, its cost grew with the champion's age (``digitloop bench
-loop``: see the module doc of :mod:`digitloop_bench.loop` for the figures). Instead the
-store keeps the sums of the window's closed hours (:class:`WindowState`,
+answers; read whole on every run, its cost grew with the champion's age. Measured with
+``digitloop bench loop --json`` (1 answer a second, 5 % labelled; the figures of every case
+are in :mod:`digitloop_bench.loop`): collect and quality took 50.8 s and a 3.9 GB peak for
+a month-old champion in a local folder against 3.1 s for a day-old one, and 9,749 S3 calls
+against 1,245; with these totals 0.5 s, about 640 MB, and 1,011 calls for both. Instead of
+the rows, the store keeps the sums of the window's closed hours (:class:`WindowState`,
 ``loop-state/window.json``), and each run reads only
 
 - the hours that closed since the last run: ``[closed, closes)`` with ``closes`` the start
