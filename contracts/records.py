@@ -200,6 +200,45 @@ class FeedbackRecord:
             raise ValueError(f"not a feedback record: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class FeedbackMarker:
+    """What ``feedback-ids/<prediction_id>`` holds: the record, the key it is stored under,
+    and when that key was claimed.
+
+    Written *before* the record: a write that dies between the two leaves a marker whose key
+    holds nothing, which a later attempt tells apart from a stored record (and, once the
+    marker is no longer young, takes over). One JSON line: the record's fields plus ``key``
+    and ``marked``, so a marker still reads as the id's first record. A marker without
+    ``key`` was written by the older record-first writer, whose record came first.
+    """
+
+    record: FeedbackRecord
+    key: str
+    marked: datetime
+
+    def to_json(self) -> bytes:
+        body = json.loads(self.record.to_json())
+        body["key"] = self.key
+        body["marked"] = as_utc(self.marked, "marked").isoformat().replace("+00:00", "Z")
+        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> FeedbackMarker | None:
+        """The marker; None for a legacy one (its record is stored).
+
+        Raises:
+            ValueError: not a marker.
+        """
+        record = FeedbackRecord.from_json(data)
+        body = json.loads(data)
+        if "key" not in body:
+            return None
+        try:
+            return cls(record, str(body["key"]), datetime.fromisoformat(body["marked"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a feedback marker: {exc}") from exc
+
+
 def partition(when: datetime) -> str:
     """``dt=YYYY-MM-DD/hour=HH``: the hive partition of the UTC hour holding ``when``."""
     when = as_utc(when, "when")
@@ -221,7 +260,8 @@ def feedback_key(record: FeedbackRecord, arrived: datetime | None = None) -> str
 
 
 def feedback_marker_key(prediction_id: str) -> str:
-    """``feedback-ids/<prediction_id>``: exists once feedback for the id was stored."""
+    """``feedback-ids/<prediction_id>``: a :class:`FeedbackMarker`, once feedback for the id
+    was claimed."""
     check_name(prediction_id, "prediction_id")
     return f"{FEEDBACK_IDS_PREFIX}{prediction_id}"
 

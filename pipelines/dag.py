@@ -15,6 +15,7 @@ from pipelines.outputs import (
     AnalyseOutput,
     CanaryOutput,
     CollectOutput,
+    CompactOutput,
     DecideOutput,
     DriftOutput,
     QualityOutput,
@@ -79,6 +80,7 @@ OUTPUTS: dict[str, type[StepOutput]] = {
         RetrainOutput,
         CanaryOutput,
         AnalyseOutput,
+        CompactOutput,
     )
 }
 ORDER = tuple(OUTPUTS)
@@ -94,6 +96,9 @@ READS: dict[str, tuple[type[StepOutput], ...]] = {
     "retrain": (CollectOutput,),
     "canary": (RetrainOutput,),
     "analyse": (CollectOutput,),
+    # The store's upkeep: it reads nothing of the run, so on Argo it runs beside the others,
+    # retried on its own, and a failure of it decides nothing of the loop's.
+    "compact": (),
 }
 
 NO_CANARY = When(CollectOutput, "canary_active", False)
@@ -105,6 +110,7 @@ WHEN: dict[str, When | None] = {
     "retrain": When(DecideOutput, "retrain", True),
     "canary": When(RetrainOutput, "gate_passed", True),
     "analyse": When(CollectOutput, "canary_active", True),
+    "compact": None,
 }
 
 

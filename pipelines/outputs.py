@@ -255,6 +255,21 @@ class AnalyseOutput(StepOutput):
     details: dict[str, float] = {}
 
 
+# -- compact ------------------------------------------------------------------------------
+
+
+class CompactOutput(StepOutput):
+    """The store's upkeep: closed hours merged into one file each, and what retention removed."""
+
+    name: ClassVar[str] = "compact"
+
+    partitions: dict[str, int] = Field(default={}, description="Hours rewritten, per dataset.")
+    files_in: dict[str, int] = Field(default={}, description="Files merged, per dataset.")
+    rows: dict[str, int] = Field(default={}, description="Rows in the merged files.")
+    legacy_files: int = Field(default=0, ge=0, description="Objects moved from date= folders.")
+    expired: int = Field(default=0, ge=0, description="Objects deleted past retention.")
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -270,6 +285,7 @@ class RunOutputs(BaseModel):
     retrain: RetrainOutput | None = None
     canary: CanaryOutput | None = None
     analyse: AnalyseOutput | None = None
+    compact: CompactOutput | None = None
 
     def get(self, name: str) -> StepOutput | None:
         return getattr(self, name)

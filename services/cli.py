@@ -83,34 +83,34 @@ store_app = typer.Typer(
 @store_app.command()
 def compact(
     days: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.05,
-            help="Look back this many days for hours to compact (hours that got a late file).",
+            help="Look back this many days for hours to compact (hours that got a late file); "
+            "default DIGITLOOP_COMPACTION_LOOKBACK_DAYS.",
         ),
-    ] = 2.0,
+    ] = None,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Merge each closed hour's small files into one parquet file; apply retention.
 
-    Idempotent and safe while pods write (run it hourly from any scheduler); it also moves
-    objects of the legacy date= layout into hourly partitions.
+    Idempotent and safe while pods write; the loop's compact step runs it every loop run,
+    and this runs it by hand or from another scheduler. It also moves objects of the legacy
+    date= layout into hourly partitions.
     """
     setup_logging(verbose)
     with cli_errors():
         from dataclasses import asdict
         from datetime import UTC, datetime
 
-        from services.store.backends import S3Store, StoreSettings, open_store
-        from services.store.compaction import compact as run_compaction
+        from services.store.backends import StoreSettings, open_store
+        from services.store.compaction import upkeep
 
         settings = StoreSettings()
         store = open_store(settings)
         store.ping()
-        if isinstance(store, S3Store):
-            store.apply_lifecycle()  # a bucket made before the rules existed gets them too
-        report = run_compaction(store, datetime.now(UTC), days=days, settings=settings)
+        report = upkeep(store, settings, datetime.now(UTC), days=days)
         result = {"store": store.description, **asdict(report)}
     table = Table("dataset", "hours", "files merged", "rows")
     for name, hours in report.partitions.items():

@@ -4,6 +4,7 @@ workflow (:mod:`pipelines.workflows`), for the embedded stack and for tests.
     collect -> quality ----------------------------+-> decide -> retrain -> canary
             -> drift   (no canary being judged) ---+      (when retrain)  (when gate passed)
             -> analyse (a canary being judged) -> promote | rollback
+    compact (the store's upkeep, beside the others on Argo; here last)
     exit: summary in the store, a run in MLflow, the webhook
 """
 
@@ -20,6 +21,7 @@ from pipelines.outputs import (
     AnswerQuality,
     CanaryOutput,
     CollectOutput,
+    CompactOutput,
     DecideOutput,
     DriftOutput,
     QualityOutput,
@@ -103,4 +105,9 @@ def outcome(output: StepOutput) -> str:
             return f"v{output.canary} at {output.weight} %"
         case AnalyseOutput():
             return f"{output.action}: {'; '.join(output.reasons)}"
+        case CompactOutput():
+            merged = ", ".join(f"{name} {hours}" for name, hours in output.partitions.items())
+            return (
+                f"hours merged: {merged or 'none'}; {output.expired} objects past retention deleted"
+            )
     return output.model_dump_json()[:120]

@@ -16,6 +16,7 @@ from pipelines.outputs import RunOutputs, StepOutput
 from pipelines.steps.analyse import step_analyse
 from pipelines.steps.canary import step_canary
 from pipelines.steps.collect import step_collect
+from pipelines.steps.compact import step_compact
 from pipelines.steps.context import LoopContext
 from pipelines.steps.decide import step_decide
 from pipelines.steps.drift import step_drift
@@ -32,6 +33,7 @@ STEPS: dict[str, Callable[..., StepOutput]] = {
     "retrain": step_retrain,
     "canary": step_canary,
     "analyse": step_analyse,
+    "compact": step_compact,
 }
 
 

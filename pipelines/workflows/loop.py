@@ -167,6 +167,8 @@ PODS: dict[str, Pod] = {
             ),
         ),
     ),
+    # Lists and rewrites a few days of hourly files: memory follows one hour's data.
+    "compact": Pod(),
 }
 FINISH_POD = Pod()  # the exit handler: summary, MLflow, webhook
 STEP_OUTPUTS: dict[str, type[StepOutput]] = {**OUTPUTS, FINISH: Summary}

@@ -126,6 +126,12 @@ class StoreSettings(DigitloopSettings):
         ge=0,
         description="Days the labelled dataset (the training data) is kept; 0: forever.",
     )
+    compaction_lookback_days: float = Field(
+        default=2.0,
+        gt=0,
+        description="Days back compaction looks for hours to merge: hours that got a late "
+        "file (a spool replayed after an outage) since its last run.",
+    )
 
     @field_validator("s3_endpoint")
     @classmethod

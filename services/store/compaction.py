@@ -51,7 +51,7 @@ from contracts.records import (
     partition,
     unix_ms,
 )
-from services.store.backends import ObjectNotFound, ObjectStore, StoreSettings
+from services.store.backends import ObjectNotFound, ObjectStore, S3Store, StoreSettings
 from services.store.readers import HOUR, _json_format, once_per_prediction, range_days
 from services.store.retention import expired_partitions
 from services.store.writers import PARQUET
@@ -241,6 +241,18 @@ def compact(
     if settings is not None:
         report.expired = len(sweep(store, settings.retention(), now))
     return report
+
+
+def upkeep(
+    store: ObjectStore, settings: StoreSettings, now: datetime, days: float | None = None
+) -> CompactionReport:
+    """Everything the store needs kept: lifecycle rules on S3 (a bucket made before the rules
+    existed gets them too), compaction of the last ``days`` (default
+    ``settings.compaction_lookback_days``), and retention."""
+    if isinstance(store, S3Store):
+        store.apply_lifecycle()
+    lookback = settings.compaction_lookback_days if days is None else days
+    return compact(store, now, days=lookback, settings=settings)
 
 
 def sweep(store: ObjectStore, days: dict[str, int], now: datetime) -> list[str]:

@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
 from contracts.records import (
+    COMPACTED_PREFIX,
     FEEDBACK_PREFIX,
     FEEDBACK_SCHEMA,
     LABELLED_PREFIX,
@@ -246,6 +247,26 @@ def read_feedback_arrived(store: ObjectStore, since: datetime, until: datetime) 
         store, FEEDBACK_PREFIX, FEEDBACK_SCHEMA, since, until, json=True, by_ts=False
     )
     return once_per_prediction(table.to_pandas())
+
+
+def feedback_stored(store: ObjectStore, key: str, prediction_id: str) -> bool:
+    """Whether feedback for ``prediction_id`` is stored under ``key`` or, once compaction
+    merged that hour, in its compacted file.
+
+    Compaction writes the merged file before it deletes ``key``, so one of the two always
+    holds a stored record. Used only when a feedback marker names a key that holds nothing.
+    """
+    if store.exists(key):
+        return True
+    folder = key.rpartition("/")[0] + "/"
+    merged = [k for k in store.list(folder) if k.removeprefix(folder).startswith(COMPACTED_PREFIX)]
+    if not merged:
+        return False
+    filesystem, root = store.arrow()
+    found = ds.dataset(
+        [f"{root}/{k}" for k in merged], FEEDBACK_SCHEMA, format="parquet", filesystem=filesystem
+    ).to_table(columns=["prediction_id"], filter=pc.field("prediction_id") == prediction_id)
+    return found.num_rows > 0
 
 
 def read_labelled(

@@ -28,6 +28,7 @@ from contracts.records import (
     IMAGE_SIDE,
     PREDICTIONS_PREFIX,
     PREDICTIONS_SCHEMA,
+    FeedbackMarker,
     FeedbackRecord,
     PredictionRecord,
     check_name,
@@ -36,7 +37,14 @@ from contracts.records import (
     predictions_key,
     unix_ms,
 )
-from services.store.backends import ObjectStore, StoreError, StoreUnavailable, write_durably
+from services.store.backends import (
+    ObjectNotFound,
+    ObjectStore,
+    StoreError,
+    StoreUnavailable,
+    write_durably,
+)
+from services.store.readers import feedback_stored
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,17 @@ class DuplicateFeedback(StoreError):
 
 class SpoolFull(StoreError):
     """The store is down and the local spool is at its bound: do not acknowledge."""
+
+
+class FeedbackPending(StoreUnavailable):
+    """Another write claimed this id's marker moments ago and its record is not there yet:
+    it may still be on its way. Spooled, and decided by the replay once the claim is old."""
+
+
+# A marker whose key holds no record is taken for a write still in flight while younger
+# than this (two PUTs take milliseconds; a slow S3 retry seconds), and for one that died
+# between its two writes after.
+PENDING_FOR = timedelta(seconds=30)
 
 
 def encode_predictions(records: list[PredictionRecord]) -> bytes:
@@ -328,13 +347,14 @@ class FeedbackWriter:
 
     :meth:`write` returns only when the record is in the store or fsynced in ``spool_dir``
     (one file per record, ``<seq>-<prediction_id>.json``). In the store a record is two
-    conditional writes: the record in the hour it arrives (what the loop reads) and then the
-    id's marker (:func:`~contracts.records.feedback_marker_key`), which makes a repeat in a
-    later hour or on a later day a duplicate too; such a repeat's record is removed again.
-    While the spool holds anything, new records join its tail without trying the store:
-    the order of acknowledgement is kept, and a request does not wait on a store that just
-    failed. The background thread
-    (or :meth:`replay`) drains the spool oldest first. During an outage a duplicate of a
+    conditional writes: first the id's marker (:class:`~contracts.records.FeedbackMarker`),
+    which claims the id and names the key the record goes to, then the record under that
+    key, in the hour it arrives (what the loop reads). The marker makes a repeat in a later
+    hour or on a later day a duplicate; a write that died between the two is taken over by
+    the next attempt (:meth:`_store_once`). While the spool holds anything, new records
+    join its tail without trying the store: the order of acknowledgement is kept, and a
+    request does not wait on a store that just failed. The background thread (or
+    :meth:`replay`) drains the spool oldest first. During an outage a duplicate of a
     record already in the store cannot be detected; replay then drops it.
 
     Worker processes may share ``spool_dir``: each replays what it spooled plus whatever it
@@ -350,8 +370,10 @@ class FeedbackWriter:
         retry_interval_s: float = 2.0,
         on_error: ErrorHook | None = None,
         on_depth: Callable[[int], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
+        self._clock = clock
         self._dir = Path(spool_dir)
         self._max_spooled = max_spooled
         self._on_error = on_error
@@ -405,9 +427,10 @@ class FeedbackWriter:
                 self._spool(record, data)
                 return "spooled"
         try:
-            stored = self._store_once(record, data, feedback_key(record))
+            stored = self._store_once(record, data, feedback_key(record), self._clock())
         except StoreUnavailable as exc:
-            _report(self._on_error, "feedback", exc)
+            if not isinstance(exc, FeedbackPending):
+                _report(self._on_error, "feedback", exc)
             with self._lock:
                 self._check_not_spooled(record)
                 self._spool(record, data)
@@ -416,21 +439,49 @@ class FeedbackWriter:
             raise DuplicateFeedback(f"feedback for prediction {record.prediction_id} exists")
         return "stored"
 
-    def _store_once(self, record: FeedbackRecord, data: bytes, key: str) -> bool:
+    def _store_once(self, record: FeedbackRecord, data: bytes, key: str, now: datetime) -> bool:
         """Store ``record`` under ``key`` unless feedback for its id exists; False if it did.
 
-        A crash between the two writes leaves the record without its marker: a repeat in
-        the same hour finds the record and writes the marker; one in a later hour is
-        stored a second time, which readers drop (they keep the first per id).
+        The marker goes first, naming ``key``. If the id is already claimed, the record the
+        claim names decides: stored (or merged by compaction) means a duplicate. A claim
+        whose record is missing belongs to a write that died between its two writes (the
+        client had no answer and retries) once it is older than :data:`PENDING_FOR`, or at
+        once when it claims this same record (the spool replaying a write that timed out
+        after its marker landed): this attempt takes it over, in its own hour, so the record
+        is stored once however late the retry. A younger claim of another record may still
+        be in flight: :class:`FeedbackPending`.
+
+        Raises:
+            FeedbackPending: the id was claimed moments ago and its record is not there yet.
+            StoreUnavailable: the store failed.
         """
-        marker = feedback_marker_key(record.prediction_id)
-        if not self._store.put_if_absent(key, data, JSON):
-            self._store.put_if_absent(marker, data, JSON)
-            return False
-        if not self._store.put_if_absent(marker, data, JSON):
-            self._store.delete(key)  # feedback for this id came in an earlier hour
-            return False
-        return True
+        marker_key = feedback_marker_key(record.prediction_id)
+        marker = FeedbackMarker(record, key, now).to_json()
+        if not self._store.put_if_absent(marker_key, marker, JSON):
+            claim = self._claim(marker_key)
+            if claim is None or feedback_stored(self._store, claim.key, record.prediction_id):
+                return False
+            # The claim of this very record (a spooled record whose first attempt timed out
+            # after the marker landed) is ours to finish now.
+            if claim.record != record and now - claim.marked < PENDING_FOR:
+                raise FeedbackPending(
+                    f"feedback for {record.prediction_id} is being written by another request"
+                )
+            # Two attempts taking over at once may both get here; readers keep one per id.
+            self._store.put(marker_key, marker, JSON)
+        # False only when this very key holds a record the marker did not know of: one left
+        # by the older record-first writer, or a takeover racing this one.
+        return self._store.put_if_absent(key, data, JSON)
+
+    def _claim(self, marker_key: str) -> FeedbackMarker | None:
+        """The marker under ``marker_key``; None when it holds a stored record's claim."""
+        try:
+            return FeedbackMarker.from_json(self._store.get(marker_key))
+        except ObjectNotFound:
+            return None  # expired by the bucket's lifecycle under us: long stored
+        except ValueError as exc:
+            _report(self._on_error, "feedback", exc)
+            return None  # unreadable: refuse the repeat rather than store it twice
 
     def _check_not_spooled(self, record: FeedbackRecord) -> None:
         if record.prediction_id in self._spooled:
@@ -484,8 +535,10 @@ class FeedbackWriter:
                     continue
                 try:
                     # Keyed by the hour it reaches the store, which the loop reads next.
-                    key = feedback_key(record, arrived=datetime.now(UTC))
-                    self._store_once(record, data, key)
+                    now = self._clock()
+                    self._store_once(record, data, feedback_key(record, arrived=now), now)
+                except FeedbackPending:
+                    break  # the id's claim is young: the next replay decides it
                 except StoreUnavailable as exc:
                     _report(self._on_error, "feedback", exc)
                     break

@@ -472,7 +472,7 @@ def test_the_reading_steps_may_only_report_and_read_what_serves(
     readers = {name: account for name, account in accounts.items()}
     for step in ("canary", "analyse"):
         readers.pop(step)
-    assert set(readers) == {"collect", "quality", "drift", "decide", "retrain", "finish"}
+    assert set(readers) == {"collect", "quality", "drift", "decide", "retrain", "compact", "finish"}
     assert set(readers.values()) == {"digitloop-workflow"}
     role = roles(scenario)[bound_accounts(scenario)["digitloop-workflow"]]
     assert role == {**EXECUTOR, reads: ["get"]}

@@ -23,7 +23,17 @@ from tests.e2e.argo_cli import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "argo"
 CRON = "digitloop-loop"
-LOOP_STEPS = {"collect", "quality", "drift", "decide", "retrain", "canary", "analyse", "finish"}
+LOOP_STEPS = {
+    "collect",
+    "quality",
+    "drift",
+    "decide",
+    "retrain",
+    "canary",
+    "analyse",
+    "compact",
+    "finish",
+}
 
 
 def recorded(name: str) -> str:

@@ -52,13 +52,14 @@ from pipelines.steps import LoopContext
 from pipelines.steps.analyse import canary_since, step_analyse
 from pipelines.steps.canary import step_canary
 from pipelines.steps.collect import EPOCH, step_collect
+from pipelines.steps.compact import step_compact
 from pipelines.steps.decide import step_decide
 from pipelines.steps.drift import step_drift
 from pipelines.steps.finish import finish, summarise
 from pipelines.steps.labelling import LOOKBACK
 from pipelines.steps.quality import step_quality
 from pipelines.steps.retrain import pseudo_label_rows, step_retrain
-from pipelines.steps.window import GRACE
+from pipelines.steps.window import GRACE, read_window
 from services.store.backends import LocalStore, StoreSettings
 from services.store.writers import FeedbackWriter, PredictionLog
 
@@ -783,6 +784,23 @@ def test_finish_stores_the_summary_logs_it_and_tells_the_webhook(ctx, monkeypatc
     assert "run-1: no change" in body["text"] and REPORT in body["text"]
 
 
+# -- compact --------------------------------------------------------------------------------
+
+
+def test_compact_merges_the_closed_hours_and_every_step_reads_the_same(ctx):
+    traffic(ctx, labelled("s", 60, 45, "stable", "1"))  # in the hour before NOW: closed
+    before = collected(ctx).counts
+    ctx.now = NOW + timedelta(minutes=10)  # the hour has settled
+    output = step_compact(ctx)
+    assert output.partitions == {"predictions": 1, "feedback": 1, "labelled": 1}
+    assert output.files_in["feedback"] == 60 and output.rows["feedback"] == 60
+    for prefix in ("predictions/", "feedback/", "labelled/"):
+        names = [key.rsplit("/", 1)[-1] for key in ctx.store.list(prefix)]
+        assert len(names) == 1 and names[0].startswith("compacted-"), names
+    assert read_window(ctx.store, EPOCH, NOW).counts == before
+    assert step_compact(ctx).partitions == {}  # nothing left to do: idempotent
+
+
 # -- the in-process runner ------------------------------------------------------------------
 
 
@@ -800,6 +818,7 @@ def test_run_once_judges_a_canary_without_drift_or_retraining(ctx, monkeypatch):
         "collect",
         "quality",
         "analyse",
+        "compact",
     ]
     assert ctx.read(Summary).outcome == "promoted v2"
     assert ctx.read(DriftOutput) is None and ctx.read(AnalyseOutput).action == "promote"

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from contracts.records import (
     PREDICTIONS_SCHEMA,
+    FeedbackMarker,
     FeedbackRecord,
     PredictionRecord,
     feedback_key,
@@ -35,8 +36,10 @@ from services.store.backends import (
     StoreUnavailable,
     open_store,
 )
+from services.store.compaction import compact
 from services.store.readers import decode_predictions, read_feedback, read_predictions
 from services.store.writers import (
+    PENDING_FOR,
     DuplicateFeedback,
     FeedbackWriter,
     PredictionLog,
@@ -448,6 +451,118 @@ def test_a_crash_between_the_record_and_its_marker_is_repaired(store: FlakyStore
     assert store.exists(feedback_marker_key("p00001"))
     with pytest.raises(DuplicateFeedback):  # so a later day's repeat is refused too
         writer.write(feedback(1, ts=DAY + timedelta(days=1)))
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after it runs, no handler sees it."""
+
+
+class DiesBeforeTheRecord(FlakyStore):
+    """A store whose writer's process dies after the marker, before the record's write."""
+
+    dying = True
+
+    def put_if_absent(self, key, data, content_type="application/octet-stream"):
+        if self.dying and key.startswith("feedback/"):
+            self.dying = False
+            raise Crash
+        return super().put_if_absent(key, data, content_type)
+
+
+def marker_of(store: LocalStore, i: int) -> FeedbackMarker:
+    marker = FeedbackMarker.from_json(store.get(feedback_marker_key(f"p{i:05d}")))
+    assert marker is not None
+    return marker
+
+
+def test_a_write_that_died_before_its_record_is_taken_over_once(tmp_path: Path):
+    store = DiesBeforeTheRecord(tmp_path / "store")
+    with pytest.raises(Crash):  # the client gets no answer
+        FeedbackWriter(store, tmp_path / "spool", clock=lambda: DAY).write(feedback(1))
+    assert store.exists(feedback_marker_key("p00001"))
+    assert store.list("feedback/") == []
+
+    # The client retries the next day, on a restarted worker.
+    later = DAY + timedelta(days=1, hours=3)
+    writer = FeedbackWriter(store, tmp_path / "spool", clock=lambda: later)
+    retry = feedback(1, ts=later, label=3)
+    assert writer.write(retry) == "stored"
+    assert store.list("feedback/") == [feedback_key(retry)]  # once, in the hour it came
+    assert marker_of(store, 1).key == feedback_key(retry)
+    assert read_feedback(store)["label"].tolist() == [3]
+    with pytest.raises(DuplicateFeedback):  # and from now on, a duplicate
+        writer.write(feedback(1, ts=later + timedelta(days=1)))
+
+
+def test_a_retry_while_the_claim_is_young_waits_in_the_spool(tmp_path: Path):
+    store = DiesBeforeTheRecord(tmp_path / "store")
+    with pytest.raises(Crash):
+        FeedbackWriter(store, tmp_path / "spool", clock=lambda: DAY).write(feedback(1))
+    now = [DAY + timedelta(seconds=5)]
+    writer = FeedbackWriter(store, tmp_path / "spool", clock=lambda: now[0])
+    errors = []
+    writer._on_error = lambda kind, exc: errors.append(exc)
+    # The first write may still be on its way: acknowledged as spooled, decided later.
+    assert writer.write(feedback(1, ts=now[0], label=3)) == "spooled"
+    assert writer.replay() == 0
+    assert writer.spool_depth == 1
+    now[0] = DAY + PENDING_FOR + timedelta(seconds=1)
+    assert writer.replay() == 1
+    assert read_feedback(store)["label"].tolist() == [3]
+    assert errors == []  # a claim in flight is no store error
+
+
+def test_a_spooled_record_finishes_its_own_claim_at_once(tmp_path: Path):
+    class TimesOutOnTheRecord(FlakyStore):
+        timing_out = True
+
+        def put_if_absent(self, key, data, content_type="application/octet-stream"):
+            if self.timing_out and key.startswith("feedback/"):
+                self.timing_out = False
+                raise StoreUnavailable("read timed out")  # after the marker landed
+            return super().put_if_absent(key, data, content_type)
+
+    store = TimesOutOnTheRecord(tmp_path / "store")
+    writer = FeedbackWriter(store, tmp_path / "spool", clock=lambda: DAY)
+    assert writer.write(feedback(1)) == "spooled"
+    assert store.written == [feedback_marker_key("p00001")]
+    assert writer.replay() == 1  # no waiting out the claim: it is this record's
+    assert read_feedback(store)["label"].tolist() == [7]
+
+
+def test_a_slow_first_write_wins_over_a_spooled_repeat(store: FlakyStore, tmp_path: Path):
+    now = [DAY]
+    writer = FeedbackWriter(store, tmp_path / "spool", clock=lambda: now[0])
+    claim = FeedbackMarker(feedback(1), feedback_key(feedback(1)), DAY)
+    store.put(feedback_marker_key("p00001"), claim.to_json())  # claimed, record on its way
+    assert writer.write(feedback(1, label=3)) == "spooled"
+    store.put(feedback_key(feedback(1)), feedback(1).to_json())  # ...and there it is
+    now[0] = DAY + PENDING_FOR + timedelta(seconds=1)
+    assert writer.replay() == 1  # left the spool as a duplicate
+    assert read_feedback(store)["label"].tolist() == [7]
+
+
+def test_a_claim_whose_record_was_compacted_is_still_a_duplicate(store: FlakyStore, tmp_path: Path):
+    writer = FeedbackWriter(store, tmp_path / "spool", clock=lambda: DAY)
+    assert writer.write(feedback(1)) == "stored"
+    compact(store, DAY + timedelta(days=1), days=2)
+    assert not store.exists(feedback_key(feedback(1)))  # merged into the hour's parquet
+    later = DAY + timedelta(days=1)
+    with pytest.raises(DuplicateFeedback):
+        FeedbackWriter(store, tmp_path / "spool", clock=lambda: later).write(
+            feedback(1, ts=later, label=3)
+        )
+    assert read_feedback(store)["label"].tolist() == [7]
+
+
+def test_a_marker_of_the_older_record_first_writer_is_a_duplicate(
+    store: FlakyStore, tmp_path: Path
+):
+    store.put(feedback_marker_key("p00001"), feedback(1).to_json())  # no key: its record came first
+    assert FeedbackMarker.from_json(store.get(feedback_marker_key("p00001"))) is None
+    with pytest.raises(DuplicateFeedback):
+        FeedbackWriter(store, tmp_path / "spool").write(feedback(1, label=3))
+    assert store.list("feedback/") == []
 
 
 def test_feedback_spools_when_the_store_is_down_and_replays_in_order(

@@ -213,3 +213,25 @@ def test_retention_deletes_whole_days_past_their_days_only(store):
     assert store.list("feedback/")  # feedback is kept 30 days
     with pytest.raises(ValueError, match="greater than or equal to 8"):
         StoreSettings(_env_file=None, retention_predictions_days=7)
+
+
+@pytest.mark.parametrize(("lookback", "merged"), [(None, {"feedback": 1}), ("0.05", {})])
+def test_the_cli_compacts_the_hours_its_lookback_setting_reaches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lookback: str | None, merged: dict
+):
+    import json
+
+    from typer.testing import CliRunner
+
+    from digitloop.cli import app
+
+    monkeypatch.setenv("DIGITLOOP_STORE_DIR", str(tmp_path / "store"))
+    if lookback is not None:  # 0.05 days = 72 minutes: the hour 3 hours ago is out of reach
+        monkeypatch.setenv("DIGITLOOP_COMPACTION_LOOKBACK_DAYS", lookback)
+    three_hours_ago = datetime.now(UTC) - timedelta(hours=3)
+    writer = FeedbackWriter(LocalStore(tmp_path / "store"), tmp_path / "spool")
+    for i in range(3):
+        writer.write(FeedbackRecord(f"p{i:06d}", 4, three_hours_ago))
+    result = CliRunner().invoke(app, ["store", "compact", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["partitions"] == merged
