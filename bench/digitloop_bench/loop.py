@@ -46,9 +46,12 @@ s3         30    12.6           3.4                   1,011      638
 and 0.92 on S3 (0.97 in a first run of 3 on S3, whose collect + quality ratio was 1.29
 under load; 0.96 in the run of 5). S3 calls 7.83 before, 1.00 after. The rest
 of a run's seconds is the drift step's Evidently check of the newest 400 answers, the same
-in every history, and most of the noise. The measured run is the
-one of six an hour that adds a closed hour to the totals; the other five read only the
-open tail.
+in every history, and most of the noise: a second local run of 5 gave 1.22 (drift 6.7 s
+against 8.1, collect + quality 0.50 s against 0.59), and the two cases run alternately 5
+times 1.18 (collect + quality 0.89); in a warm process the drift step took 2.78 s and
+2.76 s (4 alternating calls each), the rest of its 7-10 s being its first call's imports.
+The measured run is the one of six an hour that adds a closed hour to the totals; the
+other five read only the open tail.
 """
 
 from __future__ import annotations
