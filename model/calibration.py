@@ -101,12 +101,48 @@ def apply_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(as_logits(scores) / temperature).astype(np.float32)
 
 
+# Top probabilities are summed exactly, as whole numbers of 2**-TOP_SUM_BITS (every float64,
+# subnormals included, is one): a sum kept in parts, as the loop's running totals keep it
+# (pipelines/steps/totals.py), is then the same number as one over all rows at once, and
+# so is the mean taken from it, whatever the order or grouping of the rows.
+TOP_SUM_BITS = 1126
+_HALF = 26  # a 53-bit mantissa in two halves, each summed in int64 without overflow
+
+
+def top_probability_sum(probabilities: np.ndarray) -> int:
+    """The exact sum of each row's top probability, in units of ``2**-TOP_SUM_BITS``."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2:
+        raise ValueError(f"need (N, classes) probabilities, got shape {probabilities.shape}")
+    if len(probabilities) == 0:
+        return 0
+    top = probabilities.max(axis=1)
+    if not np.all(np.isfinite(top)):
+        raise ValueError("probabilities must be finite")
+    mantissa, exponent = np.frexp(top)  # top = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
+    whole = (mantissa * 2.0**53).astype(np.int64)  # exact: a float64 mantissa has 53 bits
+    total = 0
+    for e in np.unique(exponent):
+        part = whole[exponent == e]
+        high, low = int((part >> _HALF).sum()), int((part & ((1 << _HALF) - 1)).sum())
+        total += ((high << _HALF) + low) << int(e - 53 + TOP_SUM_BITS)
+    return total
+
+
+def mean_top_probability(total: int, n: int) -> float:
+    """The mean from a :func:`top_probability_sum` over ``n`` rows, correctly rounded."""
+    if n <= 0:
+        raise ValueError(f"need at least one row, got {n}")
+    return total / (n << TOP_SUM_BITS)  # int / int rounds correctly in Python
+
+
 def expected_accuracy(probabilities: np.ndarray) -> float:
-    """CBPE's accuracy estimate: the mean top probability of calibrated probabilities."""
+    """CBPE's accuracy estimate: the mean top probability of calibrated probabilities
+    (summed exactly, see :func:`top_probability_sum`)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or len(probabilities) == 0:
         raise ValueError(f"need (N, classes) probabilities, got shape {probabilities.shape}")
-    return float(probabilities.max(axis=1).mean())
+    return mean_top_probability(top_probability_sum(probabilities), len(probabilities))
 
 
 def expected_calibration_error(

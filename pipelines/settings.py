@@ -216,6 +216,15 @@ class LoopSettings(AdminTokenSettings, ServiceUrlSettings):
     drift_window: int = Field(
         default=400, ge=1, description="Most recent predictions the drift step compares."
     )
+    window_settle_minutes: int = Field(
+        default=60,
+        ge=10,
+        description="Minutes after an hour ends before collect and quality add it to the "
+        "window's running totals (loop-state/window.json); newer traffic is read again by "
+        "each run. A predictions file or labelled row written into an hour later than this "
+        "is missed by the totals (see pipelines/steps/totals.py). At least the 10 minutes "
+        "feedback is pending for.",
+    )
     retrain_mnist_limit: int | None = Field(
         default=None,
         description="Fine-tune on the first N MNIST images only (tests, demos); unset: all.",

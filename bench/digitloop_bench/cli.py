@@ -55,6 +55,14 @@ def loop(
     rate: Annotated[float, typer.Option(help="Predictions per second in the history.")] = 1.0,
     labelled: Annotated[float, typer.Option(help="Share of predictions labelled.")] = 0.05,
     repeats: Annotated[int, typer.Option(min=1, help="Loop runs measured per case.")] = 3,
+    champion_age_days: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Days since the champion's training cutoff (its window); default: it has "
+            "served the whole history.",
+        ),
+    ] = None,
     out: Annotated[
         Path, typer.Option(help="Work folder (histories, S3 logs) and loop.json.", file_okay=False)
     ] = Path(".digitloop/bench-loop"),
@@ -73,6 +81,7 @@ def loop(
             labelled=labelled,
             repeats=repeats,
             work=out,
+            champion_age_days=champion_age_days,
             say=lambda message: stderr.print(message, highlight=False),
         )
         out.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,47 @@ module's own writer: one compacted parquet file per hour for predictions, feedba
 labelled dataset, with the same schemas the product writes (2.6 M predictions for 30 days
 at 1/s are not sent through the service). The run's own 10 minutes are written as pods
 write them: small predictions files every 5 s from 2 pods and one JSON object per label,
-through the product's writers. The champion was fine-tuned a day before the run, so the
-loop's window is the same day in every history: only the stored history differs.
+through the product's writers. The champion's age is a parameter: by default it has served
+the whole history (its training cutoff is the history's first hour, so the loop's window is
+the whole history: a month-old champion in the 30-day case), or it was fine-tuned
+``champion_age_days`` before the run (the window is then the same in every history and
+only the stored history differs).
 
 Each measurement runs in a process of its own (:func:`measure`), so its peak RSS is the
 run's (torch, Evidently and pyarrow imported: a baseline of a few hundred MB is included).
 S3 requests are counted from the S3 server's request log, between two marks.
+
+Measured (issue 15, 2 shared cores under other jobs' load, so seconds are noisy; medians;
+``digitloop bench loop --json``, 1/s with 5 % labelled, the champion serving the whole
+history), before and after collect and quality read running totals
+(:mod:`pipelines.steps.totals`):
+
+=========  ====  =============  ====================  =========  =======
+backend    days  seconds        collect + quality     S3 calls   peak MB
+=========  ====  =============  ====================  =========  =======
+before
+local      1     28.6           3.1                   -          692
+local      30    60.8           50.8                  -          3,860
+s3         1     22.3           6.8                   1,245      698
+s3         30    105.5          92.6                  9,749      3,869
+after
+local      1     14.6           0.9                   -          625
+local      30    7.9            0.5                   -          644
+s3         1     13.7           3.5                   1,011      637
+s3         30    12.6           3.4                   1,011      638
+=========  ====  =============  ====================  =========  =======
+
+(before: 2 runs each; after: 3 runs in a local folder, 5 on S3, ``--backends s3 --repeats
+5``). ratio_30_vs_1 (time, the worse backend): 4.73 before; after 0.54 in a local folder
+and 0.92 on S3 (0.97 in a first run of 3 on S3, whose collect + quality ratio was 1.29
+under load; 0.96 in the run of 5). S3 calls 7.83 before, 1.00 after. The rest
+of a run's seconds is the drift step's Evidently check of the newest 400 answers, the same
+in every history, and most of the noise: a second local run of 5 gave 1.22 (drift 6.7 s
+against 8.1, collect + quality 0.50 s against 0.59), and the two cases run alternately 5
+times 1.18 (collect + quality 0.89); in a warm process the drift step took 2.78 s and
+2.76 s (4 alternating calls each), the rest of its 7-10 s being its first call's imports.
+The measured run is the one of six an hour that adds a closed hour to the totals; the
+other five read only the open tail.
 """
 
 from __future__ import annotations
@@ -59,7 +94,6 @@ from services.store.backends import LocalStore, ObjectStore, S3Store
 # The run happens at a fixed hour so histories line up; ten minutes after the last run.
 RUN_AT = datetime(2026, 3, 2, 12, 10, tzinfo=UTC)
 RUN_INTERVAL = timedelta(minutes=10)
-CHAMPION_AGE = timedelta(days=1)
 PODS = 2
 FLUSH_S = 5
 BUCKET = "digitloop-bench"
@@ -150,11 +184,21 @@ def hour_tables(hour: datetime, traffic: Traffic, seed: int) -> dict[str, pa.Tab
 
 
 def build_history(
-    store: ObjectStore, days: float, traffic: Traffic, run_at: datetime = RUN_AT
+    store: ObjectStore,
+    days: float,
+    traffic: Traffic,
+    run_at: datetime = RUN_AT,
+    cutoff: datetime | None = None,
 ) -> int:
     """Compacted hours from ``days`` before the last run up to it; the last run's watermark;
-    then the 10 minutes since, as the pods write them. Returns the predictions stored."""
+    then the 10 minutes since, as the pods write them. Returns the predictions stored.
+
+    With the champion's ``cutoff``, also the running totals of its window as the runs
+    before left them (:mod:`pipelines.steps.totals`), up to the hour before the one the
+    measured run closes: of the six runs an hour, it is the one that adds an hour to them.
+    """
     from pipelines.steps.labelling import STATE_KEY, LabellingState
+    from pipelines.steps.window import GRACE, TOTALS_SETTLE
 
     last_run = run_at - RUN_INTERVAL
     first = (last_run - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
@@ -169,6 +213,10 @@ def build_history(
                 stored += table.num_rows
         hour += timedelta(hours=1)
     store.put(STATE_KEY, LabellingState(last_run).to_json(), "application/json")
+    if cutoff is not None:
+        from pipelines.steps.totals import window_totals
+
+        window_totals(store, cutoff, run_at - 2 * RUN_INTERVAL, TOTALS_SETTLE, GRACE)
     # From the start of the last run's hour to the run: raw files, as pods write them.
     stored += _live(store, hour, run_at, traffic)
     return stored
@@ -252,15 +300,26 @@ def _context(store: ObjectStore, data_dir: Path, run_at: datetime, registry, mni
     return ctx
 
 
-def run_loop_steps(make_store, data_dir: Path, run_at: datetime, mark) -> dict[str, float]:
-    """collect, quality and drift, each in a fresh context; seconds per step."""
+def champion_cutoff(days: float, champion_age_days: float | None, run_at: datetime = RUN_AT):
+    """The champion's training cutoff: ``champion_age_days`` before the run, or (None) the
+    first hour of a history of ``days``."""
+    if champion_age_days is not None:
+        return run_at - timedelta(days=champion_age_days)
+    return (run_at - RUN_INTERVAL - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+
+
+def run_loop_steps(
+    make_store, data_dir: Path, run_at: datetime, mark, cutoff: datetime
+) -> dict[str, float]:
+    """collect, quality and drift, each in a fresh context, for a champion trained on
+    feedback up to ``cutoff``; seconds per step."""
     from model.data import load_mnist
     from pipelines.drift.detect import model_reference
     from pipelines.steps.collect import step_collect
     from pipelines.steps.drift import step_drift
     from pipelines.steps.quality import step_quality
 
-    registry = _Registry(run_at - CHAMPION_AGE)
+    registry = _Registry(cutoff)
     mnist = load_mnist()
     warm = _context(make_store(), data_dir, run_at, registry, mnist)
     # The champion's reference is built once per version and cached: not the run's cost.
@@ -356,7 +415,9 @@ def s3_store(endpoint: str) -> S3Store:
 # -- a measurement in its own process ------------------------------------------------------
 
 
-def measure(backend: str, location: str, data_dir: Path, log_path: Path | None) -> dict:
+def measure(
+    backend: str, location: str, data_dir: Path, log_path: Path | None, cutoff: datetime
+) -> dict:
     """One loop run against a built store; runs in its own process (peak RSS is the run's)."""
     import urllib.request
 
@@ -373,7 +434,7 @@ def measure(backend: str, location: str, data_dir: Path, log_path: Path | None) 
             time.sleep(0.3)
             offsets[name] = log_path.stat().st_size if log_path else 0
 
-    seconds = run_loop_steps(make_store, data_dir, RUN_AT, mark)
+    seconds = run_loop_steps(make_store, data_dir, RUN_AT, mark, cutoff)
     result = {
         "seconds": seconds,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -386,10 +447,12 @@ def measure(backend: str, location: str, data_dir: Path, log_path: Path | None) 
     return result
 
 
-def _measure_in_process(backend: str, location: str, data_dir: Path, log_path: Path | None) -> dict:
+def _measure_in_process(
+    backend: str, location: str, data_dir: Path, log_path: Path | None, cutoff: datetime
+) -> dict:
     command = [
         sys.executable, "-m", "digitloop_bench.loop", "measure", backend, location, str(data_dir),
-        str(log_path or ""),
+        str(log_path or ""), cutoff.isoformat(),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -408,9 +471,11 @@ def run_bench(
     repeats: int = 3,
     work: Path = Path(".digitloop/bench-loop"),
     say=print,
+    champion_age_days: float | None = None,
 ) -> dict:
     """Build each history on each backend, measure ``repeats`` loop runs of each (a fresh
-    copy of the history's state each time), and report medians."""
+    copy of the history's state each time), and report medians. The champion has served
+    the whole history, or (``champion_age_days``) was trained that long before the run."""
     from model.data import load_mnist
 
     traffic = Traffic(rate, labelled, load_mnist().x_test[:5000])
@@ -427,14 +492,15 @@ def run_bench(
                 store = s3_store(location) if server else LocalStore(Path(location))
                 store.ping()
                 built = time.perf_counter()
-                stored = build_history(store, days, traffic)
+                cutoff = champion_cutoff(days, champion_age_days)
+                stored = build_history(store, days, traffic, cutoff=cutoff)
                 say(f"  {stored} predictions stored in {time.perf_counter() - built:.0f} s")
                 runs = []
                 for r in range(repeats):
                     state = _snapshot(store)
                     runs.append(
                         _measure_in_process(backend, location, case / "data",
-                                            server.log_path if server else None)
+                                            server.log_path if server else None, cutoff)
                     )  # fmt: skip
                     _restore(store, state)
                     say(f"  run {r + 1}: {runs[-1]['seconds']['total']:.2f} s "
@@ -442,27 +508,36 @@ def run_bench(
             finally:
                 if server:
                     server.stop()
-            rows.append(_summary(backend, days, stored, runs))
+            rows.append(_summary(backend, days, stored, runs, RUN_AT - cutoff))
     return _result(rows)
 
 
-def _snapshot(store: ObjectStore) -> tuple[set[str], bytes]:
-    from pipelines.steps.labelling import STATE_KEY
+def _states() -> tuple[str, ...]:
+    from pipelines.steps import labelling, totals
 
-    return set(store.list(LABELLED_PREFIX)), store.get(STATE_KEY)
+    return labelling.STATE_KEY, totals.WINDOW_STATE_KEY
 
 
-def _restore(store: ObjectStore, state: tuple[set[str], bytes]) -> None:
-    """Undo a run: the labelled files it appended and its watermark."""
-    from pipelines.steps.labelling import STATE_KEY
+def _snapshot(store: ObjectStore) -> tuple[set[str], dict[str, bytes]]:
+    states = {key: store.get(key) for key in _states() if store.exists(key)}
+    return set(store.list(LABELLED_PREFIX)), states
 
-    keys, watermark = state
+
+def _restore(store: ObjectStore, state: tuple[set[str], dict[str, bytes]]) -> None:
+    """Undo a run: the labelled files it appended, its watermark and window totals."""
+    keys, states = state
     for key in set(store.list(LABELLED_PREFIX)) - keys:
         store.delete(key)
-    store.put(STATE_KEY, watermark, "application/json")
+    for key in _states():
+        if key in states:
+            store.put(key, states[key], "application/json")
+        else:
+            store.delete(key)
 
 
-def _summary(backend: str, days: float, stored: int, runs: list[dict]) -> dict:
+def _summary(
+    backend: str, days: float, stored: int, runs: list[dict], champion_age: timedelta
+) -> dict:
     def median(path: str) -> float:
         values = []
         for run in runs:
@@ -480,6 +555,7 @@ def _summary(backend: str, days: float, stored: int, runs: list[dict]) -> dict:
     return {
         "backend": backend,
         "history_days": days,
+        "champion_age_days": round(champion_age / timedelta(days=1), 3),
         "predictions_stored": stored,
         "window_predictions": int(median("seconds.predictions_in_window")),
         "window_labelled": int(median("seconds.labelled_in_window")),
@@ -511,6 +587,7 @@ def _result(rows: list[dict]) -> dict:
     known = [v for v in ratios.values() if v is not None]
     return {
         "history_days": [r["history_days"] for r in rows],
+        "champion_age_days": [r["champion_age_days"] for r in rows],
         "backends": [r["backend"] for r in rows],
         "seconds": seconds,
         "s3_calls": [r["s3_calls"] for r in rows],
@@ -529,12 +606,20 @@ def _result(rows: list[dict]) -> dict:
 
 def _main(argv: list[str]) -> None:
     if argv[:1] == ["measure"]:
-        backend, location, data_dir, log_path = argv[1:5]
+        backend, location, data_dir, log_path, cutoff = argv[1:6]
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        result = measure(backend, location, Path(data_dir), Path(log_path) if log_path else None)
+        result = measure(
+            backend,
+            location,
+            Path(data_dir),
+            Path(log_path) if log_path else None,
+            datetime.fromisoformat(cutoff),
+        )
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    raise SystemExit("usage: python -m digitloop_bench.loop measure BACKEND LOCATION DATA_DIR LOG")
+    raise SystemExit(
+        "usage: python -m digitloop_bench.loop measure BACKEND LOCATION DATA_DIR LOG CUTOFF"
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,15 @@ Both models are scored on every labelled image logged since the canary started, 
 track served it (neither model trained on them: the challenger's training data ends
 before its canary began). :func:`pipelines.decisions.analyse` weighs that paired evidence
 sequentially, with the canary's health from Prometheus when it is configured.
+
+The step runs on every loop run while a canary serves, so it reads only from the
+challenger's training cutoff on (:func:`canary_since`): its canary period, however long
+the champion has served before it.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -18,6 +24,7 @@ from pipelines.outputs import AnalyseOutput, CollectOutput
 from pipelines.paired import count_pairs
 from pipelines.rollout import promoted, rolled_back, sync_aliases
 from pipelines.steps.context import LoopContext
+from pipelines.steps.retrain import feedback_cutoff
 from pipelines.steps.window import Window
 
 
@@ -39,9 +46,19 @@ def canary_period(window: Window, collect: CollectOutput) -> tuple[pd.DataFrame,
     return answers[answers["ts"] >= start], labelled[labelled["ts"] >= start]
 
 
+def canary_since(ctx: LoopContext, collect: CollectOutput) -> datetime:
+    """Where the canary's period can start: the challenger's training cutoff (it served
+    nothing before it was trained), or the window's start for one trained on MNIST only.
+
+    Its answers, and their feedback (given after them), are all in ``[canary_since, until)``.
+    """
+    cutoff = feedback_cutoff(ctx.registry.get(collect.canary_version))
+    return collect.since if cutoff is None else max(collect.since, cutoff)
+
+
 def canary_evidence(ctx: LoopContext, collect: CollectOutput) -> CanaryEvidence:
     """Score champion and challenger on the canary period's labelled images."""
-    window = ctx.window(collect.since, collect.until)
+    window = ctx.window(canary_since(ctx, collect), collect.until)
     answers, labelled = canary_period(window, collect)
     images = window.images(labelled)
     truth = labelled["true_label"].to_numpy()

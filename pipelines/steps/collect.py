@@ -2,10 +2,12 @@
 
 First it appends the feedback that arrived since the last run, joined to its predictions,
 to the labelled dataset (:func:`pipelines.steps.labelling.advance`): the only join the loop
-does, and it reads only what is new. Then it counts the window. The window starts where the
-champion's training data ended (its ``feedback_until`` tag), or at the epoch for a champion
-trained on MNIST only, and ends now; the steps after it read the same window again
-(:meth:`LoopContext.window`: once per process).
+does, and it reads only what is new. Then it counts the window, from its running totals
+(:mod:`pipelines.steps.totals`: the hours closed since the last run and the open tail are
+read, not the window). The window starts where the champion's training data ended (its
+``feedback_until`` tag), or at the epoch for a champion trained on MNIST only, and ends
+now; the steps after it read the same window again (:meth:`LoopContext.window`: once per
+process).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ before it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TypeVar
 
@@ -70,5 +70,6 @@ class LoopContext:
     def window(self, since: datetime, until: datetime) -> Window:
         """The window ``[since, until)``, read from the store once per process and range."""
         if (since, until) not in self._windows:
-            self._windows[since, until] = read_window(self.store, since, until)
+            settle = timedelta(minutes=self.loop.window_settle_minutes)
+            self._windows[since, until] = read_window(self.store, since, until, settle=settle)
         return self._windows[since, until]

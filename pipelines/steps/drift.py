@@ -7,13 +7,23 @@ is no reason to retrain it.
 
 A window with too few predictions is no verdict: the step says why and reports no drift.
 The report (HTML and JSON) goes to the store under ``reports/<run_id>/``.
+
+The adapted reference is built once per version, from the traffic up to the first window
+it is checked on, and kept in the store (``loop-state/references/``) as well as in the data
+folder: each Argo step has a data folder of its own (an ``emptyDir``), so a cache there
+alone was rebuilt on every run, reading the champion's traffic since its training range
+began (a read that grew with its age) and taking ever newer traffic as its reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 
-from pipelines.drift.adapted import TrainingRange, adapted_rows
+from pipelines.drift.adapted import TrainingRange, adapted_reference_path, adapted_rows
 from pipelines.drift.detect import (
     WindowTooSmallError,
     adapted_reference,
@@ -23,6 +33,22 @@ from pipelines.drift.detect import (
 )
 from pipelines.outputs import CollectOutput, DriftOutput
 from pipelines.steps.context import LoopContext
+
+REFERENCES_PREFIX = "loop-state/references/"
+
+
+@contextmanager
+def stored_copy(ctx: LoopContext, path: Path) -> Iterator[None]:
+    """Keep the file at ``path`` in the store too: fetched before the block if the store has
+    it and the folder not, and stored after it if the block made or changed it."""
+    key = REFERENCES_PREFIX + path.name
+    if not path.is_file() and ctx.store.exists(key):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ctx.store.get(key))
+    before = path.read_bytes() if path.is_file() else None
+    yield
+    if path.is_file() and (data := path.read_bytes()) != before:
+        ctx.store.put(key, data, "application/octet-stream")
 
 
 def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
@@ -41,7 +67,8 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
         rows = adapted_rows(adapted.predictions, adapted.labelled, trained, size, before)
         return adapted.images(rows)
 
-    adapted = adapted_reference(net, info, reference, traffic, ctx.model.data_dir, ctx.drift)
+    with stored_copy(ctx, adapted_reference_path(ctx.model.data_dir, info.name, info.version)):
+        adapted = adapted_reference(net, info, reference, traffic, ctx.model.data_dir, ctx.drift)
     images = window.images(recent)
     adapted_fields: dict[str, object] = {}
     try:

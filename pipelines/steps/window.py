@@ -8,7 +8,10 @@ asks for it, and each read lists only the hours of the range (:mod:`services.sto
   of the bytes); :meth:`Window.images` fetches the images of the rows it is given;
 - :attr:`Window.labelled`: from the labelled dataset that collect appends to
   (:mod:`pipelines.steps.labelling`), with images; nothing is joined again here;
-- :meth:`Window.latest`: the newest answers with their images, reading back hour by hour.
+- :meth:`Window.latest`: the newest answers with their images, reading back hour by hour;
+- :attr:`Window.totals`: the running totals collect's counts and quality's figures come
+  from (:mod:`pipelines.steps.totals`): the window's closed hours kept in the store, so a
+  run reads the hours closed since the last run and the open tail, whatever the window's age.
 
 Feedback can arrive before the prediction it labels is flushed to the predictions log
 (pods buffer for a few seconds); such feedback is *pending* and joins in a later run.
@@ -25,10 +28,14 @@ import pandas as pd
 
 from contracts.records import PREDICTIONS_SCHEMA
 from pipelines.outputs import CollectCounts
+from pipelines.settings import LoopSettings
+from pipelines.steps.totals import WindowTotals, window_totals
 from services.store.backends import ObjectStore
-from services.store.readers import HOUR, read_feedback, read_labelled, read_predictions
+from services.store.readers import HOUR, read_labelled, read_predictions
 
 GRACE = timedelta(minutes=10)
+# The setting's default, for a window opened without the loop's settings (tests, benches).
+TOTALS_SETTLE = timedelta(minutes=LoopSettings.model_fields["window_settle_minutes"].default)
 # Everything but the image: what quality, analyse and the counts read of each answer.
 ANSWER_COLUMNS = tuple(name for name in PREDICTIONS_SCHEMA.names if name != "image")
 
@@ -44,12 +51,18 @@ class Window:
     """The window ``[since, until)`` of a store, read lazily, each part at most once."""
 
     def __init__(
-        self, store: ObjectStore, since: datetime, until: datetime, grace: timedelta = GRACE
+        self,
+        store: ObjectStore,
+        since: datetime,
+        until: datetime,
+        grace: timedelta = GRACE,
+        settle: timedelta = TOTALS_SETTLE,
     ) -> None:
         self.store = store
         self.since = since
         self.until = until
         self.grace = grace
+        self.settle = settle
 
     @cached_property
     def predictions(self) -> pd.DataFrame:
@@ -64,27 +77,15 @@ class Window:
         return frame.astype({"true_label": int, "label": int})
 
     @cached_property
-    def feedback(self) -> pd.DataFrame:
-        """Feedback records with ``since <= ts < until``, joined or not."""
-        return read_feedback(self.store, self.since, self.until)
+    def totals(self) -> WindowTotals:
+        """The window's running totals, brought up to ``until`` (the stored state moves on:
+        :func:`pipelines.steps.totals.window_totals`)."""
+        return window_totals(self.store, self.since, self.until, self.settle, self.grace)
 
-    @cached_property
+    @property
     def counts(self) -> CollectCounts:
         """What the window holds; feedback not joined is pending while younger than grace."""
-        # The labelled ids only, unless a step read the labelled rows already.
-        labelled = self.__dict__.get("labelled")
-        if labelled is None:
-            labelled = read_labelled(self.store, self.since, self.until, columns=["prediction_id"])
-        joined = self.feedback["prediction_id"].isin(labelled["prediction_id"])
-        unjoined = self.feedback[~joined]
-        young = unjoined["ts"] >= pd.Timestamp(self.until - self.grace)
-        return CollectCounts(
-            predictions=len(self.predictions),
-            feedback=len(self.feedback),
-            joined=int(joined.sum()),
-            pending=int(young.sum()),
-            orphaned=int((~young).sum()),
-        )
+        return self.totals.counts()
 
     def latest(self, n: int) -> pd.DataFrame:
         """The newest ``n`` answers of the window with their images, oldest first.
@@ -114,7 +115,11 @@ class Window:
 
 
 def read_window(
-    store: ObjectStore, since: datetime, until: datetime, grace: timedelta = GRACE
+    store: ObjectStore,
+    since: datetime,
+    until: datetime,
+    grace: timedelta = GRACE,
+    settle: timedelta = TOTALS_SETTLE,
 ) -> Window:
     """The window ``[since, until)`` of ``store`` (read lazily)."""
-    return Window(store, since, until, grace)
+    return Window(store, since, until, grace, settle)

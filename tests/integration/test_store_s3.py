@@ -17,6 +17,7 @@ from contracts.records import (
     time_ordered_hex,
 )
 from pipelines.steps.labelling import advance
+from pipelines.steps.totals import load_state as load_window_state
 from pipelines.steps.window import read_window
 from services.store.backends import (
     ObjectNotFound,
@@ -28,6 +29,7 @@ from services.store.backends import (
 from services.store.compaction import compact
 from services.store.readers import read_feedback, read_predictions
 from services.store.writers import DuplicateFeedback, FeedbackWriter, PredictionLog
+from tests.unit.test_window_totals import full_counts, full_quality
 
 pytestmark = pytest.mark.integration
 
@@ -251,6 +253,10 @@ def test_readers_compaction_labels_and_lifecycle_on_s3(s3_server, tmp_path: Path
     window = read_window(store, hour, NOW)
     assert sorted(window.labelled["prediction_id"]) == sorted([*ids[::3], ids[1]])
     assert (window.counts.feedback, window.counts.joined) == (5, 5)
+    # The counts and quality came from the running totals, their state kept on S3.
+    assert load_window_state(store).closed > hour
+    assert window.counts == full_counts(store, hour, NOW)
+    assert window.totals.quality("4") == full_quality(store, hour, NOW, "4")
     assert window.images(window.predictions.tail(2)).shape == (2, 28, 28)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from digitloop_bench.loop import RUN_AT, RUN_INTERVAL, Traffic, build_history, count_requests
 
 from pipelines.steps.labelling import advance, load_state
+from pipelines.steps.totals import load_state as load_window_state
 from pipelines.steps.window import read_window
 from services.store.backends import LocalStore
 
@@ -36,9 +37,13 @@ def test_requests_are_counted_by_kind_colours_and_marks_aside():
 def test_the_built_history_is_read_by_the_loop_like_the_product_wrote_it(tmp_path):
     store = LocalStore(tmp_path / "store")
     traffic = Traffic(rate=0.02, labelled=0.5, images=np.zeros((5, 28, 28), np.uint8))
-    stored = build_history(store, days=2, traffic=traffic)
+    stored = build_history(store, days=2, traffic=traffic, cutoff=RUN_AT - timedelta(days=1))
     assert stored == round(0.02 * 3600) * 48 + 12  # 48 compacted hours and the live 10 min
     assert load_state(store).watermark == RUN_AT - RUN_INTERVAL
+    # The window's totals as the run before the measured one left them: it adds an hour.
+    totals = load_window_state(store)
+    assert totals is not None and totals.since == RUN_AT - timedelta(days=1)
+    assert totals.closed == RUN_AT.replace(minute=0) - timedelta(hours=2)
     window = read_window(store, RUN_AT - timedelta(days=1), RUN_AT)
     labelled_before = window.counts.joined
     appended = advance(store, RUN_AT).appended

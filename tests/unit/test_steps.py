@@ -29,6 +29,7 @@ from contracts.routing import RoutingState
 from model.network import DigitNet
 from model.registry import ModelVersionInfo, TrainingRecord
 from model.settings import ModelSettings
+from pipelines.drift.adapted import adapted_reference_path
 from pipelines.drift.detect import DriftSettings
 from pipelines.outputs import (
     AnalyseOutput,
@@ -48,7 +49,7 @@ from pipelines.runners.argo import run_step
 from pipelines.runners.local import run_once
 from pipelines.settings import DecisionSettings, LoopSettings
 from pipelines.steps import LoopContext
-from pipelines.steps.analyse import step_analyse
+from pipelines.steps.analyse import canary_since, step_analyse
 from pipelines.steps.canary import step_canary
 from pipelines.steps.collect import EPOCH, step_collect
 from pipelines.steps.compact import step_compact
@@ -426,6 +427,38 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
     assert ctx.store.get("reports/run-1/drift_report.json") == b"{}"
 
 
+def test_the_adapted_reference_is_built_once_per_version_not_once_per_pod(
+    ctx, mnist, monkeypatch, tmp_path
+):
+    """Each Argo step has a data folder of its own: the reference is kept in the store, so
+    the next run's pod neither reads the champion's traffic again nor takes newer traffic
+    as the reference."""
+    builds = []
+
+    def adapted(net, info, reference, traffic, data_dir, settings):
+        path = adapted_reference_path(data_dir, info.name, info.version)
+        if not path.is_file():  # as pipelines.drift.reference.cached_reference does
+            builds.append(data_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"the traffic it was adapted to")
+        return None
+
+    monkeypatch.setattr("pipelines.steps.drift.adapted_reference", adapted)
+    monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    monkeypatch.setattr("pipelines.steps.drift.detect_drift", lambda *args: Verdict())
+    ctx.mnist = mnist
+    traffic(ctx, [Drawn(f"p{i}", NOW - timedelta(minutes=i), 1) for i in range(5)])
+    collect = collected(ctx)
+    step_drift(ctx, collect)
+    assert ctx.store.get("loop-state/references/digitloop-mnist-v1-adapted.npz") == (
+        b"the traffic it was adapted to"
+    )
+    for pod in ("pod-2", "pod-3"):
+        ctx.model = ctx.model.model_copy(update={"data_dir": tmp_path / pod})
+        step_drift(ctx, collect)
+    assert builds == [tmp_path / "data"]
+
+
 # -- decide ---------------------------------------------------------------------------------
 
 
@@ -647,6 +680,31 @@ def test_analyse_weighs_both_models_on_the_same_labelled_images(
     assert output.details["labelled"] == 40 and output.details["canary_labelled"] == 8
     discordant = 0 if champion_says == challenger_says else 40
     assert output.details["for_challenger"] + output.details["for_champion"] == discordant
+
+
+def test_analyse_reads_only_from_the_challengers_training_cutoff(ctx):
+    """It runs every loop while a canary serves: its reads start where the challenger's
+    training data ended, not at the champion's (here the epoch, days of traffic before)."""
+    ctx.registry.nets["1"] = Answers(5)
+    cutoff = NOW - timedelta(hours=1, minutes=1)
+    trained_on = {"training_data": json.dumps({"feedback_until": cutoff.isoformat()})}
+    ctx.registry.add(Answers(3), trained_on)
+    ctx.registry.set_alias(CHALLENGER_ALIAS, "2")
+    ctx.rollout = FakeRollout(RoutingState("1", "2", 20))
+    start = NOW - timedelta(hours=1)
+    drawn = [
+        Drawn(f"p{i:03d}", start + timedelta(seconds=i), 3 if i % 5 == 0 else 5, 3,
+              track="canary" if i % 5 == 0 else "stable", version="2" if i % 5 == 0 else "1")
+        for i in range(40)
+    ]  # fmt: skip
+    older = [Drawn(f"o{i}", cutoff - timedelta(days=3, minutes=i), 5, 3) for i in range(5)]
+    traffic(ctx, older + drawn)
+    collect = collected(ctx)
+    output = step_analyse(ctx, collect)
+    assert canary_since(ctx, collect) == cutoff
+    assert sorted(since for since, _ in ctx._windows) == [EPOCH, cutoff]
+    assert output.details["labelled"] == 40 and output.details["canary_labelled"] == 8
+    assert output.action == "promote"
 
 
 # -- finish ---------------------------------------------------------------------------------
