@@ -69,7 +69,7 @@ def loop(
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Time one loop run's collect, quality and drift over 1 and 30 days of stored history."""
+    """Time one loop run's collect, quality, drift and compact over 1 and 30 days of history."""
     setup_logging(verbose)
     with cli_errors():
         from digitloop_bench.loop import run_bench

@@ -2,8 +2,9 @@
 
 It builds a stored history at ``rate`` predictions per second with ``labelled`` of them
 labelled, for each of ``history_days``, in a local folder and in the S3 test server (moto,
-as the integration tests use), then times one loop run's collect, quality and drift steps
-(the real step functions, each with a fresh context as each Argo step is its own pod),
+as the integration tests use), then times one loop run's collect, quality, drift and
+compact steps (the real step functions, each with a fresh context as each Argo step is its
+own pod),
 counts the S3 requests the run makes, and reports the run's peak memory.
 
 The history is what a month looks like after compaction, written directly by this
@@ -311,11 +312,12 @@ def champion_cutoff(days: float, champion_age_days: float | None, run_at: dateti
 def run_loop_steps(
     make_store, data_dir: Path, run_at: datetime, mark, cutoff: datetime
 ) -> dict[str, float]:
-    """collect, quality and drift, each in a fresh context, for a champion trained on
-    feedback up to ``cutoff``; seconds per step."""
+    """collect, quality, drift and compact, each in a fresh context, for a champion
+    trained on feedback up to ``cutoff``; seconds per step."""
     from model.data import load_mnist
     from pipelines.drift.detect import model_reference
     from pipelines.steps.collect import step_collect
+    from pipelines.steps.compact import step_compact
     from pipelines.steps.drift import step_drift
     from pipelines.steps.quality import step_quality
 
@@ -334,6 +336,9 @@ def run_loop_steps(
         t = time.perf_counter()
         step(_context(make_store(), data_dir, run_at, registry, mnist), collect)
         seconds[name] = time.perf_counter() - t
+    t = time.perf_counter()
+    step_compact(_context(make_store(), data_dir, run_at, registry, mnist))
+    seconds["compact"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     mark("end")
     seconds["labelled_in_window"] = collect.counts.joined
@@ -547,7 +552,10 @@ def _summary(
             values.append(float(value))
         return statistics.median(values)
 
-    steps = {s: round(median(f"seconds.{s}"), 3) for s in ("collect", "quality", "drift", "total")}
+    steps = {
+        s: round(median(f"seconds.{s}"), 3)
+        for s in ("collect", "quality", "drift", "compact", "total")
+    }
     requests = {}
     if backend == "s3":
         kinds = sorted({k for run in runs for k in run.get("s3_requests", {})})
