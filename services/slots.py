@@ -113,7 +113,9 @@ class ModelSlots:
             if current is not None and current.version == info.version:
                 loaded[track] = current
             else:
-                loaded[track] = Classifier.from_registry(info.version, registry)
+                loaded[track] = Classifier.from_registry(
+                    info.version, registry, runtime=self.settings.inference_runtime
+                )
                 log.info("track %s now serves version %s", track, info.version)
         with self._lock:
             for track, old in self._slots.items():

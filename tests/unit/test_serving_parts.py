@@ -144,3 +144,38 @@ def test_a_version_with_a_temperature_answers_calibrated_probabilities(mnist):
     np.testing.assert_allclose(
         Classifier.from_net(net, version({})).predict(images), raw, atol=1e-6
     )
+
+
+def test_onnx_runtime_gives_torchs_embeddings_logits_and_labels(mnist):
+    """The ONNX Runtime forward (the default runtime) is the torch network's: both outputs,
+    any batch size, the same labels, in a classifier that pickles to another process."""
+    import pickle
+
+    import torch
+
+    from model.network import DigitNet
+    from model.registry import ModelVersionInfo
+    from services.inference import Classifier
+
+    torch.manual_seed(0)
+    net = DigitNet().eval()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(10)
+    info = ModelVersionInfo("digitloop-mnist", "7", [], {"temperature": "0.5"}, "run")
+    torch_path = Classifier.from_net(net, info, runtime="torch")
+    onnx_path = Classifier.from_net(net, info, runtime="onnxruntime")
+    assert ServingSettings().inference_runtime == "onnxruntime"
+    images = mnist.x_test[:300]
+    for batch in (images[:1], images[:7], images):
+        expected = torch_path.forward(batch)
+        got = onnx_path.forward(batch)
+        for want, have in zip(expected, got, strict=True):
+            assert isinstance(have, torch.Tensor) and have.shape == want.shape
+            np.testing.assert_allclose(have.numpy(), want.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(
+        onnx_path.predict(images).argmax(axis=1), torch_path.predict(images).argmax(axis=1)
+    )
+    copied = pickle.loads(pickle.dumps(onnx_path))  # KServe hands its model to its workers
+    np.testing.assert_allclose(copied.predict(images[:5]), onnx_path.predict(images[:5]), atol=1e-6)
+    with pytest.raises(ValueError, match="runtime"):
+        Classifier.from_net(net, info, runtime="tensorrt")  # type: ignore[arg-type]

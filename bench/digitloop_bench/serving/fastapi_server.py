@@ -61,7 +61,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = ServingSettings()
     torch.set_num_threads(settings.torch_threads)
     ref = os.environ.get("DIGITLOOP_BENCH_MODEL", CHAMPION_ALIAS)
-    app.state.classifier = Classifier.from_registry(ref, Registry())
+    app.state.classifier = Classifier.from_registry(
+        ref, Registry(), runtime=settings.inference_runtime
+    )
     app.state.max_bytes = settings.max_image_bytes
     yield
 

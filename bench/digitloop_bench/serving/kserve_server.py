@@ -65,7 +65,9 @@ class DigitModel(kserve.Model):
         from model.registry import Registry
 
         self._ensure_threads()
-        self.classifier = Classifier.from_registry(self.ref, Registry())
+        self.classifier = Classifier.from_registry(
+            self.ref, Registry(), runtime=self.settings.inference_runtime
+        )
         self.ready = True
         return self.ready
 
