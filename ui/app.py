@@ -199,6 +199,13 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def drawing_png(grey: np.ndarray) -> bytes:
+    """What the sketchpad sends of a grey drawing: the PNG of the part the service reads, in
+    a frame of paper (:func:`model.preprocess.ink_crop`); the same 28x28 digit as the whole
+    pad, from a third of its pixels on a typical drawing."""
+    return png_bytes(ink_crop(grey))
+
+
 def _digest(image: np.ndarray) -> str:
     return hashlib.blake2b(image.tobytes() + str(image.shape).encode(), digest_size=16).hexdigest()
 
@@ -245,8 +252,7 @@ def predict_drawing(
                 return DrawResult(session, skipped=auto)
             # Predict pressed on a draft: this drawing is final, log it once.
             return DrawResult(_asking(logged_session(client, session), ask_below))
-        # What the service reads of it, in a frame of paper: the same digit, fewer bytes.
-        drawing = png_bytes(ink_crop(image))
+        drawing = drawing_png(image)
         if session.logged is not None and session.logged_digest == digest:
             prediction = session.logged  # back to a drawing already logged (a stroke undone)
         else:

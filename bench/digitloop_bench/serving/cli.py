@@ -38,6 +38,21 @@ def bench(
     concurrency: Annotated[
         str, typer.Option(help="Comma-separated numbers of concurrent connections.")
     ] = "1,8,32",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="What runs the network in every server and in-process: "
+            "onnxruntime or torch (DIGITLOOP_INFERENCE_RUNTIME)."
+        ),
+    ] = "onnxruntime",
+    request_sets: Annotated[
+        str,
+        typer.Option(
+            "--request-sets",
+            help="Comma-separated request sets, the headline first (at every concurrency; "
+            "the others at the highest): ui (what the sketchpad sends) and canvas (280x280).",
+        ),
+    ] = "ui,canvas",
     verbose: VerboseOption = False,
 ) -> None:
     """Benchmark the BentoML service against FastAPI and KServe baselines on this machine."""
@@ -54,6 +69,8 @@ def bench(
             model=model,
             servers=tuple(s.strip() for s in servers.split(",") if s.strip()),
             concurrencies=levels,
+            runtime=runtime,
+            request_sets=tuple(s.strip() for s in request_sets.split(",") if s.strip()),
         )
         config.validate()
         result = run_bench(config, say=lambda message: stderr.print(message, highlight=False))
