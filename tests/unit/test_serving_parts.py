@@ -179,3 +179,51 @@ def test_onnx_runtime_gives_torchs_embeddings_logits_and_labels(mnist):
     np.testing.assert_allclose(copied.predict(images[:5]), onnx_path.predict(images[:5]), atol=1e-6)
     with pytest.raises(ValueError, match="runtime"):
         Classifier.from_net(net, info, runtime="tensorrt")  # type: ignore[arg-type]
+
+
+def test_direct_predict_takes_post_predict_and_passes_everything_else_on(monkeypatch):
+    """The middleware answers POST /predict with the service's own handler; any other
+    request (other routes, other methods, lifespan) goes on to BentoML's app."""
+    import asyncio
+
+    import bentoml
+    from starlette.responses import Response
+
+    from services.service import SERVER_HEADER, DigitService, DirectPredict
+
+    assert DirectPredict in [cls for cls, _ in DigitService.middlewares]
+    handled: list[str] = []
+
+    class FakeService:
+        async def predict_request(self, request) -> Response:
+            handled.append((await request.body()).decode())
+            return Response(b"{}", media_type="application/json")
+
+    monkeypatch.setattr(bentoml, "get_current_service", lambda: FakeService())
+    passed: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        passed.append(f"{scope.get('method', scope['type'])} {scope.get('path', '')}")
+
+    async def run(scope: dict) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"png", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await DirectPredict(app)(scope, receive, send)
+        return sent
+
+    def http(method: str, path: str) -> dict:
+        return {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
+
+    sent = asyncio.run(run(http("POST", "/predict")))
+    assert handled == ["png"] and sent[0]["status"] == 200
+    assert (b"server", SERVER_HEADER.encode()) in sent[0]["headers"]
+    for scope in (http("GET", "/predict"), http("POST", "/predict_batch"), {"type": "lifespan"}):
+        asyncio.run(run(scope))
+    assert passed == ["GET /predict", "POST /predict_batch", "lifespan "]
+    assert handled == ["png"]
