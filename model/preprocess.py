@@ -132,8 +132,14 @@ def _grey_ink_levels(grey: np.ndarray) -> np.ndarray:
     looking a pixel up gives the very bits the general path computes for it, for a sixth of
     the time on a 280x280 canvas (the general path converts, clips and scales every pixel).
     """
-    background = float(np.median(_border(grey).astype(np.float32) / 255.0))
+    # The border's median as np.median has it on the float32 values (the mean of the two
+    # middle ones when there is an even number), found by counting levels: a tenth of the
+    # time of sorting the border.
+    border = _border(grey)
+    below = np.cumsum(np.bincount(border, minlength=256))
+    middle = sorted({(border.size - 1) // 2, border.size // 2})
     levels = np.arange(256, dtype=np.float32) / 255.0
+    background = float(np.mean(levels[np.searchsorted(below, middle, side="right")]))
     ink = np.abs(levels - background)
     span = max(background, 1.0 - background)
     return ink / span if span > 0 else ink
@@ -180,13 +186,12 @@ def to_mnist(image: np.ndarray | Image.Image) -> np.ndarray:
         # only where it is needed. The same bits as the general path (a test checks).
         levels = _grey_ink_levels(array)
         top, bottom, left, right = _ink_box(_strong_ink(array, levels))
-        crop = np.take(levels, array[top:bottom, left:right])
+        crop = np.take(_kept_ink(levels), array[top:bottom, left:right])
     else:
         ink = ink_map(array)
         strong = ink >= INK_THRESHOLD
         top, bottom, left, right = _ink_box(strong)
-        crop = ink[top:bottom, left:right]
-    crop = np.where(crop >= INK_THRESHOLD / 2, crop, 0.0).astype(np.float32)
+        crop = _kept_ink(ink[top:bottom, left:right])
 
     height, width = crop.shape
     scale = BOX_SIZE / max(height, width)
@@ -205,6 +210,12 @@ def to_mnist(image: np.ndarray | Image.Image) -> np.ndarray:
     field = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
     field[top : top + new_h, left : left + new_w] = boxed
     return np.round(field * 255.0).astype(np.uint8)
+
+
+def _kept_ink(ink: np.ndarray) -> np.ndarray:
+    """The ink the digit is made of: faint anti-aliasing and noise below half the threshold
+    dropped (for a grey image, done once on its 256 levels)."""
+    return np.where(ink >= INK_THRESHOLD / 2, ink, 0.0).astype(np.float32)
 
 
 def _ink_box(strong: np.ndarray) -> tuple[int, int, int, int]:

@@ -96,6 +96,7 @@ class DigitService:
         torch.set_num_threads(self.settings.torch_threads)
         store_settings = StoreSettings()
         self.metrics = _metrics()
+        self._route_metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.ids = PredictionIds(self.settings.id_secret())
         self.split = TrafficSplit()
         self.slots = ModelSlots(self.settings, Registry, self.split, self.metrics)
@@ -396,10 +397,18 @@ class DigitService:
         log.warning("store error (%s): %s", kind, exc)
 
     def _observe(self, route: str, started: float, status: int = 200) -> None:
-        self.metrics.requests.labels(route=route, status=str(status)).inc()
-        self.metrics.latency.labels(route=route, status=str(status)).observe(
-            time.perf_counter() - started
-        )
+        # The labelled children, made once per route and status (labels() costs more than
+        # the increment it leads to).
+        children = self._route_metrics.get((route, status))
+        if children is None:
+            labels = {"route": route, "status": str(status)}
+            children = (
+                self.metrics.requests.labels(**labels),
+                self.metrics.latency.labels(**labels),
+            )
+            self._route_metrics[(route, status)] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def _error(self, ctx: bentoml.Context, route: str, started: float, exc: Exception) -> Response:
         status = status_of(exc)

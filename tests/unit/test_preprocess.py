@@ -279,3 +279,13 @@ def test_the_crop_keeps_the_drawing_whole_where_the_service_must_judge_it():
     np.testing.assert_array_equal(ink_crop(split), split)
     rgb = np.stack([draw_seven()] * 3, axis=2)
     assert ink_crop(rgb) is rgb or np.array_equal(ink_crop(rgb), rgb)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 40))
+def test_the_grey_fast_path_reads_any_border_as_the_general_path(seed: int, h: int, w: int):
+    # Borders of two or more levels in any proportion: their median between two levels.
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(0, 256, rng.integers(1, 4))
+    image = rng.choice(levels, size=(h, w)).astype(np.uint8)
+    np.testing.assert_array_equal(ink_map(image), ink_map(image.astype(np.int16)))
