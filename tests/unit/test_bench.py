@@ -329,6 +329,23 @@ def test_table_and_plot_render(tmp_path: Path):
         assert image.format == "PNG" and image.width > 500
 
 
+def test_rounds_combine_into_medians_and_sums():
+    from digitloop_bench.serving.run import combine_rounds
+
+    def one(rps: float, cpu: float, errors: int) -> dict:
+        return {
+            "rps": rps, "p50_ms": rps / 100, "p99_ms": rps / 10, "errors": errors,
+            "cpu_ms_per_answer": cpu, "mismatches": 0, "answers": int(rps),
+            "cpu": {"server_ms_per_request": cpu, "server_cores": cpu / 2, "client_cores": 0.1},
+        }  # fmt: skip
+
+    combined = combine_rounds([one(400, 2.0, 0), one(500, 1.5, 1), one(300, 1.8, 0)])
+    assert combined["rps"] == 400 and combined["cpu_ms_per_answer"] == 1.8
+    assert combined["p99_ms"] == 40 and combined["errors"] == 1
+    assert combined["answers"] == 1200 and combined["cpu"]["server_ms_per_request"] == 1.8
+    assert [r["rps"] for r in combined["rounds"]] == [400, 500, 300]
+
+
 def test_config_quick_and_validation():
     quick = BenchConfig.make(quick=True)
     full = BenchConfig.make()
@@ -338,6 +355,11 @@ def test_config_quick_and_validation():
         BenchConfig.make(servers=("triton",)).validate()
     with pytest.raises(BenchError):
         BenchConfig.make(concurrencies=(0,)).validate()
+    assert full.rounds == 2 and quick.rounds == 1
+    with pytest.raises(BenchError):
+        BenchConfig.make(rounds=0).validate()
+    with pytest.raises(BenchError):
+        BenchConfig.make(request_sets=("phone",)).validate()
 
 
 # --- one short run against a real uvicorn -------------------------------------------------------

@@ -53,6 +53,13 @@ def bench(
             "the others at the highest): ui (what the sketchpad sends) and canvas (280x280).",
         ),
     ] = "ui,canvas",
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Rounds of the whole plan, the servers measured in turn; each figure is the "
+            "median of its rounds (default 2, 1 with --quick)."
+        ),
+    ] = 0,
     verbose: VerboseOption = False,
 ) -> None:
     """Benchmark the BentoML service against FastAPI and KServe baselines on this machine."""
@@ -70,6 +77,7 @@ def bench(
             servers=tuple(s.strip() for s in servers.split(",") if s.strip()),
             concurrencies=levels,
             runtime=runtime,
+            **({"rounds": rounds} if rounds else {}),
             request_sets=tuple(s.strip() for s in request_sets.split(",") if s.strip()),
         )
         config.validate()

@@ -9,11 +9,12 @@ The steps, all in one run so every number compares with the others:
    ink (``ui``, the headline: what the product really sends);
 3. the machine's limit: the in-process, single-threaded cost of one request's work
    (:mod:`.cost`), and the label the model gives each image in-process;
-4. for each server (BentoML service, FastAPI baseline, KServe baseline): start it on a
-   free loopback port in its own process group, wait until every worker answers, run the
-   load generator at each concurrency on the headline set and at the highest on the
-   others, record throughput, latency, errors and the server's CPU time per answer, and
-   stop the process group, on errors and Ctrl-C too;
+4. every server (BentoML service, FastAPI baseline, KServe baseline) started on a free
+   loopback port in its own process group and waited for until every worker answers;
+   then, server after server, the load generator at each concurrency on the headline set
+   and at the highest on the others, recording throughput, latency, errors and the
+   server's CPU time per answer, for ``rounds`` rounds (figures are medians over rounds);
+   the process groups stopped at the end, on errors and Ctrl-C too;
 5. the table, the plot and the JSON, with the goal of issue 17: BentoML's CPU per answer
    against KServe's and FastAPI's, the in-process work, errors and p99.
 
@@ -83,6 +84,8 @@ class BenchConfig:
     n_requests: int = 300
     train_images: int = 10_000
     loadgen_processes: int = 2
+    # Rounds of the whole plan, the servers taken in turn; each figure is their median.
+    rounds: int = 2
     start_timeout_s: float = 180.0
     request_timeout_s: float = 10.0
     quick: bool = False
@@ -92,7 +95,13 @@ class BenchConfig:
         base = cls()
         if quick:
             base = replace(
-                base, warmup_s=1.0, duration_s=2.5, n_requests=64, train_images=4000, quick=True
+                base,
+                warmup_s=1.0,
+                duration_s=2.5,
+                n_requests=64,
+                train_images=4000,
+                quick=True,
+                rounds=1,
             )
         return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -111,6 +120,8 @@ class BenchConfig:
                 f"unknown request set(s) {', '.join(bad_sets) or '(none)'}; "
                 f"choose from {', '.join(REQUEST_SETS)}"
             )
+        if self.rounds < 1:
+            raise BenchError("rounds must be at least 1")
         if self.runtime not in ("torch", "onnxruntime"):
             raise BenchError(f"unknown runtime {self.runtime!r}; choose torch or onnxruntime")
 
@@ -556,8 +567,80 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
 SUMMARY_KEYS = ("rps", "p50_ms", "p99_ms", "errors", "cpu_ms_per_answer")
 
 
-def bench_server(
-    kind: str,
+def measure_once(
+    server: Server,
+    request_set: str,
+    concurrency: int,
+    config: BenchConfig,
+    requests_dir: Path,
+    work_ms: float,
+    processes: Processes,
+    say: Callable[[str], None],
+) -> dict[str, object]:
+    """One measurement of a running server, with its warnings; BenchError if it died."""
+    kind = server.kind
+    measured = measure(server, concurrency, config, requests_dir, processes)
+    cpu: dict = measured["cpu"]  # type: ignore[assignment]
+    if cpu["server_ms_per_request"] is not None:
+        cpu["overhead_ms"] = round(cpu["server_ms_per_request"] - work_ms, 3)
+    say(
+        f"{kind} {request_set} c={concurrency}: {measured['rps']:.0f} req/s, p50 "
+        f"{_fmt(measured['p50_ms'])} ms, p99 {_fmt(measured['p99_ms'])} ms, "
+        f"{measured['errors']} errors; server {cpu['server_cores']:.2f} cores, "
+        f"{_fmt2(cpu['server_ms_per_request'])} CPU ms per answer"
+    )
+    busiest = cpu["server_processes_cores"][: config.workers]
+    if (
+        concurrency >= 2 * config.workers
+        and len(busiest) == config.workers
+        and (busiest[-1] < 0.5 * busiest[0])
+    ):
+        say(
+            f"[yellow]warning:[/] {kind} c={concurrency}: the workers did not share "
+            f"the load (cores per process {busiest}); see connections_per_worker"
+        )
+    if measured["late_s"]:
+        say(
+            f"[yellow]warning:[/] the load started {measured['late_s']}s into the "
+            f"measured window of {kind} c={concurrency}: the machine is busy"
+        )
+    if server.process.poll() is not None:
+        raise BenchError(
+            f"{kind} exited with code {server.process.returncode} during the run; "
+            f"its log:\n{tail(server.log_path)}"
+        )
+    return measured
+
+
+def combine_rounds(rounds: Sequence[dict[str, object]]) -> dict[str, object]:
+    """One measurement from several rounds of it: the median of each figure, the sum of
+    errors and mismatches, the last round's details, and every round's summary."""
+    import statistics
+
+    def median(key: str, within: str | None = None) -> float | None:
+        values = [
+            (r[within] if within else r).get(key)  # type: ignore[union-attr]
+            for r in rounds
+        ]
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    combined = dict(rounds[-1])
+    for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_answer"):
+        combined[key] = median(key)
+    for key in ("errors", "mismatches", "answers"):
+        combined[key] = sum(int(r.get(key, 0)) for r in rounds)  # type: ignore[arg-type]
+    combined["cpu"] = {
+        **rounds[-1]["cpu"],  # type: ignore[dict-item]
+        "server_ms_per_request": combined["cpu_ms_per_answer"],
+        "server_cores": median("server_cores", "cpu"),
+        "client_cores": max(r["cpu"]["client_cores"] for r in rounds),  # type: ignore[index]
+    }
+    combined["rounds"] = [{k: r[k] for k in SUMMARY_KEYS} for r in rounds]
+    return combined
+
+
+def bench_servers(
     config: BenchConfig,
     env: dict[str, str],
     run_dir: Path,
@@ -565,64 +648,70 @@ def bench_server(
     work_ms: dict[str, float],
     processes: Processes,
     say: Callable[[str], None],
-) -> tuple[dict[str, object], dict[str, object], dict[str, dict[str, object]]]:
-    """Start one server, measure it, stop it: (summary, details, other request sets).
+) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict], dict[str, str]]:
+    """Start every server, measure them in turn, stop them: (summaries, details, other
+    request sets, failures), keyed by server.
 
-    The headline request set (the first) at each concurrency, the others at the highest.
+    The servers wait side by side, idle, and are measured one after the other at each
+    step (the headline set at each concurrency, then the other sets at the highest), for
+    ``config.rounds`` rounds; each figure is the median of its rounds. On a machine
+    shared with other jobs the load changes by the minute: taking the servers in turn,
+    again and again, lets each meet the same machine, where one server after the other
+    compared a quiet minute with a busy one.
     """
-    say(f"starting {kind}")
-    server = start_server(kind, config, env, run_dir, processes)
-    summaries: dict[str, object] = {}
-    details: dict[str, object] = {}
-    others: dict[str, dict[str, object]] = {}
+    servers: dict[str, Server] = {}
+    failures: dict[str, str] = {}
+    for kind in config.servers:
+        say(f"starting {kind}")
+        try:
+            servers[kind] = start_server(kind, config, env, run_dir, processes)
+        except BenchError as exc:
+            failures[kind] = str(exc)
+            say(f"[red]{kind} failed[/]: {str(exc).splitlines()[0]}")
     headline, *rest = config.request_sets
     plan = [(headline, c) for c in config.concurrencies]
     plan += [(name, max(config.concurrencies)) for name in rest]
+    measured: dict[tuple[str, str, int], list[dict[str, object]]] = {}
     try:
-        for request_set, concurrency in plan:
-            measured = measure(server, concurrency, config, requests_dirs[request_set], processes)
-            cpu: dict = measured["cpu"]  # type: ignore[assignment]
-            if cpu["server_ms_per_request"] is not None:
-                cpu["overhead_ms"] = round(cpu["server_ms_per_request"] - work_ms[request_set], 3)
-            key = f"c{concurrency}"
-            if request_set == headline:
-                summaries[key] = {k: measured[k] for k in SUMMARY_KEYS}
-                details[key] = {k: v for k, v in measured.items() if k not in SUMMARY_KEYS}
-            else:
-                others.setdefault(request_set, {})[key] = {
-                    **{k: measured[k] for k in SUMMARY_KEYS},
-                    "details": {k: v for k, v in measured.items() if k not in SUMMARY_KEYS},
-                }
-            say(
-                f"{kind} {request_set} c={concurrency}: {measured['rps']:.0f} req/s, p50 "
-                f"{_fmt(measured['p50_ms'])} ms, p99 {_fmt(measured['p99_ms'])} ms, "
-                f"{measured['errors']} errors; server {cpu['server_cores']:.2f} cores, "
-                f"{_fmt2(cpu['server_ms_per_request'])} CPU ms per answer"
-            )
-            busiest = cpu["server_processes_cores"][: config.workers]
-            if (
-                concurrency >= 2 * config.workers
-                and len(busiest) == config.workers
-                and (busiest[-1] < 0.5 * busiest[0])
-            ):
-                say(
-                    f"[yellow]warning:[/] {kind} c={concurrency}: the workers did not share "
-                    f"the load (cores per process {busiest}); see connections_per_worker"
-                )
-            if measured["late_s"]:
-                say(
-                    f"[yellow]warning:[/] the load started {measured['late_s']}s into the "
-                    f"measured window of {kind} c={concurrency}: the machine is busy"
-                )
-            if server.process.poll() is not None:
-                raise BenchError(
-                    f"{kind} exited with code {server.process.returncode} during the run; "
-                    f"its log:\n{tail(server.log_path)}"
-                )
+        for round_ in range(config.rounds):
+            if config.rounds > 1:
+                say(f"round {round_ + 1} of {config.rounds}")
+            for request_set, concurrency in plan:
+                for kind, server in list(servers.items()):
+                    try:
+                        one = measure_once(
+                            server, request_set, concurrency, config,
+                            requests_dirs[request_set], work_ms[request_set], processes, say,
+                        )  # fmt: skip
+                    except BenchError as exc:
+                        failures[kind] = str(exc)
+                        say(f"[red]{kind} failed[/]: {str(exc).splitlines()[0]}")
+                        processes.stop(servers.pop(kind).process)
+                        continue
+                    measured.setdefault((kind, request_set, concurrency), []).append(one)
     finally:
-        say(f"stopping {kind}")
-        processes.stop(server.process)
-    return summaries, details, others
+        for kind, server in servers.items():
+            say(f"stopping {kind}")
+            processes.stop(server.process)
+    summaries: dict[str, dict] = {}
+    details: dict[str, dict] = {}
+    others: dict[str, dict] = {}
+    for (kind, request_set, concurrency), rounds in measured.items():
+        if kind in failures:
+            continue
+        one = combine_rounds(rounds)
+        key = f"c{concurrency}"
+        summary = {k: one[k] for k in SUMMARY_KEYS}
+        detail = {k: v for k, v in one.items() if k not in SUMMARY_KEYS}
+        if request_set == headline:
+            summaries.setdefault(kind, {})[key] = summary
+            details.setdefault(kind, {})[key] = detail
+        else:
+            others.setdefault(request_set, {}).setdefault(kind, {})[key] = {
+                **summary,
+                "details": detail,
+            }
+    return summaries, details, others, failures
 
 
 def run_bench(
@@ -678,21 +767,10 @@ def run_bench(
             say(f"limit {limit:.0f} req/s on {cores} cores ({headline} set)")
 
             env = server_env(config, data_dir, version)
-            servers: dict[str, dict[str, object]] = {}
-            details: dict[str, dict[str, object]] = {}
-            others: dict[str, dict[str, object]] = {}
-            failures: dict[str, str] = {}
             work_ms = {name: c.total for name, c in costs.items()}
-            for kind in config.servers:
-                try:
-                    servers[kind], details[kind], by_set = bench_server(
-                        kind, config, env, run_dir, requests_dirs, work_ms, processes, say
-                    )
-                    for name, rows in by_set.items():
-                        others.setdefault(name, {})[kind] = rows
-                except BenchError as exc:
-                    failures[kind] = str(exc)
-                    say(f"[red]{kind} failed[/]: {str(exc).splitlines()[0]}")
+            servers, details, others, failures = bench_servers(
+                config, env, run_dir, requests_dirs, work_ms, processes, say
+            )
     finally:
         processes.stop_all()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -717,7 +795,8 @@ def run_bench(
             "workers": config.workers, "torch_threads": config.torch_threads,
             "runtime": config.runtime, "request_sets": list(config.request_sets),
             "warmup_s": config.warmup_s, "duration_s": config.duration_s,
-            "loadgen_processes": config.loadgen_processes, "quick": config.quick,
+            "loadgen_processes": config.loadgen_processes, "rounds": config.rounds,
+            "quick": config.quick,
         },
         details=details,
         failures=failures,
