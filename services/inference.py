@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import get_args
@@ -70,6 +71,11 @@ class _EmbeddingsAndLogits(nn.Module):
         return embeddings, self.net.head(embeddings)
 
 
+# torch's TorchScript-based exporter keeps its state in globals: two exports at once in one
+# process (a reload while the slots' thread loads, two servers in one test) fail.
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_onnx(net: nn.Module) -> bytes:
     """The network in eval mode as an ONNX model: input ``pixels`` (N, 1, 28, 28) float 0-255,
     outputs ``embeddings`` (N, hidden) and ``logits`` (N, 10), any N.
@@ -80,7 +86,7 @@ def export_onnx(net: nn.Module) -> bytes:
     module = _EmbeddingsAndLogits(net).eval()
     buffer = io.BytesIO()
     batch = {0: "n"}
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice, once per load
         torch.onnx.export(
             module,

@@ -227,3 +227,19 @@ def test_direct_predict_takes_post_predict_and_passes_everything_else_on(monkeyp
         asyncio.run(run(scope))
     assert passed == ["GET /predict", "POST /predict_batch", "lifespan "]
     assert handled == ["png"]
+
+
+def test_onnx_exports_from_several_threads_at_once_all_succeed():
+    """Slots load in a thread while an admin reload loads in another: both export."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from model.network import DigitNet
+    from services.inference import export_onnx
+
+    torch.manual_seed(0)
+    nets = [DigitNet().eval() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(export_onnx, nets))
+    assert all(model.startswith(b"\x08") and len(model) > 100_000 for model in models)
