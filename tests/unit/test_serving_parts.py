@@ -243,3 +243,17 @@ def test_onnx_exports_from_several_threads_at_once_all_succeed():
     with ThreadPoolExecutor(4) as pool:
         models = list(pool.map(export_onnx, nets))
     assert all(model.startswith(b"\x08") and len(model) > 100_000 for model in models)
+
+
+def test_loaded_models_are_frozen_out_of_the_collectors_scans():
+    import gc
+
+    from services.slots import _freeze_long_lived
+
+    kept = [object() for _ in range(10)]
+    try:
+        _freeze_long_lived()
+        assert gc.get_freeze_count() > 10
+    finally:
+        gc.unfreeze()
+    assert kept
