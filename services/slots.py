@@ -125,7 +125,7 @@ class ModelSlots:
             self.split.weight = wanted.canary_weight if "canary" in loaded else 0
             for track, classifier in loaded.items():
                 self.metrics.model_info.labels(model_version=classifier.version, track=track).set(1)
-        _freeze_long_lived()
+        freeze_long_lived()
 
     # -- per request ---------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ class ModelSlots:
         )
 
 
-def _freeze_long_lived() -> None:
+def freeze_long_lived() -> None:
     """Keep what is loaded now (modules, the models) out of the garbage collector's scans.
 
     A worker holds about 340,000 objects once BentoML, MLflow, torch and ONNX Runtime are

@@ -248,11 +248,11 @@ def test_onnx_exports_from_several_threads_at_once_all_succeed():
 def test_loaded_models_are_frozen_out_of_the_collectors_scans():
     import gc
 
-    from services.slots import _freeze_long_lived
+    from services.slots import freeze_long_lived
 
     kept = [object() for _ in range(10)]
     try:
-        _freeze_long_lived()
+        freeze_long_lived()
         assert gc.get_freeze_count() > 10
     finally:
         gc.unfreeze()

@@ -60,6 +60,14 @@ def bench(
             "median of its rounds (default 2, 1 with --quick)."
         ),
     ] = 0,
+    freeze_baselines: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-baselines",
+            help="Give FastAPI and KServe the service's garbage-collector setting too (gc.freeze "
+            "once the model is loaded).",
+        ),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Benchmark the BentoML service against FastAPI and KServe baselines on this machine."""
@@ -77,6 +85,7 @@ def bench(
             servers=tuple(s.strip() for s in servers.split(",") if s.strip()),
             concurrencies=levels,
             runtime=runtime,
+            freeze_baselines=freeze_baselines,
             **({"rounds": rounds} if rounds else {}),
             request_sets=tuple(s.strip() for s in request_sets.split(",") if s.strip()),
         )

@@ -86,6 +86,9 @@ class BenchConfig:
     loadgen_processes: int = 2
     # Rounds of the whole plan, the servers taken in turn; each figure is their median.
     rounds: int = 2
+    # The baselines freeze their loaded workers out of the garbage collector's scans, as
+    # the service does (services.slots.freeze_long_lived): the same GC treatment for all.
+    freeze_baselines: bool = False
     start_timeout_s: float = 180.0
     request_timeout_s: float = 10.0
     quick: bool = False
@@ -262,6 +265,7 @@ def server_env(config: BenchConfig, data_dir: Path, version: str) -> dict[str, s
         DIGITLOOP_WORKERS=str(config.workers),
         DIGITLOOP_TORCH_THREADS=threads,
         DIGITLOOP_INFERENCE_RUNTIME=config.runtime,
+        DIGITLOOP_BENCH_GC_FREEZE="1" if config.freeze_baselines else "0",
         # Per worker process, in the environment: a setting made in a parent process does
         # not reach spawned workers.
         OMP_NUM_THREADS=threads,
@@ -796,6 +800,7 @@ def run_bench(
             "runtime": config.runtime, "request_sets": list(config.request_sets),
             "warmup_s": config.warmup_s, "duration_s": config.duration_s,
             "loadgen_processes": config.loadgen_processes, "rounds": config.rounds,
+            "freeze_baselines": config.freeze_baselines,
             "quick": config.quick,
         },
         details=details,
