@@ -85,6 +85,8 @@ def ink_map(image: np.ndarray | Image.Image) -> np.ndarray:
     median of the border, and ink is whatever departs from it.
     """
     array = np.asarray(image)
+    if array.ndim == 2 and array.dtype == np.uint8 and array.size:
+        return np.take(_grey_ink_levels(array), array)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
@@ -123,6 +125,51 @@ def _border(plane: np.ndarray) -> np.ndarray:
     return np.concatenate([plane[0, :], plane[-1, :], plane[:, 0], plane[:, -1]])
 
 
+def _grey_ink_levels(grey: np.ndarray) -> np.ndarray:
+    """The ink of each of the 256 grey levels of a uint8 image, as :func:`ink_map` has it.
+
+    The same float32 operations as the general path, on 256 levels instead of every pixel:
+    looking a pixel up gives the very bits the general path computes for it, for a sixth of
+    the time on a 280x280 canvas (the general path converts, clips and scales every pixel).
+    """
+    # The border's median as np.median has it on the float32 values (the mean of the two
+    # middle ones when there is an even number), found by counting levels: a tenth of the
+    # time of sorting the border.
+    border = _border(grey)
+    below = np.cumsum(np.bincount(border, minlength=256))
+    middle = sorted({(border.size - 1) // 2, border.size // 2})
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    background = float(np.mean(levels[np.searchsorted(below, middle, side="right")]))
+    ink = np.abs(levels - background)
+    span = max(background, 1.0 - background)
+    return ink / span if span > 0 else ink
+
+
+def ink_crop(grey: np.ndarray) -> np.ndarray:
+    """The part of a grey uint8 drawing that :func:`to_mnist` reads, in a one-pixel frame of
+    its background: what the sketchpad sends, the same 28x28 digit from fewer pixels.
+
+    :func:`to_mnist` reads the background from the border and then only the box of strong
+    ink; the frame repeats that background, so the crop gives the very same digit (a test
+    checks). The drawing comes back whole when the crop could not promise that (a border
+    whose median is not one grey level, too little ink, where the service must give its
+    own answer) or would not be smaller.
+    """
+    array = np.asarray(grey)
+    if array.ndim != 2 or array.dtype != np.uint8 or array.size == 0:
+        return array
+    levels = _grey_ink_levels(array)
+    try:
+        top, bottom, left, right = _ink_box(_strong_ink(array, levels))
+    except EmptyDrawingError:
+        return array
+    background = int(np.argmin(levels))  # the level with no ink: the border's median
+    crop = np.pad(array[top:bottom, left:right], 1, constant_values=background)
+    if crop.size >= array.size or not np.array_equal(_grey_ink_levels(crop), levels):
+        return array
+    return crop
+
+
 def to_mnist(image: np.ndarray | Image.Image) -> np.ndarray:
     """Turn a sketch into a 28x28 uint8 MNIST digit (white ink on black, centred).
 
@@ -133,21 +180,18 @@ def to_mnist(image: np.ndarray | Image.Image) -> np.ndarray:
         InvalidImageError: not an image array of a known layout.
         EmptyDrawingError: no ink, or too little to be a digit.
     """
-    ink = ink_map(image)
-    strong = ink >= INK_THRESHOLD
-    needed = max(MIN_INK_PIXELS, MIN_INK_FRACTION * ink.size)
-    count = int(strong.sum())
-    if count == 0:
-        raise EmptyDrawingError("the drawing is empty: draw a digit first")
-    if count < needed:
-        raise EmptyDrawingError(
-            f"the drawing has too little ink to be a digit ({count} pixels, at least "
-            f"{int(np.ceil(needed))} needed): draw the digit larger"
-        )
-    rows = np.flatnonzero(strong.any(axis=1))
-    cols = np.flatnonzero(strong.any(axis=0))
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    crop = np.where(crop >= INK_THRESHOLD / 2, crop, 0.0).astype(np.float32)
+    array = np.asarray(image)
+    if array.ndim == 2 and array.dtype == np.uint8 and array.size:
+        # A grey image (what the sketchpad sends): the ink of its 256 levels, looked up
+        # only where it is needed. The same bits as the general path (a test checks).
+        levels = _grey_ink_levels(array)
+        top, bottom, left, right = _ink_box(_strong_ink(array, levels))
+        crop = np.take(_kept_ink(levels), array[top:bottom, left:right])
+    else:
+        ink = ink_map(array)
+        strong = ink >= INK_THRESHOLD
+        top, bottom, left, right = _ink_box(strong)
+        crop = _kept_ink(ink[top:bottom, left:right])
 
     height, width = crop.shape
     scale = BOX_SIZE / max(height, width)
@@ -166,6 +210,49 @@ def to_mnist(image: np.ndarray | Image.Image) -> np.ndarray:
     field = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
     field[top : top + new_h, left : left + new_w] = boxed
     return np.round(field * 255.0).astype(np.uint8)
+
+
+def _kept_ink(ink: np.ndarray) -> np.ndarray:
+    """The ink the digit is made of: faint anti-aliasing and noise below half the threshold
+    dropped (for a grey image, done once on its 256 levels)."""
+    return np.where(ink >= INK_THRESHOLD / 2, ink, 0.0).astype(np.float32)
+
+
+def _ink_box(strong: np.ndarray) -> tuple[int, int, int, int]:
+    """Top, bottom, left, right (exclusive) of the strong ink; refuses too little ink."""
+    needed = max(MIN_INK_PIXELS, MIN_INK_FRACTION * strong.size)
+    count = int(np.count_nonzero(strong))
+    if count == 0:
+        raise EmptyDrawingError("the drawing is empty: draw a digit first")
+    if count < needed:
+        raise EmptyDrawingError(
+            f"the drawing has too little ink to be a digit ({count} pixels, at least "
+            f"{int(np.ceil(needed))} needed): draw the digit larger"
+        )
+    rows = np.flatnonzero(strong.any(axis=1))
+    cols = np.flatnonzero(strong.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _strong_ink(grey: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``levels[grey] >= INK_THRESHOLD`` by two comparisons of the uint8 pixels.
+
+    Ink grows with the distance from the background, so the strong levels are the darkest
+    up to some ``low`` and the lightest from some ``high``: comparing the pixels with those
+    two costs a tenth of looking each one up.
+    """
+    strong = levels >= INK_THRESHOLD
+    weak = np.flatnonzero(~strong)
+    if weak.size == 0:
+        return np.ones(grey.shape, bool)
+    low, high = int(weak[0]) - 1, int(weak[-1]) + 1
+    if weak.size != high - low - 1:  # not two runs (never seen): look each pixel up
+        return np.take(strong, grey)
+    if low < 0:
+        return grey >= high
+    if high > 255:
+        return grey <= low
+    return (grey <= low) | (grey >= high)
 
 
 def _centre_of_mass_offset(boxed: np.ndarray) -> tuple[int, int]:

@@ -113,7 +113,9 @@ class ModelSlots:
             if current is not None and current.version == info.version:
                 loaded[track] = current
             else:
-                loaded[track] = Classifier.from_registry(info.version, registry)
+                loaded[track] = Classifier.from_registry(
+                    info.version, registry, runtime=self.settings.inference_runtime
+                )
                 log.info("track %s now serves version %s", track, info.version)
         with self._lock:
             for track, old in self._slots.items():
@@ -123,6 +125,7 @@ class ModelSlots:
             self.split.weight = wanted.canary_weight if "canary" in loaded else 0
             for track, classifier in loaded.items():
                 self.metrics.model_info.labels(model_version=classifier.version, track=track).set(1)
+        freeze_long_lived()
 
     # -- per request ---------------------------------------------------------------------
 
@@ -145,6 +148,22 @@ class ModelSlots:
             canary_weight=self.split.weight if "canary" in slots else 0,
             only_track=self.settings.only_track,
         )
+
+
+def freeze_long_lived() -> None:
+    """Keep what is loaded now (modules, the models) out of the garbage collector's scans.
+
+    A worker holds about 340,000 objects once BentoML, MLflow, torch and ONNX Runtime are
+    imported; each full collection scanned them all, 100-250 ms with the worker's GIL held,
+    while requests waited (a p99 of 500-800 ms at 32 connections, issue 17). Frozen, a
+    full collection scans only what was made since. Garbage is collected first, so none is
+    frozen; a model replaced later is still freed by reference counting (only a cycle
+    among frozen objects would stay, which a reload now and then can afford).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _server_started_ns() -> int:

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from contracts.api import Prediction
-from model.preprocess import to_grey
+from model.preprocess import ink_crop, to_grey
 from services.client import DigitloopClient, ServiceError, ServiceUnavailable
 from ui.asking import ASKED_SOURCE, ask_text, should_ask
 
@@ -178,7 +178,7 @@ def editor_image(value: dict[str, Any] | np.ndarray | None) -> np.ndarray | None
     Accepts the Sketchpad's value (a dict whose ``composite`` is HxWx4 uint8, or None for an
     untouched pad) or an 8-bit image array. Transparent pixels count as white paper. The
     image is turned grey here, once (:func:`model.preprocess.to_grey`): the service takes
-    the grey PNG as it is.
+    the grey PNG as it is, cropped to the ink (:func:`model.preprocess.ink_crop`).
     """
     image = value.get("composite") if isinstance(value, dict) else value
     if image is None:
@@ -197,6 +197,13 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+def drawing_png(grey: np.ndarray) -> bytes:
+    """What the sketchpad sends of a grey drawing: the PNG of the part the service reads, in
+    a frame of paper (:func:`model.preprocess.ink_crop`); the same 28x28 digit as the whole
+    pad, from a third of its pixels on a typical drawing."""
+    return png_bytes(ink_crop(grey))
 
 
 def _digest(image: np.ndarray) -> str:
@@ -245,7 +252,7 @@ def predict_drawing(
                 return DrawResult(session, skipped=auto)
             # Predict pressed on a draft: this drawing is final, log it once.
             return DrawResult(_asking(logged_session(client, session), ask_below))
-        drawing = png_bytes(image)
+        drawing = drawing_png(image)
         if session.logged is not None and session.logged_digest == digest:
             prediction = session.logged  # back to a drawing already logged (a stroke undone)
         else:

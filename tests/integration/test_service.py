@@ -485,6 +485,17 @@ def test_metrics_count_predictions_and_corrections(service: Service, pngs):
     assert any(line.startswith("digitloop_model_info{") for line in lines)
     assert any(line.startswith("digitloop_answer_confidence_bucket{") for line in lines)
     assert any(line.startswith("digitloop_feedback_spool_depth") for line in lines)
+    # /predict is answered beside BentoML's API machinery (services.service.DirectPredict),
+    # inside its middlewares: BentoML's own request metrics still count it.
+    assert any(
+        line.startswith("bentoml_service_request_total{") and 'endpoint="/predict"' in line
+        for line in lines
+    )
+    assert any(
+        line.startswith("bentoml_service_request_duration_seconds_count{")
+        and 'endpoint="/predict"' in line
+        for line in lines
+    )
 
 
 bodies = st.one_of(

@@ -30,6 +30,7 @@ from digitloop_bench.serving.loadgen import (
     read_request_set,
     read_response,
     render_sketch,
+    ui_request_set,
     write_expected,
     write_request_set,
 )
@@ -131,6 +132,20 @@ def test_request_set_is_large_sketches_that_preprocess_back_to_the_digit(mnist):
     assert correlation > 0.6
 
 
+def test_the_ui_set_is_what_the_sketchpad_sends_and_the_same_digits(mnist):
+    from ui.app import drawing_png, editor_image
+
+    canvases = make_request_set(mnist.x_test, 12, seed=3)
+    sent = ui_request_set(canvases)
+    assert len(sent) == len(canvases)
+    for canvas, png in zip(canvases, sent, strict=True):
+        with Image.open(io.BytesIO(canvas)) as image:
+            assert png == drawing_png(editor_image({"composite": np.asarray(image)}))
+        with Image.open(io.BytesIO(png)) as image:  # grey, cropped to the ink
+            assert image.mode == "L" and image.width * image.height < CANVAS * CANVAS * 0.6
+        np.testing.assert_array_equal(to_mnist(decode_image(png)), to_mnist(decode_image(canvas)))
+
+
 def test_request_set_round_trips_through_a_folder(tmp_path: Path):
     digit = np.zeros((28, 28), np.uint8)
     digit[6:22, 12:16] = 255
@@ -153,11 +168,12 @@ def test_render_sketch_refuses_other_shapes():
 
 def test_each_server_gets_the_same_png_in_its_own_format():
     png = b"\x89PNG\r\n\x1a\nfake"
-    for kind in ("bentoml", "fastapi"):
-        body, content_type = encode_body(kind, png)
-        assert content_type == f"multipart/form-data; boundary={BOUNDARY}"
-        assert b'name="image"; filename="digit.png"' in body
-        assert b"Content-Type: image/png\r\n\r\n" + png + b"\r\n" in body
+    # The service gets it as the product's client sends it: the PNG is the body.
+    assert encode_body("bentoml", png) == (png, "image/png")
+    body, content_type = encode_body("fastapi", png)
+    assert content_type == f"multipart/form-data; boundary={BOUNDARY}"
+    assert b'name="image"; filename="digit.png"' in body
+    assert b"Content-Type: image/png\r\n\r\n" + png + b"\r\n" in body
     body, content_type = encode_body("kserve", png)
     assert content_type == "application/json"
     assert base64.b64decode(json.loads(body)["instances"][0]["image"]["b64"]) == png
@@ -231,13 +247,20 @@ def test_cost_is_per_stage_medians_and_gives_the_limit():
 
 
 def _servers(bentoml_rps: float = 800.0) -> dict:
-    def row(rps: float, p99: float, errors: int = 0) -> dict:
-        return {"rps": rps, "p50_ms": p99 / 3, "p99_ms": p99, "errors": errors}
+    def row(rps: float, p99: float, cpu: float, errors: int = 0) -> dict:
+        return {
+            "rps": rps, "p50_ms": p99 / 3, "p99_ms": p99, "errors": errors,
+            "cpu_ms_per_answer": cpu,
+        }  # fmt: skip
 
     return {
-        "bentoml": {"c1": row(300, 6), "c8": row(700, 20), "c32": row(bentoml_rps, 60)},
-        "fastapi": {"c1": row(320, 5), "c8": row(720, 18), "c32": row(760, 50)},
-        "kserve": {"c1": row(280, 6), "c8": row(600, 25), "c32": row(640, 70)},
+        "bentoml": {
+            "c1": row(300, 6, 2.5),
+            "c8": row(700, 20, 2.2),
+            "c32": row(bentoml_rps, 60, 2.0),
+        },
+        "fastapi": {"c1": row(320, 5, 3.0), "c8": row(720, 18, 2.8), "c32": row(760, 50, 2.6)},
+        "kserve": {"c1": row(280, 6, 2.9), "c8": row(600, 25, 2.6), "c32": row(640, 70, 2.4)},
     }
 
 
@@ -250,21 +273,29 @@ def test_result_object_has_the_contracted_shape():
     for rows in result["servers"].values():
         assert set(rows) == {"c1", "c8", "c32"}
         for row in rows.values():
-            assert set(row) == {"rps", "p50_ms", "p99_ms", "errors"}
+            assert set(row) == {"rps", "p50_ms", "p99_ms", "errors", "cpu_ms_per_answer"}
     ratios = result["ratios"]
     assert ratios["at"] == "c32"
     assert ratios["bentoml_vs_fastapi_rps"] == pytest.approx(800 / 760, abs=1e-3)
     assert ratios["bentoml_vs_fastapi_p99"] == pytest.approx(60 / 50, abs=1e-3)
     assert ratios["bentoml_vs_kserve_rps"] == pytest.approx(800 / 640, abs=1e-3)
     assert ratios["bentoml_vs_limit"] == pytest.approx(800 / 1290.3, abs=1e-3)
+    assert ratios["bentoml_vs_kserve_cpu"] == pytest.approx(2.0 / 2.4, abs=1e-3)
+    assert ratios["bentoml_vs_fastapi_cpu"] == pytest.approx(2.0 / 2.6, abs=1e-3)
+    # Issue 17's goal: CPU per answer <= KServe's and <= 0.8x FastAPI's, work <= 1 ms,
+    # no errors, p99 no worse than FastAPI's.
     assert result["goal"]["checks"] == {
-        "rps_at_least_fastapi": True,
+        "cpu_at_most_kserve": True,
+        "cpu_at_most_0.8x_fastapi": True,  # 2.0 / 2.6 = 0.77
+        "work_at_most_1ms": False,  # 1.55 ms
         "no_errors": True,
-        "p99_within_1.5x_fastapi": True,
-        "ahead_of_kserve": True,
-        "at_least_75pct_of_limit": False,  # 800 / 1290 = 62 %
+        "p99_at_most_fastapi": False,  # 60 > 50 ms
     }
     assert result["goal"]["met"] is False
+    quiet = _servers()
+    quiet["bentoml"]["c32"]["p99_ms"] = 50
+    fast = result_object({**cost, "total": 0.9}, 2222.0, quiet, (1, 8, 32))
+    assert fast["goal"]["met"] is True
     json.dumps(result)  # one JSON object
 
 
@@ -274,7 +305,9 @@ def test_result_object_without_a_server_leaves_its_ratios_open():
     result = result_object({"total": 2.0}, 1000.0, servers, (1, 8, 32))
     assert result["ratios"]["bentoml_vs_fastapi_rps"] is None
     assert result["ratios"]["fastapi_vs_limit"] == pytest.approx(0.76)
-    assert set(result["goal"]["checks"].values()) == {None}
+    checks = result["goal"]["checks"]
+    assert checks.pop("work_at_most_1ms") is False  # in-process, whatever the servers
+    assert set(checks.values()) == {None}
     assert result["goal"]["met"] is False
 
 
@@ -296,6 +329,23 @@ def test_table_and_plot_render(tmp_path: Path):
         assert image.format == "PNG" and image.width > 500
 
 
+def test_rounds_combine_into_medians_and_sums():
+    from digitloop_bench.serving.run import combine_rounds
+
+    def one(rps: float, cpu: float, errors: int) -> dict:
+        return {
+            "rps": rps, "p50_ms": rps / 100, "p99_ms": rps / 10, "errors": errors,
+            "cpu_ms_per_answer": cpu, "mismatches": 0, "answers": int(rps),
+            "cpu": {"server_ms_per_request": cpu, "server_cores": cpu / 2, "client_cores": 0.1},
+        }  # fmt: skip
+
+    combined = combine_rounds([one(400, 2.0, 0), one(500, 1.5, 1), one(300, 1.8, 0)])
+    assert combined["rps"] == 400 and combined["cpu_ms_per_answer"] == 1.8
+    assert combined["p99_ms"] == 40 and combined["errors"] == 1
+    assert combined["answers"] == 1200 and combined["cpu"]["server_ms_per_request"] == 1.8
+    assert [r["rps"] for r in combined["rounds"]] == [400, 500, 300]
+
+
 def test_config_quick_and_validation():
     quick = BenchConfig.make(quick=True)
     full = BenchConfig.make()
@@ -305,6 +355,11 @@ def test_config_quick_and_validation():
         BenchConfig.make(servers=("triton",)).validate()
     with pytest.raises(BenchError):
         BenchConfig.make(concurrencies=(0,)).validate()
+    assert full.rounds == 2 and quick.rounds == 1
+    with pytest.raises(BenchError):
+        BenchConfig.make(rounds=0).validate()
+    with pytest.raises(BenchError):
+        BenchConfig.make(request_sets=("phone",)).validate()
 
 
 # --- one short run against a real uvicorn -------------------------------------------------------
@@ -312,7 +367,7 @@ def test_config_quick_and_validation():
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_quick_run_of_the_fastapi_leg(data_dir: Path):
     """Train a tiny model, serve it with the FastAPI baseline, load it for a few seconds."""
     from digitloop_bench.serving.run import run_bench
@@ -325,7 +380,9 @@ def test_quick_run_of_the_fastapi_leg(data_dir: Path):
         duration_s=1.5,
         n_requests=24,
         train_images=600,
-        start_timeout_s=120.0,
+        # Two uvicorn workers importing MLflow and torch on a machine shared with other
+        # jobs took over 120 s to start; the bench's own default is 180.
+        start_timeout_s=300.0,
     )
     messages: list[str] = []
     result = run_bench(config, say=messages.append)
@@ -333,6 +390,13 @@ def test_quick_run_of_the_fastapi_leg(data_dir: Path):
     assert result["failures"] == {}
     assert result["limit_rps"] > 0
     assert set(result["cost_ms"]) == {"decode", "preprocess", "forward", "total"}
+    # The headline is what the sketchpad sends; the 280x280 canvas is measured at c=8 too.
+    sets = result["request_sets"]
+    assert sets["ui"]["headline"] and not sets["canvas"]["headline"]
+    assert sets["ui"]["cost_ms"] == result["cost_ms"]
+    assert sets["ui"]["mean_png_bytes"] < sets["canvas"]["mean_png_bytes"]
+    canvas = sets["canvas"]["servers"]["fastapi"]["c8"]
+    assert canvas["errors"] == 0 and canvas["details"]["mismatches"] == 0
     rows = result["servers"]["fastapi"]
     assert set(rows) == {"c1", "c8"}
     for key, row in rows.items():
@@ -343,6 +407,7 @@ def test_quick_run_of_the_fastapi_leg(data_dir: Path):
         # Same model, same preprocessing: every answer agrees with the in-process model.
         assert detail["mismatches"] == 0
         assert detail["cpu"]["server_cores"] > 0
+        assert row["cpu_ms_per_answer"] == detail["cpu"]["server_ms_per_request"] > 0
     # Eight connections were spread over both uvicorn workers.
     placement = result["details"]["fastapi"]["c8"]["connections_per_worker"]
     assert sorted(placement.values()) == [4, 4]

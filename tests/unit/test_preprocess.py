@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from contracts.errors import EmptyDrawingError, InvalidImageError
-from model.preprocess import decode_image, ink_map, preprocess_batch, to_mnist
+from model.preprocess import decode_image, ink_crop, ink_map, preprocess_batch, to_mnist
 
 
 def draw_seven(
@@ -195,3 +195,97 @@ def test_preprocess_batch_marks_rejected_images_instead_of_failing():
     out, accepted = preprocess_batch(images)
     assert accepted.tolist() == [True, False, True]
     assert out.shape == (3, 28, 28) and out[1].sum() == 0 and out[0].max() == 255
+
+
+# -- the grey fast path and the sketchpad's crop (issue 17) ---------------------------------
+
+
+def sketches(mnist, n: int = 120) -> list[np.ndarray]:
+    """Grey drawings of many kinds: MNIST digits drawn large with a round brush (as the
+    bench's request set), a marker '7' at several places and sizes, light ink on dark, a
+    grey paper, a faint stroke, and noise on paper."""
+    rng = np.random.default_rng(7)
+    out = []
+    for digit in mnist.x_test[:n]:
+        big = np.asarray(Image.fromarray(digit).resize((280, 280), Image.Resampling.BILINEAR))
+        out.append((255 - np.clip((big.astype(np.float32) - 60) * 2.5, 0, 255)).astype(np.uint8))
+    for dx, dy, scale in ((0, 0, 1.0), (-50, 20, 0.5), (40, -40, 0.8), (0, 0, 0.3)):
+        out.append(draw_seven(offset=(dx, dy), scale=scale))
+    out.append(255 - draw_seven())  # light on dark
+    out.append((draw_seven() * 0.5 + 100).astype(np.uint8))  # grey paper, grey ink
+    faint = np.full((280, 280), 255, np.uint8)
+    faint[100:180, 120:124] = 190
+    out.append(faint)
+    noisy = np.clip(draw_seven().astype(int) + rng.integers(-30, 30, (280, 280)), 0, 255)
+    out.append(noisy.astype(np.uint8))
+    return out
+
+
+def test_the_grey_fast_path_gives_the_general_paths_digit_exactly(mnist):
+    # int16 takes the general path (every pixel to float32); uint8 the 256-level lookup.
+    for grey in sketches(mnist):
+        wide = grey.astype(np.int16)
+        np.testing.assert_array_equal(ink_map(grey), ink_map(wide))
+        np.testing.assert_array_equal(to_mnist(grey), to_mnist(wide))
+    for digit in mnist.x_test[:300]:
+        np.testing.assert_array_equal(to_mnist(digit), to_mnist(digit.astype(np.int16)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 255), st.integers(0, 255))
+def test_the_grey_fast_path_agrees_on_any_paper_and_ink(seed: int, paper: int, ink: int):
+    rng = np.random.default_rng(seed)
+    image = np.full((60, 50), paper, np.uint8)
+    image[rng.integers(0, 30) :][:, rng.integers(0, 25) :][:20, :15] = ink
+    image[rng.integers(0, 60, 40), rng.integers(0, 50, 40)] = rng.integers(0, 256, 40)
+    wide = image.astype(np.int16)
+    try:
+        expected = to_mnist(wide)
+    except EmptyDrawingError as exc:
+        with pytest.raises(EmptyDrawingError, match=str(exc).split("(")[0][:30]):
+            to_mnist(image)
+        return
+    np.testing.assert_array_equal(to_mnist(image), expected)
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_sketchpads_crop_gives_the_same_digit_from_fewer_pixels(mnist):
+    drawings = sketches(mnist)
+    pixels = []
+    for grey in drawings:
+        crop = ink_crop(grey)
+        pixels.append(crop.size / grey.size)
+        # What the service reads of the PNG the UI sends is the digit of the whole drawing.
+        np.testing.assert_array_equal(to_mnist(decode_image(png(crop))), to_mnist(grey))
+    assert max(pixels) <= 1 and np.median(pixels) < 0.5
+
+
+def test_the_crop_keeps_the_drawing_whole_where_the_service_must_judge_it():
+    dot = np.full((280, 280), 255, np.uint8)
+    dot[100:103, 100:103] = 0  # too little ink on the pad, enough in a small crop
+    np.testing.assert_array_equal(ink_crop(dot), dot)
+    with pytest.raises(EmptyDrawingError, match="too little ink"):
+        to_mnist(decode_image(png(ink_crop(dot))))
+    blank = np.full((50, 50), 255, np.uint8)
+    assert ink_crop(blank) is blank or np.array_equal(ink_crop(blank), blank)
+    split = np.full((4, 4), 255, np.uint8)
+    split[0, :2] = split[3, 2:] = 0  # a border whose median falls between two levels
+    split[1:3, 1:3] = 0
+    np.testing.assert_array_equal(ink_crop(split), split)
+    rgb = np.stack([draw_seven()] * 3, axis=2)
+    assert ink_crop(rgb) is rgb or np.array_equal(ink_crop(rgb), rgb)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 40))
+def test_the_grey_fast_path_reads_any_border_as_the_general_path(seed: int, h: int, w: int):
+    # Borders of two or more levels in any proportion: their median between two levels.
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(0, 256, rng.integers(1, 4))
+    image = rng.choice(levels, size=(h, w)).astype(np.uint8)
+    np.testing.assert_array_equal(ink_map(image), ink_map(image.astype(np.int16)))

@@ -144,3 +144,116 @@ def test_a_version_with_a_temperature_answers_calibrated_probabilities(mnist):
     np.testing.assert_allclose(
         Classifier.from_net(net, version({})).predict(images), raw, atol=1e-6
     )
+
+
+def test_onnx_runtime_gives_torchs_embeddings_logits_and_labels(mnist):
+    """The ONNX Runtime forward (the default runtime) is the torch network's: both outputs,
+    any batch size, the same labels, in a classifier that pickles to another process."""
+    import pickle
+
+    import torch
+
+    from model.network import DigitNet
+    from model.registry import ModelVersionInfo
+    from services.inference import Classifier
+
+    torch.manual_seed(0)
+    net = DigitNet().eval()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(10)
+    info = ModelVersionInfo("digitloop-mnist", "7", [], {"temperature": "0.5"}, "run")
+    torch_path = Classifier.from_net(net, info, runtime="torch")
+    onnx_path = Classifier.from_net(net, info, runtime="onnxruntime")
+    assert ServingSettings().inference_runtime == "onnxruntime"
+    images = mnist.x_test[:300]
+    for batch in (images[:1], images[:7], images):
+        expected = torch_path.forward(batch)
+        got = onnx_path.forward(batch)
+        for want, have in zip(expected, got, strict=True):
+            assert isinstance(have, torch.Tensor) and have.shape == want.shape
+            np.testing.assert_allclose(have.numpy(), want.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(
+        onnx_path.predict(images).argmax(axis=1), torch_path.predict(images).argmax(axis=1)
+    )
+    copied = pickle.loads(pickle.dumps(onnx_path))  # KServe hands its model to its workers
+    np.testing.assert_allclose(copied.predict(images[:5]), onnx_path.predict(images[:5]), atol=1e-6)
+    with pytest.raises(ValueError, match="runtime"):
+        Classifier.from_net(net, info, runtime="tensorrt")  # type: ignore[arg-type]
+
+
+def test_direct_predict_takes_post_predict_and_passes_everything_else_on(monkeypatch):
+    """The middleware answers POST /predict with the service's own handler; any other
+    request (other routes, other methods, lifespan) goes on to BentoML's app."""
+    import asyncio
+
+    import bentoml
+    from starlette.responses import Response
+
+    from services.service import SERVER_HEADER, DigitService, DirectPredict
+
+    assert DirectPredict in [cls for cls, _ in DigitService.middlewares]
+    handled: list[str] = []
+
+    class FakeService:
+        async def predict_request(self, request) -> Response:
+            handled.append((await request.body()).decode())
+            return Response(b"{}", media_type="application/json")
+
+    monkeypatch.setattr(bentoml, "get_current_service", lambda: FakeService())
+    passed: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        passed.append(f"{scope.get('method', scope['type'])} {scope.get('path', '')}")
+
+    async def run(scope: dict) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"png", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await DirectPredict(app)(scope, receive, send)
+        return sent
+
+    def http(method: str, path: str) -> dict:
+        return {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
+
+    sent = asyncio.run(run(http("POST", "/predict")))
+    assert handled == ["png"] and sent[0]["status"] == 200
+    assert (b"server", SERVER_HEADER.encode()) in sent[0]["headers"]
+    for scope in (http("GET", "/predict"), http("POST", "/predict_batch"), {"type": "lifespan"}):
+        asyncio.run(run(scope))
+    assert passed == ["GET /predict", "POST /predict_batch", "lifespan "]
+    assert handled == ["png"]
+
+
+def test_onnx_exports_from_several_threads_at_once_all_succeed():
+    """Slots load in a thread while an admin reload loads in another: both export."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from model.network import DigitNet
+    from services.inference import export_onnx
+
+    torch.manual_seed(0)
+    nets = [DigitNet().eval() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(export_onnx, nets))
+    assert all(model.startswith(b"\x08") and len(model) > 100_000 for model in models)
+
+
+def test_loaded_models_are_frozen_out_of_the_collectors_scans():
+    import gc
+
+    from services.slots import freeze_long_lived
+
+    kept = [object() for _ in range(10)]
+    try:
+        freeze_long_lived()
+        assert gc.get_freeze_count() > 10
+    finally:
+        gc.unfreeze()
+    assert kept

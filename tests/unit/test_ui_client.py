@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from contracts.api import Prediction
-from model.preprocess import decode_image, to_mnist
+from model.preprocess import decode_image, ink_crop, to_mnist
 from services.client import (
     DigitloopClient,
     ServiceError,
@@ -239,9 +239,9 @@ def test_requests_carry_the_image_track_token_and_feedback_body(scripted):
     predict, feedback = script.seen
     assert predict.headers["Authorization"] == "Bearer s3cret"
     assert predict.headers["X-Digitloop-Track"] == "canary"
-    assert predict.headers["Content-Type"].startswith("multipart/form-data")
-    assert b'name="image"' in predict.body and b"Content-Type: image/png" in predict.body
-    assert png in predict.body
+    # The image is the body, as it is: no form for the service to parse.
+    assert predict.headers["Content-Type"] == "image/png"
+    assert predict.body == png
     assert json.loads(feedback.body) == {"prediction_id": "p", "label": 4, "source": "ui"}
     assert "X-Digitloop-Track" not in feedback.headers
 
@@ -421,7 +421,7 @@ def test_drafts_go_as_a_query_parameter_or_a_json_field(scripted):
         client.predict_pixels(np.eye(4))
     image_draft, image, pixels_draft, pixels = script.seen
     assert (image_draft.path, image.path) == ("/predict?draft=true", "/predict")
-    assert image_draft.headers["Content-Type"].startswith("multipart/form-data")
+    assert image_draft.headers["Content-Type"] == "image/png" and image_draft.body == png
     assert (pixels_draft.path, pixels.path) == ("/predict", "/predict")
     assert json.loads(pixels_draft.body)["draft"] is True
     assert "draft" not in json.loads(pixels.body)
@@ -484,7 +484,13 @@ def test_pen_lifts_are_drafts_and_the_confirmed_drawing_is_logged_once(drafting)
     ]
     final, feedback = script.seen[2], script.seen[3]
     # The final drawing is the last one drawn, pinned to the track that answered its draft.
-    assert png_bytes(editor_image(second)) in final.body  # type: ignore[arg-type]
+    drawn = editor_image(second)
+    assert drawn is not None
+    # Sent cropped to the ink, in a frame of paper: fewer pixels, the same digit.
+    assert final.body == png_bytes(ink_crop(drawn))
+    sent = decode_image(final.body)
+    assert sent.size < drawn.size / 2
+    np.testing.assert_array_equal(to_mnist(sent), to_mnist(drawn))
     assert final.headers["X-Digitloop-Track"] == "canary"
     assert json.loads(feedback.body) == {
         "prediction_id": LOGGED["prediction_id"],

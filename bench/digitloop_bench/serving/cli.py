@@ -38,6 +38,36 @@ def bench(
     concurrency: Annotated[
         str, typer.Option(help="Comma-separated numbers of concurrent connections.")
     ] = "1,8,32",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="What runs the network in every server and in-process: "
+            "onnxruntime or torch (DIGITLOOP_INFERENCE_RUNTIME)."
+        ),
+    ] = "onnxruntime",
+    request_sets: Annotated[
+        str,
+        typer.Option(
+            "--request-sets",
+            help="Comma-separated request sets, the headline first (at every concurrency; "
+            "the others at the highest): ui (what the sketchpad sends) and canvas (280x280).",
+        ),
+    ] = "ui,canvas",
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Rounds of the whole plan, the servers measured in turn; each figure is the "
+            "median of its rounds (default 2, 1 with --quick)."
+        ),
+    ] = 0,
+    freeze_baselines: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-baselines",
+            help="Give FastAPI and KServe the service's garbage-collector setting too (gc.freeze "
+            "once the model is loaded).",
+        ),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Benchmark the BentoML service against FastAPI and KServe baselines on this machine."""
@@ -54,6 +84,10 @@ def bench(
             model=model,
             servers=tuple(s.strip() for s in servers.split(",") if s.strip()),
             concurrencies=levels,
+            runtime=runtime,
+            freeze_baselines=freeze_baselines,
+            **({"rounds": rounds} if rounds else {}),
+            request_sets=tuple(s.strip() for s in request_sets.split(",") if s.strip()),
         )
         config.validate()
         result = run_bench(config, say=lambda message: stderr.print(message, highlight=False))

@@ -38,6 +38,9 @@ from services.inference import Classifier, image_bytes_to_pixels
 from services.settings import ServingSettings
 
 HANDLER = os.environ.get("DIGITLOOP_BENCH_FASTAPI_HANDLER", "async")
+# "1": freeze what a worker holds once its model is loaded, as the service does
+# (services.slots.freeze_long_lived); off by default, as FastAPI's docs do not say it.
+GC_FREEZE = os.environ.get("DIGITLOOP_BENCH_GC_FREEZE") == "1"
 
 
 class Prediction(BaseModel):
@@ -61,8 +64,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = ServingSettings()
     torch.set_num_threads(settings.torch_threads)
     ref = os.environ.get("DIGITLOOP_BENCH_MODEL", CHAMPION_ALIAS)
-    app.state.classifier = Classifier.from_registry(ref, Registry())
+    app.state.classifier = Classifier.from_registry(
+        ref, Registry(), runtime=settings.inference_runtime
+    )
     app.state.max_bytes = settings.max_image_bytes
+    if GC_FREEZE:
+        from services.slots import freeze_long_lived
+
+        freeze_long_lived()
     yield
 
 

@@ -65,7 +65,9 @@ class DigitModel(kserve.Model):
         from model.registry import Registry
 
         self._ensure_threads()
-        self.classifier = Classifier.from_registry(self.ref, Registry())
+        self.classifier = Classifier.from_registry(
+            self.ref, Registry(), runtime=self.settings.inference_runtime
+        )
         self.ready = True
         return self.ready
 
@@ -76,6 +78,10 @@ class DigitModel(kserve.Model):
 
             torch.set_num_threads(self.settings.torch_threads)
             self._threads_pid = os.getpid()
+            if os.environ.get("DIGITLOOP_BENCH_GC_FREEZE") == "1":  # as the service does
+                from services.slots import freeze_long_lived
+
+                freeze_long_lived()
 
     def predict(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
         self._ensure_threads()

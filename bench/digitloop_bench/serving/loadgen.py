@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 SERVER_KINDS = ("bentoml", "fastapi", "kserve")
+# What the sketchpad sends (the headline) and the whole 280x280 canvas.
+REQUEST_SETS = ("ui", "canvas")
 KSERVE_MODEL_NAME = "digits"
 PATHS = {
     "bentoml": "/predict",
@@ -85,6 +87,24 @@ def make_request_set(x_test: np.ndarray, n: int, seed: int = 0) -> list[bytes]:
     return [render_sketch(x_test[i]) for i in picks]
 
 
+def ui_request_set(canvases: Sequence[bytes]) -> list[bytes]:
+    """What the sketchpad sends for each of these canvas PNGs: the UI's own encoding
+    (:func:`ui.app.editor_image`, then :func:`ui.app.drawing_png`), a grey PNG cropped to
+    the ink, the same digit to the network."""
+    from PIL import Image
+
+    from ui.app import drawing_png, editor_image
+
+    sent = []
+    for png in canvases:
+        with Image.open(io.BytesIO(png)) as image:
+            grey = editor_image({"composite": np.asarray(image)})
+        if grey is None:
+            raise ValueError("a sketch of the request set holds no ink")
+        sent.append(drawing_png(grey))
+    return sent
+
+
 def write_request_set(pngs: Sequence[bytes], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for i, png in enumerate(pngs):
@@ -111,9 +131,11 @@ def read_request_set(directory: Path) -> tuple[list[bytes], list[int] | None]:
 
 def encode_body(kind: str, png: bytes) -> tuple[bytes, str]:
     """The body and content type each server takes for one PNG, as its docs show."""
-    if kind in ("bentoml", "fastapi"):
-        # Multipart form data, the file in field `image`: BentoML's form for a file input,
-        # FastAPI's `UploadFile` parameter.
+    if kind == "bentoml":
+        # The PNG as the body, as the product's client (services.client) sends it.
+        return png, "image/png"
+    if kind == "fastapi":
+        # Multipart form data, the file in field `image`: FastAPI's `UploadFile` parameter.
         head = (
             f"--{BOUNDARY}\r\n"
             'Content-Disposition: form-data; name="image"; filename="digit.png"\r\n'
