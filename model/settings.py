@@ -36,6 +36,13 @@ class ModelSettings(DigitloopSettings):
     registered_model: str = Field(
         default=REGISTERED_MODEL_NAME, description="Name of the registered model in MLflow."
     )
+    novelty_share: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=0.5,
+        description="Share of held-out in-distribution drawings a version's novelty threshold "
+        "flags (fitted at registration; model.novelty).",
+    )
 
     @property
     def mnist_cache_dir(self) -> Path:

@@ -15,6 +15,7 @@ from torch import nn
 
 from contracts.api import MAX_SIDE, TrackInfo
 from model.network import to_tensor
+from model.novelty import NoveltyScorer
 from model.preprocess import decode_image, to_mnist
 from model.registry import ModelVersionInfo, Registry
 from services.errors import BadRequest, PayloadTooLarge
@@ -56,6 +57,9 @@ class Classifier:
     mnist_test_accuracy: float | None = None
     # The version's calibration (ModelVersionInfo.temperature), read once at load.
     temperature: float = 1.0
+    # The version's novelty scorer (model.novelty), read once at load; None for a version
+    # registered without one: its answers then carry no novelty.
+    novelty: NoveltyScorer | None = None
     # 1/T as a 0-d tensor: multiplying by it cost 8 us per call where dividing by the
     # Python float cost 20 (a scalar wrapped into a tensor on every request).
     _inverse_temperature: torch.Tensor = field(init=False, repr=False)
@@ -68,10 +72,12 @@ class Classifier:
     @classmethod
     def from_registry(cls, ref: str, registry: Registry) -> Classifier:
         net, info = registry.load(ref)
-        return cls.from_net(net, info)
+        return cls.from_net(net, info, registry.novelty(info))
 
     @classmethod
-    def from_net(cls, net: nn.Module, info: ModelVersionInfo) -> Classifier:
+    def from_net(
+        cls, net: nn.Module, info: ModelVersionInfo, novelty: NoveltyScorer | None = None
+    ) -> Classifier:
         accuracy = info.tags.get("mnist_test_accuracy")
         return cls(
             net=net.eval(),
@@ -80,6 +86,7 @@ class Classifier:
             trained_on=json.loads(info.tags.get("training_data") or "{}"),
             mnist_test_accuracy=float(accuracy) if accuracy else None,
             temperature=info.temperature,
+            novelty=novelty,
         )
 
     @torch.inference_mode()
@@ -95,6 +102,16 @@ class Classifier:
         pass: ``softmax(logits / temperature)``, which keeps the argmax."""
         _, logits = self.forward(images)
         return torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
+
+    @torch.inference_mode()
+    def answer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (N, 10) and novelty scores (N,) float32 (None without a
+        scorer) of (N, 28, 28) uint8 images, both from the one forward pass."""
+        embeddings, logits = self.forward(images)
+        probabilities = torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
+        if self.novelty is None:
+            return probabilities, None
+        return probabilities, self.novelty.score(embeddings.numpy())
 
     def describe(self) -> TrackInfo:
         return TrackInfo(

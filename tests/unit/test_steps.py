@@ -8,6 +8,7 @@ step trains. MLflow and a serving backend are left to tests/integration/test_loo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -27,6 +28,7 @@ from contracts.records import FeedbackRecord, PredictionRecord
 from contracts.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from contracts.routing import RoutingState
 from model.network import DigitNet
+from model.novelty import NoveltyScorer, embeddings_of, fit_scorer
 from model.registry import ModelVersionInfo, TrainingRecord
 from model.settings import ModelSettings
 from pipelines.drift.detect import DriftSettings
@@ -75,13 +77,24 @@ class FakeRegistry:
         self.infos: dict[str, ModelVersionInfo] = {}
         self.nets: dict[str, nn.Module] = {}
         self.aliases: dict[str, str] = {}
+        self.scorers: dict[str, NoveltyScorer] = {}
 
-    def add(self, net: nn.Module, tags: dict[str, str] | None = None) -> ModelVersionInfo:
+    def add(
+        self,
+        net: nn.Module,
+        tags: dict[str, str] | None = None,
+        novelty: NoveltyScorer | None = None,
+    ) -> ModelVersionInfo:
         version = str(len(self.infos) + 1)
         info = ModelVersionInfo("digitloop-mnist", version, [], tags or {}, f"run-{version}")
         self.infos[version], self.nets[version] = info, net
+        if novelty is not None:
+            self.scorers[version] = novelty
         self.aliases.setdefault(CHAMPION_ALIAS, version)
         return info
+
+    def novelty(self, info: ModelVersionInfo) -> NoveltyScorer | None:
+        return self.scorers.get(info.version)
 
     def log_and_register(self, net: nn.Module, record: TrainingRecord) -> ModelVersionInfo:
         tags = {
@@ -93,7 +106,7 @@ class FakeRegistry:
             tags["feedback_holdout_accuracy"] = (
                 f"{record.extra_metrics['feedback_holdout_accuracy']:.6f}"
             )
-        return self.add(net, tags)
+        return self.add(net, tags, record.novelty)
 
     def get(self, ref: str | int) -> ModelVersionInfo:
         return self.infos[self.aliases.get(str(ref), str(ref))]
@@ -152,6 +165,7 @@ class Drawn:
     version: str = "1"
     image: np.ndarray | None = None
     confidence: float = 0.1  # the answered digit's probability; the rest share what is left
+    novelty: float | None = None  # the score the service logged with it
 
     def probabilities(self) -> np.ndarray:
         probabilities = np.full(10, (1 - self.confidence) / 9, np.float32)
@@ -175,6 +189,7 @@ def log_traffic(store: LocalStore, spool: Path, drawn: Iterable[Drawn]) -> None:
                     probabilities=d.probabilities(),
                     label=d.label,
                     latency_ms=1.0,
+                    novelty=d.novelty,
                 )
             )
         if d.true_label is not None:
@@ -416,6 +431,7 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
     np.testing.assert_array_equal(seen, images[-20:])
     assert output == DriftOutput(
         drift_detected=True,
+        evidently_drift_detected=True,
         drift_score=0.5,
         drifted_columns=("ink_mass", "stroke_width"),
         n_current=20,
@@ -423,6 +439,58 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
     )
     assert ctx.store.get(output.report) == b"<html></html>"
     assert ctx.store.get("reports/run-1/drift_report.json") == b"{}"
+
+
+@pytest.mark.parametrize("logged", [True, False])
+@pytest.mark.parametrize(("flagged", "expected"), [(6, False), (7, True)])
+def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count(
+    ctx, mnist, monkeypatch, flagged, expected, logged
+):
+    """Evidently sees nothing; the champion's scorer flags some of the window's drawings.
+    With 200 answers at a calibrated share of 1 % the test needs 7 flagged (p < 0.005)."""
+    monkeypatch.setattr(
+        "pipelines.steps.drift.detect_drift",
+        lambda *args: Verdict(drift_detected=False, drift_score=0.0, drifted_columns=()),
+    )
+    monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    ctx.mnist = mnist
+    ctx.loop = ctx.loop.model_copy(update={"drift_window": 200})
+    net = ctx.registry.nets["1"]
+    images = mnist.x_test[:200]
+    groups = [f"mnist:{c}" for c in mnist.y_test[:2000]]
+    base = fit_scorer(embeddings_of(net, mnist.x_test[:2000]), groups)
+    computed = base.score(embeddings_of(net, images))
+    # The threshold sits between the flagged-th highest score and the next.
+    ranked = np.sort(computed)
+    threshold = float(ranked[-flagged] + ranked[-flagged - 1]) / 2
+    ctx.registry.scorers["1"] = dataclasses.replace(base, threshold=threshold, share=0.01)
+    start = NOW - timedelta(hours=1)
+    traffic(
+        ctx,
+        [
+            Drawn(
+                f"p{i:03d}",
+                start + timedelta(milliseconds=10 * i),
+                1,
+                image=x,
+                novelty=float(computed[i]) if logged else None,
+            )
+            for i, x in enumerate(images)
+        ],
+    )
+    if logged:
+        # The service logged each answer's score: the step reads them and scores nothing.
+        monkeypatch.setattr(
+            "pipelines.drift.novelty.embeddings_of",
+            lambda *args: pytest.fail("the logged scores were not used"),
+        )
+    output = step_drift(ctx, collected(ctx))
+    assert output.evidently_drift_detected is False
+    assert output.novelty_flagged == flagged
+    assert output.novelty_detected is expected and output.drift_detected is expected
+    report = json.loads(ctx.store.get("reports/run-1/novelty_report.json"))
+    assert report["novelty"]["critical"] == 7
+    assert report["novelty"]["from_log"] == (200 if logged else 0)
 
 
 # -- decide ---------------------------------------------------------------------------------
