@@ -241,8 +241,9 @@ class Prediction(_Answer):
     unusual: bool = Field(
         default=False,
         description="The novelty is above the version's threshold, which flags a known share "
-        "(default 1 %) of held-out drawings like its training data: a drawing unlike what it "
-        "learnt, worth asking the person for the true digit. False without a scorer.",
+        "(DIGITLOOP_NOVELTY_SHARE, 5 %) of held-out drawings like its training data: a "
+        "drawing unlike what it learnt, worth asking the person for the true digit. False "
+        "without a scorer.",
     )
 
     @property

@@ -109,9 +109,11 @@ class Classifier:
         scorer) of (N, 28, 28) uint8 images, both from the one forward pass."""
         embeddings, logits = self.forward(images)
         probabilities = torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
-        if self.novelty is None:
-            return probabilities, None
-        return probabilities, self.novelty.score(embeddings.numpy())
+        return probabilities, self.novelty_of(embeddings)
+
+    def novelty_of(self, embeddings: torch.Tensor) -> np.ndarray | None:
+        """The novelty scores (N,) of :meth:`forward`'s embeddings; None without a scorer."""
+        return None if self.novelty is None else self.novelty.score(embeddings.numpy())
 
     def describe(self) -> TrackInfo:
         return TrackInfo(

@@ -154,7 +154,7 @@ def retrain(
     settings: LoopSettings,
     run_id: str,
     pseudo: PseudoLabels | None = None,
-    novelty_share: float = 0.01,
+    novelty_share: float = 0.05,
 ) -> RetrainResult:
     """Fine-tune the champion on MNIST + the training part of the feedback (+ ``pseudo``);
     register it. A search, when on, scores its trials on human labels only."""

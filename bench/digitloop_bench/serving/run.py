@@ -500,7 +500,8 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
                 )
             settings = ModelSettings(data_dir=Path(source), mlflow_tracking_uri=None)
         # Read the source before the target registry points MLflow at the new store.
-        net, info = Registry(settings).load(CHAMPION_ALIAS)
+        source_registry = Registry(settings)
+        net, info = source_registry.load(CHAMPION_ALIAS)
         say(f"copying champion version {info.version} from {source}")
         record = TrainingRecord(
             params={"copied_from": source, "source_version": info.version},
@@ -509,9 +510,11 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
             seconds=0.0,
             training_data=json.loads(info.tags.get("training_data") or "{}"),
             run_name=f"bench-copy-v{info.version}",
+            novelty=source_registry.novelty(info),
         )
         described = f"champion v{info.version} of {source}"
     else:
+        from model.novelty import fit_for_version
         from model.train import TrainConfig, train
 
         n = min(config.train_images, len(mnist.x_train))
@@ -526,6 +529,13 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
             seconds=result.seconds,
             training_data={"mnist_train": n, "feedback": 0},
             run_name="bench-quick",
+            # Served with a novelty score like a version `digitloop train` registers.
+            novelty=fit_for_version(
+                net,
+                (mnist.x_train[:n], mnist.y_train[:n]),
+                (x_eval, y_eval),
+                ModelSettings().novelty_share,
+            ),
         )
         described = f"quick model (1 epoch, {n} images)"
     target = Registry(ModelSettings(data_dir=data_dir, mlflow_tracking_uri=None))
@@ -625,7 +635,8 @@ def run_bench(
             limit = cost_module.limit_rps(cost.total, cores)
             say(
                 f"cost {cost.total:.3f} ms/request (decode {cost.decode:.3f}, preprocess "
-                f"{cost.preprocess:.3f}, forward {cost.forward:.3f}); limit {limit:.0f} req/s "
+                f"{cost.preprocess:.3f}, forward {cost.forward:.3f}, novelty "
+                f"{cost.novelty:.3f}); limit {limit:.0f} req/s "
                 f"on {cores} cores"
             )
 
