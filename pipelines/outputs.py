@@ -209,6 +209,11 @@ class DriftOutput(StepOutput):
     novelty_p_value: float | None = Field(
         default=None, description="One-sided binomial p-value of the flagged count."
     )
+    novelty_clusters: str | None = Field(
+        default=None,
+        description="Store key of a PNG of the flagged drawings in a few groups (KMeans on "
+        "their embeddings), examples of each.",
+    )
 
 
 # -- decide -------------------------------------------------------------------------------

@@ -75,3 +75,95 @@ def judge_window(
         threshold=scorer.threshold,
         from_log=from_log,
     )
+
+
+# A cluster needs a few drawings to say what a group looks like; more groups than this are
+# more than a person reads in a report.
+MIN_PER_CLUSTER = 4
+MAX_CLUSTERS = 4
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A group of a window's flagged drawings that look alike to the champion."""
+
+    size: int
+    members: tuple[int, ...]  # rows of the flagged drawings, most unusual first
+    mean_novelty: float
+    answered: dict[int, int]  # how often it answered each digit
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def cluster_flagged(
+    embeddings: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    max_clusters: int = MAX_CLUSTERS,
+    seed: int = 0,
+) -> list[Cluster]:
+    """Group flagged drawings by their embeddings (scikit-learn's KMeans), largest first.
+
+    The number of groups, from 1 to ``max_clusters`` with at least ``MIN_PER_CLUSTER``
+    drawings each, is the one with the best silhouette; with fewer than two groups' worth
+    of drawings they are one group.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    n = len(embeddings)
+    if n == 0:
+        return []
+    assignment = np.zeros(n, np.int64)
+    best = -1.0
+    for k in range(2, min(max_clusters, n // MIN_PER_CLUSTER) + 1):
+        fitted = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(embeddings)
+        quality = float(silhouette_score(embeddings, fitted.labels_))
+        if quality > best:
+            best, assignment = quality, fitted.labels_
+    clusters = []
+    for group in np.unique(assignment):
+        rows = np.flatnonzero(assignment == group)
+        rows = rows[np.argsort(-scores[rows], kind="stable")]
+        digits, counts = np.unique(labels[rows], return_counts=True)
+        clusters.append(
+            Cluster(
+                size=len(rows),
+                members=tuple(int(r) for r in rows),
+                mean_novelty=float(scores[rows].mean()),
+                answered={int(d): int(c) for d, c in zip(digits, counts, strict=True)},
+            )
+        )
+    return sorted(clusters, key=lambda c: -c.size)
+
+
+def clusters_png(images: np.ndarray, clusters: list[Cluster], examples: int = 12) -> bytes:
+    """One row per cluster of up to ``examples`` of its drawings (most unusual first)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(len(clusters), 1)
+    fig, axes = plt.subplots(
+        rows, examples, figsize=(examples * 0.8, rows * 1.0 + 0.4), dpi=100, squeeze=False
+    )
+    for axis in axes.ravel():
+        axis.axis("off")
+    for row, cluster in enumerate(clusters):
+        for column, member in enumerate(cluster.members[:examples]):
+            axes[row, column].imshow(images[member], cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(
+            f"group {row + 1}: {cluster.size} drawings, answered "
+            + ", ".join(f"{d} x{c}" for d, c in sorted(cluster.answered.items())),
+            loc="left",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

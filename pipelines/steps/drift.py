@@ -21,6 +21,7 @@ import json
 
 import numpy as np
 
+from model.novelty import embeddings_of
 from pipelines.drift.adapted import TrainingRange, adapted_rows
 from pipelines.drift.detect import (
     WindowTooSmallError,
@@ -29,9 +30,11 @@ from pipelines.drift.detect import (
     detect_drift_adapted,
     model_reference,
 )
-from pipelines.drift.novelty import judge_window, window_scores
+from pipelines.drift.novelty import cluster_flagged, clusters_png, judge_window, window_scores
 from pipelines.outputs import CollectOutput, DriftOutput
 from pipelines.steps.context import LoopContext
+
+_CONTENT_TYPES = {"html": "text/html", "json": "application/json", "png": "image/png"}
 
 
 def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
@@ -72,11 +75,20 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
     if scorer is not None:
         scores, from_log = window_scores(recent, images, net, scorer, info.version)
         novelty = judge_window(scores, scorer, ctx.drift.drift_novelty_alpha, from_log)
+        # What the flagged drawings look like: a few groups, examples of each in the report.
+        flagged = np.flatnonzero(scorer.flagged(scores))
+        labels = recent["label"].to_numpy(dtype=np.int64)[flagged]
+        clusters = cluster_flagged(embeddings_of(net, images[flagged]), scores[flagged], labels)
+        if clusters:
+            files["novelty_clusters.png"] = clusters_png(images[flagged], clusters)
         novelty_fields = {
             "novelty_detected": novelty.detected,
             "novelty_flagged": novelty.flagged,
             "novelty_share": novelty.share,
             "novelty_p_value": novelty.p_value,
+            "novelty_clusters": (
+                f"reports/{ctx.run_id}/novelty_clusters.png" if clusters else None
+            ),
         }
         files["novelty_report.json"] = json.dumps(
             {
@@ -86,6 +98,8 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
                     "drift_score": result.drift_score,
                 },
                 "scorer": scorer.summary(),
+                # Members are rows of the window's flagged drawings, not of the window.
+                "clusters": [c.as_dict() for c in clusters],
                 "model_version": info.version,
             }
         ).encode()
@@ -93,7 +107,7 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
         ctx.store.put(
             f"reports/{ctx.run_id}/{name}",
             data,
-            "text/html" if name.endswith(".html") else "application/json",
+            _CONTENT_TYPES[name.rsplit(".", 1)[-1]],
         )
     return DriftOutput.model_validate(
         {

@@ -21,7 +21,7 @@ from model.novelty import (
     fit_scorer,
     window_test,
 )
-from pipelines.drift.novelty import judge_window, window_scores
+from pipelines.drift.novelty import cluster_flagged, clusters_png, judge_window, window_scores
 
 D = 16
 
@@ -152,3 +152,21 @@ def test_fit_novelty_calibrates_on_held_out_images():
     assert scorer.n_fit == 300 and scorer.n_calibration == 300
     assert scorer.share == pytest.approx(0.05, abs=0.01)
     assert set(scorer.components) == {"mnist:0", "mnist:1"}
+
+
+def test_flagged_drawings_fall_into_the_groups_they_came_from():
+    rng = np.random.default_rng(0)
+    sevens = rng.normal(0, 1, size=(12, D)) + 10.0  # one new way of writing a 7
+    blobs = rng.normal(0, 1, size=(8, D)) - 10.0  # and a smudged pen
+    embeddings = np.concatenate([sevens, blobs])
+    scores = np.arange(20, dtype=np.float32)
+    labels = np.array([7] * 12 + [0] * 8)
+    clusters = cluster_flagged(embeddings, scores, labels)
+    assert [c.size for c in clusters] == [12, 8]
+    assert set(clusters[0].members) == set(range(12)) and clusters[0].answered == {7: 12}
+    assert clusters[1].members[0] == 19  # most unusual first
+    images = np.zeros((20, 28, 28), np.uint8)
+    assert clusters_png(images, clusters).startswith(b"\x89PNG")
+    # Too few for two groups of MIN_PER_CLUSTER: one group; none flagged: none.
+    assert [c.size for c in cluster_flagged(embeddings[:7], scores[:7], labels[:7])] == [7]
+    assert cluster_flagged(embeddings[:0], scores[:0], labels[:0]) == []

@@ -491,6 +491,10 @@ def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count
     report = json.loads(ctx.store.get("reports/run-1/novelty_report.json"))
     assert report["novelty"]["critical"] == 7
     assert report["novelty"]["from_log"] == (200 if logged else 0)
+    # The flagged drawings, grouped, with examples in the report.
+    assert sum(c["size"] for c in report["clusters"]) == flagged
+    assert output.novelty_clusters == "reports/run-1/novelty_clusters.png"
+    assert ctx.store.get(output.novelty_clusters).startswith(b"\x89PNG")
 
 
 # -- decide ---------------------------------------------------------------------------------
