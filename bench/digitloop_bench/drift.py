@@ -2,9 +2,13 @@
 
     .venv/bin/python -m digitloop_bench.drift calibrate [--windows N] [--json]
     .venv/bin/python -m digitloop_bench.drift adapted --model-file champ.pt [--json]
+    .venv/bin/python -m digitloop_bench.drift novelty [--model-file m.pt] [--share S] [--json]
 
 ``calibrate`` measures one model against its MNIST reference; ``adapted`` measures the rule
-for a champion fine-tuned on a drifted population (see :func:`adapted`). The figures in
+for a champion fine-tuned on a drifted population (see :func:`adapted`); ``novelty`` the
+per-drawing novelty window test alone and OR'ed with Evidently's, on windows where 10 %,
+25 % or all of the drawings are shifted, for every candidate score (see :func:`novelty`;
+its figures are in :mod:`model.novelty`, about 7 minutes on one loaded core). The figures in
 :mod:`pipelines.drift.detect` came from
 
     .venv/bin/python -m digitloop_bench.drift adapted --model-file champ.pt \
