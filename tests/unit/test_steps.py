@@ -552,6 +552,25 @@ def test_decide(ctx, joined, drift, accuracy, canary, retrain, reason):
     assert output.retrain is retrain and output.reasons[0] == reason
 
 
+def test_decide_says_when_the_novelty_test_found_the_drift(ctx):
+    drift = DriftOutput(
+        drift_detected=True,
+        evidently_drift_detected=False,
+        novelty_detected=True,
+        novelty_flagged=23,
+        novelty_share=0.05,
+        novelty_p_value=0.0012,
+        n_current=200,
+        drift_score=0.07,
+    )
+    output = step_decide(ctx, collect_output(40), quality_output(40, 40), drift)
+    assert output.retrain is True
+    assert output.reasons[0] == (
+        "drift detected: 23 unusual drawings of 200 (10 expected, p = 0.0012), not in "
+        "Evidently's columns (score 0.07)"
+    )
+
+
 def test_decide_judges_the_champion_on_its_own_answers(ctx):
     """The answers of the version it replaced (all corrected here) are no reason to retrain."""
     old = AnswerQuality(answers=100, confirmed=0, corrected=100)
