@@ -121,6 +121,9 @@ def train(
         "version": info.version,
         "aliases": info.aliases,
         "mnist_test_accuracy": test.accuracy,
+        # The share of MNIST test its novelty threshold flags (model.novelty), and the threshold.
+        "novelty_share": novelty.share,
+        "novelty_threshold": novelty.threshold,
         "train_seconds": round(trained.result.seconds, 1),
         "run_id": info.run_id,
         "tracking_uri": registry.settings.tracking_uri,

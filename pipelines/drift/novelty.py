@@ -162,7 +162,8 @@ def clusters_png(images: np.ndarray, clusters: list[Cluster], examples: int = 12
             loc="left",
             fontsize=8,
         )
-    fig.tight_layout()
+    # Not tight_layout: each row's title runs across the row's images, wider than one axis.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.9, hspace=0.5, wspace=0.05)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

@@ -260,8 +260,7 @@ def test_an_unusual_drawing_is_asked_about_however_sure_the_model_is(
     open_app(page, ui_asks_unusual)
     labelled = set(served.feedback_records())
     draw(page, SCRIBBLE)
-    page.click("#predict")
-    digit, answer_id = settled_answer(page)
+    digit, draft_id = settled_answer(page)  # the stroke's end answers a draft
     prompt = page.locator("#ask .dl-ask")
     prompt.wait_for()
     assert prompt.inner_text().strip() == (
@@ -270,16 +269,17 @@ def test_an_unusual_drawing_is_asked_about_however_sure_the_model_is(
     )
     wait_idle(page)
     page.screenshot(path=str(artifacts / "sketchpad-unusual.png"), full_page=True)
-    # The logged answer carries the score that flagged it.
-    wait_logged(served, answer_id)
-    row = read_predictions(LocalStore(served.store_dir), ids=[answer_id]).iloc[0]
-    assert row["novelty"] > 0 and row["model_version"] == "1"
 
     page.click("#label-3")  # the person's answer: it was meant as a 3
     wait_for_message(page, r"^Thanks! Recorded")
     prompt.wait_for(state="detached")
     ((final_id, record),) = new_feedback(served, labelled).items()
-    assert (final_id, record["label"], record["source"]) == (answer_id, 3, ASKED_SOURCE)
+    assert (record["label"], record["source"]) == (3, ASKED_SOURCE)
+    assert draft_id.startswith("draft.") and not final_id.startswith("draft.")
+    # The logged drawing carries the score that flagged it, from the version that answered.
+    wait_logged(served, final_id)
+    row = read_predictions(LocalStore(served.store_dir), ids=[final_id]).iloc[0]
+    assert row["model_version"] == "1" and row["novelty"] > 0
     assert page.errors == []  # type: ignore[attr-defined]
 
 

@@ -180,8 +180,10 @@ def test_answers_say_how_unusual_the_drawing_is_for_the_version(service: Service
     blob[6:22, 6:22] = 255  # a filled square: ink, but no digit
     drawings = [mnist.x_test[i].tolist() for i in range(20)] + [blob.tolist()]
     with service.client() as client:
+        before = _counted(client.get("/metrics").text, "digitloop_unusual_answers_total")
         answers = [client.post("/predict", json={"pixels": d}).json() for d in drawings]
         batch = client.post("/predict_batch", json={"pixels": drawings}).json()
+        after = client.get("/metrics").text
     registry = Registry(
         ModelSettings(
             data_dir=Path(service.env["DIGITLOOP_DATA_DIR"]),
@@ -200,6 +202,10 @@ def test_answers_say_how_unusual_the_drawing_is_for_the_version(service: Service
     assert [a["unusual"] for a in answers] == [bool(s > scorer.threshold) for s in expected]
     assert answers[-1]["unusual"] is True
     assert sum(a["unusual"] for a in answers[:-1]) <= 3
+    # Counted per version and track: the single answers and the batch's.
+    flagged = 2 * sum(a["unusual"] for a in answers)
+    assert _counted(after, "digitloop_unusual_answers_total") - before == flagged
+    assert 'digitloop_unusual_answers_total{model_version="1",track="stable"}' in after
     assert registry.novelty(registry.get("2")) is None  # its answers: see the canary test
 
 
