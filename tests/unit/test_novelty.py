@@ -17,6 +17,7 @@ from model.novelty import (
     calibrate_threshold,
     critical_count,
     embeddings_of,
+    fit_for_version,
     fit_novelty,
     fit_scorer,
     window_test,
@@ -170,3 +171,37 @@ def test_flagged_drawings_fall_into_the_groups_they_came_from():
     # Too few for two groups of MIN_PER_CLUSTER: one group; none flagged: none.
     assert [c.size for c in cluster_flagged(embeddings[:7], scores[:7], labels[:7])] == [7]
     assert cluster_flagged(embeddings[:0], scores[:0], labels[:0]) == []
+
+
+def test_a_version_fine_tuned_on_new_traffic_does_not_find_that_traffic_novel(mnist):
+    """fit_for_version on the traffic a version was adapted to (here MNIST inverted, a
+    population no MNIST scorer knows): fresh drawings of it are flagged at about the
+    calibrated share, where a scorer of MNIST alone flags most of them."""
+    torch.manual_seed(0)
+    net = DigitNet().eval()
+
+    def inverted(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(start, start + n)
+        return (255 - mnist.x_train[rows]).astype(np.uint8), mnist.y_train[rows]
+
+    train, test = (
+        (mnist.x_train[:2000], mnist.y_train[:2000]),
+        (
+            mnist.x_test[:1000],
+            mnist.y_test[:1000],
+        ),
+    )
+    adapted = fit_for_version(
+        net,
+        train,
+        test,
+        0.05,
+        traffic=[Source("traffic", *inverted(2000, 600))],
+        traffic_held_out=[Source("traffic", *inverted(2600, 200))],
+        fit_size=2000,
+    )
+    plain = fit_for_version(net, train, test, 0.05, fit_size=2000)
+    assert {c.split(":")[0] for c in adapted.components} == {"mnist", "traffic"}
+    fresh = embeddings_of(net, inverted(3000, 500)[0])
+    assert adapted.flagged(adapted.score(fresh)).mean() < 0.1
+    assert plain.flagged(plain.score(fresh)).mean() > 0.5

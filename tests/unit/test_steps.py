@@ -615,6 +615,12 @@ def test_retrain_registers_a_gated_challenger_once_per_run(ctx, mnist):
     assert output.mnist_test_accuracy == float(challenger.tags["mnist_test_accuracy"])
     assert output.holdout_accuracy == float(challenger.tags["feedback_holdout_accuracy"])
     assert output.gate_reasons and output.mlflow_run_id == challenger.run_id
+    # Registered with a novelty scorer of its own training data, calibrated on MNIST test
+    # (the 10 held-out labels are too few to calibrate on; 35 traffic images too few for
+    # a component per class).
+    scorer = ctx.registry.scorers["2"]
+    assert scorer.n_calibration == 300 and scorer.n_fit == 300
+    assert all(c.startswith("mnist:") for c in scorer.components)
     # An Argo retry of the step judges the version this run registered, not a new one.
     assert step_retrain(ctx, collect) == output and len(ctx.registry.versions()) == 2
 
