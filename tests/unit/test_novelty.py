@@ -184,13 +184,8 @@ def test_a_version_fine_tuned_on_new_traffic_does_not_find_that_traffic_novel(mn
         rows = slice(start, start + n)
         return (255 - mnist.x_train[rows]).astype(np.uint8), mnist.y_train[rows]
 
-    train, test = (
-        (mnist.x_train[:2000], mnist.y_train[:2000]),
-        (
-            mnist.x_test[:1000],
-            mnist.y_test[:1000],
-        ),
-    )
+    train = (mnist.x_train[:2000], mnist.y_train[:2000])
+    test = (mnist.x_test[:1000], mnist.y_test[:1000])
     adapted = fit_for_version(
         net,
         train,
