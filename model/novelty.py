@@ -51,6 +51,33 @@ thick drawings, 10 % of shifted, 12 % of wobbly (4.5 % of MNIST): a 10 % minorit
 those adds one or two flags to a window's ten expected ones. What it does see is drawings
 the network has not learnt to map onto MNIST: small off-centre digits (30 % flagged),
 typeset (28 %) and seven-segment digits (46 %).
+
+The window test and Evidently's, alone and either (the drift step's verdict), at S = 5 %
+on 200-image windows and on 400 (the loop's ``drift_window``; ``--window-size 400``):
+
+=========================  ==============================  ==============================
+population, shifted share  200: novelty, Evidently, either  400: novelty, Evidently, either
+=========================  ==============================  ==============================
+MNIST (false alarms)       0, 6, 6 of 300 (2.0 %)          0, 8, 8 of 300 (2.7 %)
+seven-segment 10 %         15, 3, 15 of 50                 31, 2, 32 of 50
+small off-centre 10 %      2, 0, 2 of 50                   9, 1, 10 of 50
+typeset 10 %               2, 3, 5 of 50                   7, 1, 8 of 50
+thick, thin, rotated,      at most 1, 3, 3 of 50           at most 1, 6, 7 of 50
+shifted, wobbly 10 %
+seven-segment 25 %         48, 43, 48 of 50                50, 50, 50 of 50
+small off-centre 25 %      36, 19, 39 of 50                49, 35, 50 of 50
+typeset 25 %               28, 14, 31 of 50                46, 34, 49 of 50
+thick 25 %                 1, 39, 39 of 50                 1, 50, 50 of 50
+thin 25 %                  8, 35, 37 of 50                 23, 50, 50 of 50
+rotated 25 %               4, 1, 5 of 50                   19, 9, 25 of 50
+wobbly 25 %                1, 1, 2 of 50                   5, 4, 7 of 50
+shifted 25 %               1, 1, 2 of 50                   0, 1, 1 of 50
+every style 100 %          either 47-50 of 50              either 50 of 50
+=========================  ==============================  ==============================
+
+The window test adds no false alarm to Evidently's on 300 clean windows at either size.
+Scoring one request's embedding took 12-105 us (median of 5 x 1,000 calls, on 2 cores
+shared with other jobs at a load of 4-6).
 """
 
 from __future__ import annotations
