@@ -200,3 +200,15 @@ def test_a_version_fine_tuned_on_new_traffic_does_not_find_that_traffic_novel(mn
     fresh = embeddings_of(net, inverted(3000, 500)[0])
     assert adapted.flagged(adapted.score(fresh)).mean() < 0.1
     assert plain.flagged(plain.score(fresh)).mean() > 0.5
+
+
+def test_the_score_is_the_relative_mahalanobis_distance():
+    """min_k (z - m_k)' P (z - m_k) - (z - m0)' P0 (z - m0), as the docstring defines it."""
+    scorer = calibrated()
+    z, _ = gaussian_classes(30, seed=11, offset=1.0)
+    w, w0 = scorer.whitening.astype(np.float64), scorer.background_whitening.astype(np.float64)
+    nearest = np.min(
+        [np.square((z - m) @ w).sum(axis=1) for m in scorer.means.astype(np.float64)], axis=0
+    )
+    background = np.square((z - scorer.background_mean) @ w0).sum(axis=1)
+    np.testing.assert_allclose(scorer.score(z), nearest - background, rtol=1e-4, atol=1e-2)
