@@ -232,6 +232,19 @@ class Prediction(_Answer):
         default=False,
         description="An answer to a draft: not logged, and its id takes no feedback.",
     )
+    novelty: float | None = Field(
+        default=None,
+        description="How unusual the drawing is for the model version that answered (higher "
+        "is more unusual; its relative Mahalanobis distance to the version's training "
+        "data); null when the version has no novelty scorer.",
+    )
+    unusual: bool = Field(
+        default=False,
+        description="The novelty is above the version's threshold, which flags a known share "
+        "(DIGITLOOP_NOVELTY_SHARE, 5 %) of held-out drawings like its training data: a "
+        "drawing unlike what it learnt, worth asking the person for the true digit. False "
+        "without a scorer.",
+    )
 
     @property
     def confidence(self) -> float:

@@ -68,6 +68,9 @@ PREDICTIONS_SCHEMA = pa.schema(
         ),
         pa.field("label", pa.int8(), nullable=False),
         pa.field("latency_ms", pa.float32(), nullable=False),
+        # The answering version's novelty score (model.novelty); null for a version
+        # registered without a scorer, and in files written before the column existed.
+        pa.field("novelty", pa.float32(), nullable=True),
     ]
 )
 """One row per prediction in every ``predictions/`` object."""
@@ -138,6 +141,7 @@ class PredictionRecord:
     probabilities: np.ndarray  # (DIGITS,) float32
     label: int
     latency_ms: float
+    novelty: float | None = None  # the version's novelty score, None without a scorer
 
     def __post_init__(self) -> None:
         check_name(self.prediction_id, "prediction_id")

@@ -77,6 +77,7 @@ def train(
     with cli_errors():
         from model.data import load_mnist
         from model.evaluate import evaluate as evaluate_net
+        from model.novelty import fit_for_version
         from model.registry import Registry, TrainingRecord
         from model.train import TrainConfig
         from model.train import train as train_net
@@ -97,6 +98,12 @@ def train(
         else:
             trained = _search(data.x_train, data.y_train, config, trials, timeout, registry)
         test = evaluate_net(trained.result.net, data.x_test, data.y_test)
+        novelty = fit_for_version(
+            trained.result.net,
+            (data.x_train, data.y_train),
+            (data.x_test, data.y_test),
+            registry.settings.novelty_share,
+        )
         record = TrainingRecord.of(
             trained.config,
             trained.result,
@@ -104,6 +111,7 @@ def train(
             trained.training_data,
             extra_params={"limit": limit, **trained.params},
             run_name=trained.run_name,
+            novelty=novelty,
         )
         info = registry.log_and_register(trained.result.net, record)
         if trained.search_run_id:
@@ -113,6 +121,9 @@ def train(
         "version": info.version,
         "aliases": info.aliases,
         "mnist_test_accuracy": test.accuracy,
+        # The share of MNIST test its novelty threshold flags (model.novelty), and the threshold.
+        "novelty_share": novelty.share,
+        "novelty_threshold": novelty.threshold,
         "train_seconds": round(trained.result.seconds, 1),
         "run_id": info.run_id,
         "tracking_uri": registry.settings.tracking_uri,

@@ -22,6 +22,7 @@ from torch import nn
 from contracts.errors import ModelNotFoundError
 from contracts.registry import CHAMPION_ALIAS
 from model.evaluate import Evaluation, plot_confusion
+from model.novelty import NoveltyScorer
 from model.settings import ModelSettings
 from model.train import TrainConfig, TrainResult
 
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 TEMPERATURE_TAG = "temperature"
+# The novelty scorer's summary (JSON) as a version tag; its arrays are the run's artefact.
+NOVELTY_TAG = "novelty"
+NOVELTY_ARTIFACT = "novelty/novelty.npz"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class TrainingRecord:
     parent_version: str | None = None
     extra_metrics: dict[str, float] = field(default_factory=dict)
     run_name: str | None = None
+    # Fitted on this version's own training data (model.novelty); None: served without.
+    novelty: NoveltyScorer | None = None
 
     @classmethod
     def of(
@@ -202,6 +208,18 @@ class Registry:
             }
             if calibration is not None:
                 tags[TEMPERATURE_TAG] = f"{calibration.temperature:.6f}"
+            if record.novelty is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / Path(NOVELTY_ARTIFACT).name
+                    path.write_bytes(record.novelty.to_bytes())
+                    mlflow.log_artifact(str(path), str(Path(NOVELTY_ARTIFACT).parent))
+                mlflow.log_metrics(
+                    {
+                        "novelty_threshold": record.novelty.threshold,
+                        "novelty_share": record.novelty.share,
+                    }
+                )
+                tags[NOVELTY_TAG] = json.dumps(record.novelty.summary(), sort_keys=True)
             if "feedback_holdout_accuracy" in record.extra_metrics:
                 tags["feedback_holdout_accuracy"] = (
                     f"{record.extra_metrics['feedback_holdout_accuracy']:.6f}"
@@ -285,6 +303,26 @@ class Registry:
             for mv in found
         ]
         return sorted(infos, key=lambda info: int(info.version))
+
+    def novelty(self, info: ModelVersionInfo) -> NoveltyScorer | None:
+        """A version's novelty scorer; None for one registered without (older versions),
+        or when its artefact cannot be read (logged: the version still serves)."""
+        if not info.tags.get(NOVELTY_TAG) or not info.run_id:
+            return None
+        import mlflow
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=info.run_id,
+                    artifact_path=NOVELTY_ARTIFACT,
+                    dst_path=tmp,
+                    tracking_uri=self.settings.tracking_uri,
+                )
+                return NoveltyScorer.from_bytes(Path(path).read_bytes())
+        except Exception as exc:
+            log.warning("version %s: no novelty scorer (%s)", info.version, exc)
+            return None
 
     def load(self, ref: str | int = CHAMPION_ALIAS) -> tuple[nn.Module, ModelVersionInfo]:
         """Load a version (number or alias) as an ``nn.Module`` in eval mode on the CPU."""

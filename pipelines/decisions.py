@@ -45,8 +45,12 @@ def decide(
     overall: AnswerQuality,
     by_answer: dict[int, AnswerQuality],
     settings: DecisionSettings,
+    drift_reason: str | None = None,
 ) -> RetrainDecision:
     """Retrain when enough new labels came in AND something says the model lags.
+
+    ``drift_reason`` says why the drift step flagged the window, when it was not Evidently's
+    share of columns (``drift_score``) alone.
 
     The triggers: the drift step flagged the window; so many answers were corrected that
     accuracy must be under its threshold; the label-free estimate is under it (when
@@ -56,7 +60,7 @@ def decide(
     """
     triggers: list[str] = []
     if drift_detected:
-        triggers.append(f"drift detected (score {drift_score:.2f})")
+        triggers.append(drift_reason or f"drift detected (score {drift_score:.2f})")
     if overall.answers:
         ceiling = (overall.answers - overall.corrected) / overall.answers
         if ceiling < settings.accuracy_threshold:

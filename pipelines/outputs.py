@@ -191,6 +191,29 @@ class DriftOutput(StepOutput):
         default_factory=dict,
         description="Share of drifted columns against each mix, keyed by its adapted share.",
     )
+    # drift_detected is either test's: Evidently's columns, or the novelty window test.
+    evidently_drift_detected: bool | None = Field(
+        default=None, description="Evidently's column tests alone."
+    )
+    novelty_detected: bool | None = Field(
+        default=None,
+        description="The novelty window test alone (more unusual drawings than the "
+        "champion's calibrated share allows); unset for a champion without a scorer.",
+    )
+    novelty_flagged: int | None = Field(
+        default=None, description="Drawings of the window flagged unusual."
+    )
+    novelty_share: float | None = Field(
+        default=None, description="The champion's calibrated flagged share: the test's null."
+    )
+    novelty_p_value: float | None = Field(
+        default=None, description="One-sided binomial p-value of the flagged count."
+    )
+    novelty_clusters: str | None = Field(
+        default=None,
+        description="Store key of a PNG of the flagged drawings in a few groups (KMeans on "
+        "their embeddings), examples of each.",
+    )
 
 
 # -- decide -------------------------------------------------------------------------------

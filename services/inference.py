@@ -25,6 +25,7 @@ from torch import nn
 
 from contracts.api import MAX_SIDE, TrackInfo
 from model.network import to_tensor
+from model.novelty import NoveltyScorer
 from model.preprocess import decode_image, to_mnist
 from model.registry import ModelVersionInfo, Registry
 from services.errors import BadRequest, PayloadTooLarge
@@ -163,6 +164,9 @@ class Classifier:
     temperature: float = 1.0
     # What runs the forward pass: torch on ``net``, or ONNX Runtime on its export.
     runtime: Runtime = "torch"
+    # The version's novelty scorer (model.novelty), read once at load; None for a version
+    # registered without one: its answers then carry no novelty.
+    novelty: NoveltyScorer | None = None
     # 1/T as a 0-d tensor: multiplying by it cost 8 us per call where dividing by the
     # Python float cost 20 (a scalar wrapped into a tensor on every request).
     _inverse_temperature: torch.Tensor = field(init=False, repr=False)
@@ -180,11 +184,15 @@ class Classifier:
     @classmethod
     def from_registry(cls, ref: str, registry: Registry, runtime: Runtime = "torch") -> Classifier:
         net, info = registry.load(ref)
-        return cls.from_net(net, info, runtime=runtime)
+        return cls.from_net(net, info, registry.novelty(info), runtime=runtime)
 
     @classmethod
     def from_net(
-        cls, net: nn.Module, info: ModelVersionInfo, runtime: Runtime = "torch"
+        cls,
+        net: nn.Module,
+        info: ModelVersionInfo,
+        novelty: NoveltyScorer | None = None,
+        runtime: Runtime = "torch",
     ) -> Classifier:
         accuracy = info.tags.get("mnist_test_accuracy")
         return cls(
@@ -195,6 +203,7 @@ class Classifier:
             mnist_test_accuracy=float(accuracy) if accuracy else None,
             temperature=info.temperature,
             runtime=runtime,
+            novelty=novelty,
         )
 
     @torch.inference_mode()
@@ -213,6 +222,18 @@ class Classifier:
         pass: ``softmax(logits / temperature)``, which keeps the argmax."""
         _, logits = self.forward(images)
         return torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
+
+    @torch.inference_mode()
+    def answer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (N, 10) and novelty scores (N,) float32 (None without a
+        scorer) of (N, 28, 28) uint8 images, both from the one forward pass."""
+        embeddings, logits = self.forward(images)
+        probabilities = torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
+        return probabilities, self.novelty_of(embeddings)
+
+    def novelty_of(self, embeddings: torch.Tensor) -> np.ndarray | None:
+        """The novelty scores (N,) of :meth:`forward`'s embeddings; None without a scorer."""
+        return None if self.novelty is None else self.novelty.score(embeddings.numpy())
 
     def describe(self) -> TrackInfo:
         return TrackInfo(

@@ -28,6 +28,7 @@ class ServiceMetrics:
     spool_depth: object
     model_info: object
     confidence: object
+    unusual: object
 
 
 @cache
@@ -91,5 +92,12 @@ def service_metrics() -> ServiceMetrics:
             ),
             labelnames=["model_version", "track"],
             buckets=CONFIDENCE_BUCKETS,
+        ),
+        unusual=bentoml.metrics.Counter(
+            name="digitloop_unusual_answers_total",
+            documentation="Answers to drawings flagged unusual (novelty above the version's "
+            "threshold), by model version and track; over digitloop_predictions_total, the "
+            "flagged share the drift step tests.",
+            labelnames=["model_version", "track"],
         ),
     )

@@ -336,12 +336,16 @@ class DigitService:
         from contracts.records import PredictionRecord
 
         track, classifier = picked
-        probabilities = classifier.predict(digits)
+        probabilities, scores = classifier.answer(digits)
         labels = probabilities.argmax(axis=1)
+        novelty = [None] * len(digits) if scores is None else [float(s) for s in scores]
+        unusual = [False] * len(digits) if scores is None else classifier.novelty.flagged(scores)
         now = datetime.now(UTC)
         latency_ms = (time.perf_counter() - started) * 1000
         answers = []
-        for digit, probs, label in zip(digits, probabilities, labels, strict=True):
+        for digit, probs, label, score, odd in zip(
+            digits, probabilities, labels, novelty, unusual, strict=True
+        ):
             prediction_id = self.ids.new(track, classifier.version, int(label), draft=draft)
             answers.append(
                 Prediction(
@@ -351,6 +355,8 @@ class DigitService:
                     model_version=classifier.version,
                     track=track,
                     draft=draft,
+                    novelty=None if score is None else round(score, 4),
+                    unusual=bool(odd),
                 )
             )
             if draft:
@@ -368,8 +374,11 @@ class DigitService:
                     probabilities=probs,
                     label=int(label),
                     latency_ms=latency_ms,
+                    novelty=score,
                 )
             )
+            if odd:
+                self.metrics.unusual.labels(model_version=classifier.version, track=track).inc()
             self.metrics.predictions.labels(
                 label=str(label), model_version=classifier.version, track=track
             ).inc()

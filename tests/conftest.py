@@ -257,12 +257,13 @@ def tiny_split(mnist, n_train: int, n_test: int, seed: int = 0):
 @pytest.fixture(scope="session")
 def sketch_service(tmp_path_factory: pytest.TempPathFactory, mnist):
     """One served model for the UI and browser tests: trained with augmentation, so digits
-    drawn with a mouse are recognised, on a local store the tests can read."""
+    drawn with a mouse are recognised, on a local store the tests can read; registered with
+    a novelty scorer, so its answers say when a drawing is unusual."""
     from tests.serving import Service, register_models
 
     root = tmp_path_factory.mktemp("sketch-service")
     env = {"DIGITLOOP_DATA_DIR": str(root / "data"), "DIGITLOOP_WORKERS": "1"}
-    register_models(mnist, env, count=1, n_train=5000, epochs=2, augment=True)
+    register_models(mnist, env, count=1, n_train=5000, epochs=2, augment=True, scored=1)
     service = Service(env, root / "serve.log").start()
     yield service
     service.stop()

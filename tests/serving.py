@@ -54,8 +54,13 @@ def register_models(
     n_train: int = 4000,
     epochs: int = 1,
     augment: bool = False,
+    scored: int = 0,
 ) -> list[str]:
-    """Train ``count`` small models (different seeds) and register them; returns versions."""
+    """Train ``count`` small models (different seeds) and register them; returns versions.
+
+    The first ``scored`` are registered with a novelty scorer (model.novelty) fitted on
+    their training images and calibrated on 500 held-out ones; the rest without, as
+    versions registered before scorers existed."""
     from model.registry import Registry, TrainingRecord
     from model.settings import ModelSettings
     from model.train import TrainConfig
@@ -71,6 +76,14 @@ def register_models(
     for seed in range(count):
         config = TrainConfig(epochs=epochs, batch_size=64, augment=augment, seed=seed)
         result, mnist_test = trained(mnist, n_train, config)
+        novelty = None
+        if seed < scored:
+            from model.novelty import fit_for_version
+
+            x, y, x_test, y_test = tiny_split(mnist, n_train, 500)
+            novelty = fit_for_version(
+                result.net, (x, y), (x_test, y_test), settings.novelty_share, fit_size=n_train
+            )
         info = registry.log_and_register(
             result.net,
             TrainingRecord.of(
@@ -79,6 +92,7 @@ def register_models(
                 mnist_test,
                 {"mnist_train": n_train},
                 parent_version=versions[-1] if versions else None,
+                novelty=novelty,
             ),
         )
         versions.append(info.version)

@@ -27,9 +27,10 @@ class UISettings(ServiceUrlSettings):
     ask_below_confidence: float = Field(
         default=0.8,
         ge=0,
-        description="Ask the person to check an answer whose top probability is below this "
-        "(0 never asks; above 1 always asks): the sketchpad says it is unsure and asks for "
-        "the right digit, and feedback given then carries source `sketchpad-asked`.",
+        description="Ask the person to check an answer whose top probability is below this, "
+        "or whose drawing the model flagged unusual (0 never asks; above 1 always asks): the "
+        "sketchpad says so and asks for the right digit, and feedback given then carries "
+        "source `sketchpad-asked`.",
     )
     request_timeout_s: float = Field(
         default=DEFAULT_TIMEOUT_S,

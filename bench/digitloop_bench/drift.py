@@ -2,9 +2,13 @@
 
     .venv/bin/python -m digitloop_bench.drift calibrate [--windows N] [--json]
     .venv/bin/python -m digitloop_bench.drift adapted --model-file champ.pt [--json]
+    .venv/bin/python -m digitloop_bench.drift novelty [--model-file m.pt] [--share S] [--json]
 
 ``calibrate`` measures one model against its MNIST reference; ``adapted`` measures the rule
-for a champion fine-tuned on a drifted population (see :func:`adapted`). The figures in
+for a champion fine-tuned on a drifted population (see :func:`adapted`); ``novelty`` the
+per-drawing novelty window test alone and OR'ed with Evidently's, on windows where 10 %,
+25 % or all of the drawings are shifted, for every candidate score (see :func:`novelty`;
+its figures are in :mod:`model.novelty`, about 7 minutes on one loaded core). The figures in
 :mod:`pipelines.drift.detect` came from
 
     .venv/bin/python -m digitloop_bench.drift adapted --model-file champ.pt \
@@ -50,6 +54,7 @@ from torch import nn
 
 from contracts.cli import JsonOption, MnistOption, cli_errors, emit, setup_logging, stderr
 from digitloop_bench.shifts import SHIFTS, in_distribution, make_shift
+from model.novelty import NoveltyScorer, critical_count
 from pipelines.drift.adapted import mixture, mixture_grid
 from pipelines.drift.columns import ColumnTests
 from pipelines.drift.detect import (
@@ -60,7 +65,13 @@ from pipelines.drift.detect import (
     detect_drift,
     detect_drift_adapted,
 )
-from pipelines.drift.features import CLASS_COLUMN, feature_frame, featurise, model_outputs
+from pipelines.drift.features import (
+    CLASS_COLUMN,
+    ModelOutputs,
+    feature_frame,
+    featurise,
+    model_outputs,
+)
 from pipelines.drift.reference import (
     Reference,
     build_reference,
@@ -856,9 +867,284 @@ def _adapted_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+# -- per-drawing novelty: a minority drawing differently -----------------------------------
+
+NOVELTY_MIXES = (0.1, 0.25, 1.0)
+NOVELTY_POWER_GOALS = {0.1: 0.8, 0.25: 0.95, 1.0: 1.0}
+COMBINED_FALSE_ALARMS_MAX = 0.03
+
+
+def candidate_scores(
+    scorer: NoveltyScorer, embeddings: np.ndarray, logits: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every candidate novelty score of one forward pass's outputs; higher is more unusual.
+
+    ``max_probability``: minus the top softmax probability (Hendrycks and Gimpel, 2017);
+    ``energy``: minus the logits' log-sum-exp (Liu et al., 2020); ``mahalanobis``: the
+    squared distance to the nearest class mean under the shared covariance (Lee et al.,
+    2018); ``relative_mahalanobis``: that minus the distance to one Gaussian of all the
+    training embeddings (Ren et al., 2021), the scorer :mod:`model.novelty` fits.
+    """
+    from scipy.special import logsumexp, softmax
+
+    background = dataclasses.replace(scorer, background_whitening=scorer.background_whitening * 0)
+    return {
+        "max_probability": -softmax(logits, axis=1).max(axis=1),
+        "energy": -logsumexp(logits, axis=1),
+        "mahalanobis": background.score(embeddings),
+        "relative_mahalanobis": scorer.score(embeddings),
+    }
+
+
+def novelty(
+    model_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A DigitNet state dict (torch.save); default a quick model.", exists=True
+        ),
+    ] = None,
+    save_model: Annotated[
+        Path | None, typer.Option(help="Save the quick model's state dict here.")
+    ] = None,
+    windows: Annotated[
+        int, typer.Option(min=10, help="Unshifted MNIST windows (false alarms).")
+    ] = 300,
+    shift_windows: Annotated[
+        int, typer.Option(min=5, help="Windows per shifted population and mix (power).")
+    ] = 50,
+    window_size: Annotated[int, typer.Option(min=10, help="Images per window.")] = 200,
+    mixes: Annotated[
+        list[float] | None,
+        typer.Option("--mix", min=0.01, max=1.0, help="Shifted share of a window (repeatable)."),
+    ] = None,
+    shifts: Annotated[
+        list[str] | None, typer.Option("--shift", help="Only these shifts (repeatable).")
+    ] = None,
+    pool: Annotated[int, typer.Option(min=200, help="Images per shifted population.")] = 2000,
+    fit_size: Annotated[
+        int, typer.Option(min=500, help="MNIST training digits the scorer is fitted on.")
+    ] = 10000,
+    share: Annotated[
+        float | None,
+        typer.Option(help="Share of held-out MNIST flagged (default: the novelty_share setting)."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="The window test's p-value threshold (default: the setting)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the windows, shifts and quick model.")] = 0,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
+    mnist: MnistOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per-drawing novelty: false alarms and power of the window test, alone and OR'ed with
+    the Evidently column tests, on windows where a share of the drawings is shifted.
+
+    The scorer is fitted on --fit-size MNIST training digits and calibrated on the drift
+    reference's half of MNIST test (as logged by the service); windows draw their unshifted
+    drawings from the other half. Every candidate score of :func:`candidate_scores` is run
+    through the same windows, each with its own threshold at the same share.
+    """
+    setup_logging()
+    with cli_errors():
+        import torch
+
+        from model.data import load_mnist
+        from model.novelty import calibrate_threshold, fit_novelty, logged_source, window_test
+        from model.settings import ModelSettings
+
+        if threads:
+            torch.set_num_threads(threads)
+        chosen = shifts or list(SHIFTS)
+        unknown = [s for s in chosen if s not in SHIFTS]
+        if unknown:
+            raise typer.BadParameter(f"unknown shift(s) {unknown}; choose from {list(SHIFTS)}")
+        mixes = sorted(mixes or NOVELTY_MIXES)
+        settings = DriftSettings()
+        share = share if share is not None else ModelSettings().novelty_share
+        alpha = alpha if alpha is not None else settings.drift_novelty_alpha
+        data = load_mnist(mnist)
+        net, model_name = load_net(None, model_file, data.x_train, data.y_train, seed, save_model)
+        started = time.perf_counter()
+        spec = settings.reference_spec()
+        reference_idx, holdout = split_indices(len(data.x_test), spec.size, spec.seed)
+        calibration = logged_source("mnist", data.x_test[reference_idx], data.y_test[reference_idx])
+        train_source = logged_source("mnist", data.x_train, data.y_train, fit_size, seed)
+        scorer = fit_novelty(net, [train_source], [calibration], share)
+        reference = mnist_reference(net, data.x_test, spec)
+        tests = column_tests(list(reference.features.columns), settings)
+        reference_matrix = tests.matrix(reference.features)
+
+        def prepare(images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            outputs = _forward(net, images)
+            frame = feature_frame(
+                images,
+                ModelOutputs(_softmax(outputs[1]), outputs[0]),
+                reference.summary,
+            )
+            return candidate_scores(scorer, *outputs), tests.matrix(frame)
+
+        calibration_scores, _ = prepare(calibration.images)
+        thresholds = {
+            name: calibrate_threshold({"mnist": values}, share)[:2]
+            for name, values in calibration_scores.items()
+        }
+        x_in, _ = in_distribution(data.x_test[holdout], data.y_test[holdout])
+        in_scores, in_matrix = prepare(x_in)
+        rng = np.random.default_rng(seed)
+        populations: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        for i, name in enumerate(chosen):
+            rows = rng.choice(holdout, size=min(pool, len(holdout)), replace=False)
+            x_s, _ = make_shift(name, data.x_test[rows], data.y_test[rows], seed=seed + 1 + i)
+            populations[name] = prepare(x_s)
+
+        def run(
+            n_windows: int, shifted: tuple[dict[str, np.ndarray], np.ndarray] | None, mix: float
+        ) -> dict[str, object]:
+            n_shifted = 0 if shifted is None else round(mix * window_size)
+            counts = {name: 0 for name in thresholds}
+            evidently = combined = 0
+            flagged_shares = []
+            for _ in range(n_windows):
+                rows_in = rng.choice(len(x_in), size=window_size - n_shifted, replace=False)
+                parts = [(in_scores, in_matrix, rows_in)]
+                if shifted is not None:
+                    rows_s = rng.choice(len(shifted[1]), size=n_shifted, replace=False)
+                    parts.append((*shifted, rows_s))
+                matrix = np.concatenate([m[r] for _, m, r in parts])
+                drifted = tests.check(matrix, reference_matrix).drift_detected
+                evidently += drifted
+                for name, (threshold, calibrated) in thresholds.items():
+                    flagged = sum(int((sc[name][r] > threshold).sum()) for sc, _, r in parts)
+                    hit = window_test(flagged, window_size, calibrated, alpha)[0]
+                    counts[name] += hit
+                    if name == scorer.method:
+                        combined += hit or drifted
+                        flagged_shares.append(flagged / window_size)
+            return {
+                "windows": n_windows,
+                "novelty": _rate(counts[scorer.method], n_windows),
+                "evidently": _rate(evidently, n_windows),
+                "combined": _rate(combined, n_windows),
+                "mean_flagged_share": float(np.mean(flagged_shares)),
+                "candidates": {name: _rate(c, n_windows) for name, c in counts.items()},
+            }
+
+        results: dict[str, dict[str, object]] = {"mnist": {"0": run(windows, None, 0.0)}}
+        stderr.print(f"mnist: {results['mnist']['0']['combined']}")
+        for name, shifted in populations.items():
+            results[name] = {}
+            for mix in mixes:
+                results[name][f"{mix:g}"] = entry = run(shift_windows, shifted, mix)
+                stderr.print(
+                    f"{name} {mix:.0%}: novelty {entry['novelty']['hits']}, evidently "
+                    f"{entry['evidently']['hits']}, combined {entry['combined']['hits']} "
+                    f"of {shift_windows}"
+                )
+        per_drawing = {
+            name: {
+                method: float((values[method] > thresholds[method][0]).mean())
+                for method in thresholds
+            }
+            for name, (values, _) in [("mnist", (in_scores, None)), *populations.items()]
+        }
+        cost = _score_cost(scorer, _forward(net, x_in[:1])[0])
+        seconds = round(time.perf_counter() - started, 1)
+
+    summary: dict[str, object] = {
+        "command": "python -m digitloop_bench.drift novelty",
+        "model": model_name,
+        "window_size": window_size,
+        "share": share,
+        "alpha": alpha,
+        "scorer": scorer.summary(),
+        "critical_count": critical_count(window_size, scorer.share, alpha),
+        "thresholds": {name: list(t) for name, t in thresholds.items()},
+        "evidently_settings": {
+            "drift_column_threshold": settings.drift_column_threshold,
+            "drift_threshold": settings.drift_threshold,
+        },
+        "per_drawing_flagged": per_drawing,
+        "results": results,
+        "goals": {
+            "combined_false_alarms_max": COMBINED_FALSE_ALARMS_MAX,
+            "power": {f"{k:g}": v for k, v in NOVELTY_POWER_GOALS.items()},
+        },
+        "score_cost_us": cost,
+        "seconds": seconds,
+    }
+    emit(summary, as_json, _novelty_table(summary))
+
+
+def _forward(net: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and logits of the one forward pass the service runs, in batches."""
+    import torch
+
+    from model.network import to_tensor
+
+    embeddings, logits = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), 1024):
+            z = net.embed(to_tensor(images[start : start + 1024]))
+            embeddings.append(z.numpy())
+            logits.append(net.head(z).numpy())
+    return np.concatenate(embeddings), np.concatenate(logits)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    from scipy.special import softmax
+
+    return softmax(logits, axis=1).astype(np.float32)
+
+
+def _rate(hits: int, n: int) -> dict[str, object]:
+    return {
+        "hits": int(hits),
+        "n": n,
+        "rate": hits / n,
+        "ci95": [round(v, 4) for v in wilson(int(hits), n)],
+    }
+
+
+def _score_cost(scorer: NoveltyScorer, embedding: np.ndarray, repeat: int = 5000) -> float:
+    """Microseconds to score one request's embedding (median of five runs)."""
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeat // 5):
+            scorer.flagged(scorer.score(embedding))
+        runs.append((time.perf_counter() - started) / (repeat // 5) * 1e6)
+    return round(float(np.median(runs)), 1)
+
+
+def _novelty_table(summary: dict[str, Any]) -> Table:
+    scorer = summary["scorer"]
+    table = Table(
+        title=f"novelty ({scorer['method']}, {scorer['share']:.2%} of held-out MNIST flagged, "
+        f"window test p < {summary['alpha']}: >= {summary['critical_count']} of "
+        f"{summary['window_size']}) and Evidently; detected / windows ({summary['model']})"
+    )
+    for column in ("population", "shifted", "novelty", "Evidently", "either", "95% (either)"):
+        table.add_column(column, justify="left" if column == "population" else "right")
+    for population, by_mix in summary["results"].items():
+        for mix, entry in by_mix.items():
+            either = entry["combined"]
+            table.add_row(
+                population,
+                f"{float(mix):.0%}",
+                f"{entry['novelty']['hits']}/{entry['windows']}",
+                f"{entry['evidently']['hits']}/{entry['windows']}",
+                f"{either['hits']}/{entry['windows']}",
+                f"{either['ci95'][0]:.3f}-{either['ci95'][1]:.3f}",
+            )
+    table.caption = f"scoring one request: {summary['score_cost_us']} us"
+    return table
+
+
 app = typer.Typer(help="Measure the drift step.", no_args_is_help=True)
 app.command("calibrate")(bench)
 app.command("adapted")(adapted)
+app.command("novelty")(novelty)
 
 
 def main() -> None:

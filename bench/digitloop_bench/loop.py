@@ -158,6 +158,7 @@ def hour_tables(hour: datetime, traffic: Traffic, seed: int) -> dict[str, pa.Tab
             ),
             pa.array(answers, pa.int8()),
             pa.array(np.full(n, 2.0, np.float32), pa.float32()),
+            pa.nulls(n, pa.float32()),  # novelty: a version registered without a scorer
         ],
         schema=PREDICTIONS_SCHEMA,
     )
@@ -272,6 +273,9 @@ class _Registry:
 
     def load(self, ref=None):
         return self.net, self.info
+
+    def novelty(self, info):
+        return None  # registered without a scorer: the drift step runs Evidently alone
 
 
 class _Rollout:

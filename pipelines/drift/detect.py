@@ -164,6 +164,14 @@ class DriftSettings(DigitloopEnv):
         "alone). Mixes let traffic of both populations at once pass.",
     )
 
+    drift_novelty_alpha: float = Field(
+        default=0.005,
+        gt=0.0,
+        lt=1.0,
+        description="A window drifts when its share of unusual drawings is above the "
+        "champion's calibrated share with a one-sided binomial p-value below this.",
+    )
+
     def reference_spec(self) -> ReferenceSpec:
         return ReferenceSpec(
             size=self.drift_reference_size,

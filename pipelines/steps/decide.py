@@ -31,5 +31,19 @@ def step_decide(
         champion,
         quality.by_answer,
         ctx.decisions,
+        drift_reason=_novelty_reason(drift),
     )
     return DecideOutput(retrain=decision.retrain, reasons=tuple(decision.reasons))
+
+
+def _novelty_reason(drift: DriftOutput) -> str | None:
+    """Why the window drifted when the novelty test said so; None when Evidently alone did."""
+    if not drift.novelty_detected or drift.novelty_share is None:
+        return None
+    evidently = "and" if drift.evidently_drift_detected else "not"
+    expected = drift.novelty_share * drift.n_current
+    return (
+        f"drift detected: {drift.novelty_flagged} unusual drawings of {drift.n_current} "
+        f"({expected:.0f} expected, p = {drift.novelty_p_value:.2g}), {evidently} in "
+        f"Evidently's columns (score {drift.drift_score:.2f})"
+    )

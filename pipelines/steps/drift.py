@@ -5,6 +5,12 @@ judged against MNIST, the traffic it was adapted to, and mixes of the two
 (:func:`~pipelines.drift.detect.detect_drift_adapted`): traffic it was built or adapted for
 is no reason to retrain it.
 
+Beside Evidently's distribution tests, the share of drawings the champion's novelty scorer
+flags is tested against its calibrated share (:mod:`pipelines.drift.novelty`): a minority
+of users drawing differently. The window drifts when either test says so; both are in the
+output and the report (``novelty_report.json`` beside Evidently's). A champion registered
+without a scorer is judged by Evidently alone.
+
 A window with too few predictions is no verdict: the step says why and reports no drift.
 The report (HTML and JSON) goes to the store under ``reports/<run_id>/``.
 
@@ -17,12 +23,14 @@ began (a read that grew with its age) and taking ever newer traffic as its refer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from model.novelty import embeddings_of
 from pipelines.drift.adapted import TrainingRange, adapted_reference_path, adapted_rows
 from pipelines.drift.detect import (
     WindowTooSmallError,
@@ -31,10 +39,12 @@ from pipelines.drift.detect import (
     detect_drift_adapted,
     model_reference,
 )
+from pipelines.drift.novelty import cluster_flagged, clusters_png, judge_window, window_scores
 from pipelines.outputs import CollectOutput, DriftOutput
 from pipelines.steps.context import LoopContext
 
 REFERENCES_PREFIX = "loop-state/references/"
+_CONTENT_TYPES = {"html": "text/html", "json": "application/json", "png": "image/png"}
 
 
 @contextmanager
@@ -83,15 +93,53 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
             }
     except WindowTooSmallError as exc:
         return DriftOutput(drift_detected=False, drift_score=0.0, skipped=str(exc))
-    for name, data in result.report_files().items():
+    files = result.report_files()
+    scorer = ctx.registry.novelty(info)
+    novelty_fields: dict[str, object] = {}
+    novelty = None
+    if scorer is not None:
+        scores, from_log = window_scores(recent, images, net, scorer, info.version)
+        novelty = judge_window(scores, scorer, ctx.drift.drift_novelty_alpha, from_log)
+        # What the flagged drawings look like: a few groups, examples of each in the report.
+        flagged = np.flatnonzero(scorer.flagged(scores))
+        labels = recent["label"].to_numpy(dtype=np.int64)[flagged]
+        clusters = cluster_flagged(embeddings_of(net, images[flagged]), scores[flagged], labels)
+        if clusters:
+            files["novelty_clusters.png"] = clusters_png(images[flagged], clusters)
+        novelty_fields = {
+            "novelty_detected": novelty.detected,
+            "novelty_flagged": novelty.flagged,
+            "novelty_share": novelty.share,
+            "novelty_p_value": novelty.p_value,
+            "novelty_clusters": (
+                f"reports/{ctx.run_id}/novelty_clusters.png" if clusters else None
+            ),
+        }
+        files["novelty_report.json"] = json.dumps(
+            {
+                "novelty": novelty.as_dict(),
+                "evidently": {
+                    "drift_detected": result.drift_detected,
+                    "drift_score": result.drift_score,
+                },
+                "scorer": scorer.summary(),
+                # Members are rows of the window's flagged drawings, not of the window.
+                "clusters": [c.as_dict() for c in clusters],
+                "model_version": info.version,
+            }
+        ).encode()
+    for name, data in files.items():
         ctx.store.put(
             f"reports/{ctx.run_id}/{name}",
             data,
-            "text/html" if name.endswith(".html") else "application/json",
+            _CONTENT_TYPES[name.rsplit(".", 1)[-1]],
         )
     return DriftOutput.model_validate(
         {
-            "drift_detected": result.drift_detected,
+            # Either test: Evidently's distributions, or the flagged share (issue 18).
+            "drift_detected": result.drift_detected or bool(novelty and novelty.detected),
+            "evidently_drift_detected": result.drift_detected,
+            **novelty_fields,
             "drift_score": result.drift_score,
             "drifted_columns": tuple(result.drifted_columns),
             "n_current": result.n_current,

@@ -79,3 +79,10 @@ def _log_to_mlflow(ctx: LoopContext, summary: Summary, outputs: RunOutputs) -> N
         if outputs.drift is not None and outputs.drift.report is not None:
             html = ctx.store.get(outputs.drift.report)
             mlflow.log_text(html.decode(), "drift_report.html")
+        if outputs.drift is not None and outputs.drift.novelty_clusters is not None:
+            import io
+
+            from PIL import Image
+
+            png = ctx.store.get(outputs.drift.novelty_clusters)
+            mlflow.log_image(Image.open(io.BytesIO(png)), "novelty_clusters.png")

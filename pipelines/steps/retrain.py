@@ -23,6 +23,7 @@ from torch import nn
 
 from model.data import Mnist
 from model.evaluate import Evaluation, evaluate
+from model.novelty import Source, fit_for_version
 from model.registry import ModelVersionInfo, Registry, TrainingRecord
 from model.train import TrainConfig, TrainResult, fine_tune
 from pipelines.decisions import GateResult, Tally, gate
@@ -153,6 +154,7 @@ def retrain(
     settings: LoopSettings,
     run_id: str,
     pseudo: PseudoLabels | None = None,
+    novelty_share: float = 0.05,
 ) -> RetrainResult:
     """Fine-tune the champion on MNIST + the training part of the feedback (+ ``pseudo``);
     register it. A search, when on, scores its trials on human labels only."""
@@ -199,6 +201,21 @@ def retrain(
         "loop_run": run_id,
     }
     extra = {"feedback_holdout_accuracy": holdout.accuracy} if holdout else {}
+    # Fitted on this version's own training data: the traffic it was adapted to (labels and
+    # pseudo-labels, one source) is what it is for, and must not stay "unusual" to it.
+    traffic = Source(
+        "traffic",
+        np.concatenate([split.train_x, pseudo.x]),
+        np.concatenate([split.train_y, pseudo.y]),
+    )
+    novelty = fit_for_version(
+        result.net,
+        (base.x_train, base.y_train),
+        (mnist.x_test, mnist.y_test),
+        novelty_share,
+        traffic=[traffic],
+        traffic_held_out=[Source("traffic", split.holdout_x, split.holdout_y)],
+    )
     info = registry.log_and_register(
         result.net,
         TrainingRecord.of(
@@ -214,6 +231,7 @@ def retrain(
             parent_version=champion_info.version,
             extra_metrics=extra,
             run_name=f"retrain-{run_id}",
+            novelty=novelty,
         ),
     )
     if searched:
@@ -264,7 +282,15 @@ def step_retrain(ctx: LoopContext, collect: CollectOutput) -> RetrainOutput:
     version = find_retrained(ctx.registry, ctx.run_id)
     if version is None:
         version = retrain(
-            ctx.registry, champion, champion_info, ctx.mnist, split, ctx.loop, ctx.run_id, pseudo
+            ctx.registry,
+            champion,
+            champion_info,
+            ctx.mnist,
+            split,
+            ctx.loop,
+            ctx.run_id,
+            pseudo,
+            novelty_share=ctx.model.novelty_share,
         ).version
     challenger, _ = ctx.registry.load(version.version)
     mnist_accuracy = float(version.tags["mnist_test_accuracy"])

@@ -182,7 +182,22 @@ def decode_predictions(data: bytes) -> pa.Table:
 
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(data)).cast(PREDICTIONS_SCHEMA)
+    return with_schema(pq.read_table(io.BytesIO(data)), PREDICTIONS_SCHEMA)
+
+
+def with_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` cast to ``schema``; a nullable column it lacks (a file written before the
+    column was added, such as ``novelty``) is added as nulls.
+
+    Raises:
+        ValueError: a non-nullable column is missing.
+    """
+    for field in schema:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise ValueError(f"the table lacks the column {field.name!r}")
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def once_per_prediction(frame: pd.DataFrame, ts_column: str = "ts") -> pd.DataFrame:

@@ -96,6 +96,7 @@ def encode_predictions(records: list[PredictionRecord]) -> bytes:
         ),
         pa.array([int(r.label) for r in records], pa.int8()),
         pa.array([float(r.latency_ms) for r in records], pa.float32()),
+        pa.array([None if r.novelty is None else float(r.novelty) for r in records], pa.float32()),
     ]
     table = pa.Table.from_arrays(columns, schema=PREDICTIONS_SCHEMA)
     sink = io.BytesIO()

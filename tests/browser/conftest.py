@@ -157,6 +157,14 @@ def ui_always_asks(served: Service, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def ui_asks_unusual(served: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app asking about unusual drawings only: no top probability is below 1e-6."""
+    workdir = tmp_path_factory.mktemp("ui-unusual")
+    with run_ui(served.url, workdir, DIGITLOOP_ASK_BELOW_CONFIDENCE="0.000001") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def ui_without_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app in front of a stopped service: nothing listens on its port."""
     with run_ui(f"http://127.0.0.1:{free_port()}", tmp_path_factory.mktemp("ui-down")) as url:

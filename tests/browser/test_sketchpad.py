@@ -21,6 +21,8 @@ CANVAS = 280
 # Mouse strokes in canvas pixels (0-280): each stroke is a polyline drawn with the button down.
 ONE = [[(148, 45), (138, 235)]]
 SEVEN = [[(78, 62), (200, 58), (122, 236)]]
+# A dense zigzag filling a square: ink, but like no digit the model learnt.
+SCRIBBLE = [[(60 + 160 * (i % 2), 60 + 10 * i) for i in range(17)]]
 
 
 def pad_geometry(page) -> tuple[float, float, float]:
@@ -247,6 +249,37 @@ def test_an_unsure_answer_is_asked_about_and_its_label_counted_as_asked(
     # The feedback is on the logged drawing, not on the draft on screen.
     assert draft_id.startswith("draft.") and not final_id.startswith("draft.")
     assert draft_id not in wait_logged(served, final_id)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_an_unusual_drawing_is_asked_about_however_sure_the_model_is(
+    page, ui_asks_unusual: str, served: Service, artifacts: Path
+):
+    """The app asks only below a top probability of 1e-6, which no answer has: the question
+    comes from the answer's `unusual` flag (the served version's novelty scorer)."""
+    open_app(page, ui_asks_unusual)
+    labelled = set(served.feedback_records())
+    draw(page, SCRIBBLE)
+    digit, draft_id = settled_answer(page)  # the stroke's end answers a draft
+    prompt = page.locator("#ask .dl-ask")
+    prompt.wait_for()
+    assert prompt.inner_text().strip() == (
+        f"This one looks unlike the digits I learnt from. Is it a {digit}? Press ✓ if it "
+        "is, or pick the right digit."
+    )
+    wait_idle(page)
+    page.screenshot(path=str(artifacts / "sketchpad-unusual.png"), full_page=True)
+
+    page.click("#label-3")  # the person's answer: it was meant as a 3
+    wait_for_message(page, r"^Thanks! Recorded")
+    prompt.wait_for(state="detached")
+    ((final_id, record),) = new_feedback(served, labelled).items()
+    assert (record["label"], record["source"]) == (3, ASKED_SOURCE)
+    assert draft_id.startswith("draft.") and not final_id.startswith("draft.")
+    # The logged drawing carries the score that flagged it, from the version that answered.
+    wait_logged(served, final_id)
+    row = read_predictions(LocalStore(served.store_dir), ids=[final_id]).iloc[0]
+    assert row["model_version"] == "1" and row["novelty"] > 0
     assert page.errors == []  # type: ignore[attr-defined]
 
 

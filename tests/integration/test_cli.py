@@ -27,6 +27,8 @@ def test_train_then_evaluate(data_dir: Path, tmp_path: Path, mnist):
     summary = json.loads(trained.stdout)  # exactly one JSON object on stdout
     assert summary["version"] == "1" and summary["aliases"] == ["champion"]
     assert summary["mnist_test_accuracy"] > 0.85
+    # Registered with a novelty scorer calibrated on MNIST test: it flags the set share.
+    assert abs(summary["novelty_share"] - 0.05) <= 0.005 and summary["novelty_threshold"] > 0
     assert "training on 3000" in trained.stderr
     assert (data_dir / "mlflow.db").exists()
 

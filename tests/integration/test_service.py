@@ -43,7 +43,8 @@ def service(tmp_path_factory, mlflow_server, s3, mnist) -> Service:
         "DIGITLOOP_S3_BUCKET": "digitloop-test",
         "DIGITLOOP_WORKERS": "2",
     }
-    assert register_models(mnist, env) == ["1", "2"]
+    # Version 1 carries a novelty scorer; version 2 was registered as before scorers.
+    assert register_models(mnist, env, scored=1) == ["1", "2"]
     svc = Service(env, root / "serve.log").start()
     yield svc
     svc.stop()
@@ -93,7 +94,10 @@ def test_predict_png_raw_and_array(service: Service, pngs):
             "model_version",
             "track",
             "draft",
+            "novelty",
+            "unusual",
         }
+        assert isinstance(body["novelty"], float) and isinstance(body["unusual"], bool)
         assert body["draft"] is False and not body["prediction_id"].startswith("draft.")
         assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-3
         assert body["label"] == int(np.argmax(body["probabilities"]))
@@ -160,6 +164,51 @@ def test_answers_are_calibrated_with_the_version_s_temperature(service: Service,
     np.testing.assert_allclose([a["probabilities"] for a in batch.json()], served, atol=1e-4)
 
 
+def test_answers_say_how_unusual_the_drawing_is_for_the_version(service: Service, mnist):
+    """Version 1's scorer, fitted at registration, scores each answer from its one forward
+    pass: a blob unlike any digit is flagged, MNIST digits mostly not; batch agrees."""
+    from model.novelty import embeddings_of
+    from model.registry import Registry
+    from model.settings import ModelSettings
+    from services.inference import array_to_pixels
+
+    wait_for(
+        lambda: _model_on_every_worker(service, lambda m: "stable" in m["tracks"]),
+        what="every worker to serve a model",
+    )
+    blob = np.zeros((28, 28), np.uint8)
+    blob[6:22, 6:22] = 255  # a filled square: ink, but no digit
+    drawings = [mnist.x_test[i].tolist() for i in range(20)] + [blob.tolist()]
+    with service.client() as client:
+        before = _counted(client.get("/metrics").text, "digitloop_unusual_answers_total")
+        answers = [client.post("/predict", json={"pixels": d}).json() for d in drawings]
+        batch = client.post("/predict_batch", json={"pixels": drawings}).json()
+        after = client.get("/metrics").text
+    registry = Registry(
+        ModelSettings(
+            data_dir=Path(service.env["DIGITLOOP_DATA_DIR"]),
+            mlflow_tracking_uri=service.env["DIGITLOOP_MLFLOW_TRACKING_URI"],
+            registered_model=service.env["DIGITLOOP_REGISTERED_MODEL"],
+        )
+    )
+    net, info = registry.load("1")
+    scorer = registry.novelty(info)
+    assert scorer is not None and json.loads(info.tags["novelty"])["threshold"] > 0
+    pixels = np.stack([array_to_pixels(d) for d in drawings])
+    expected = scorer.score(embeddings_of(net, pixels))
+    served = np.array([a["novelty"] for a in answers])
+    np.testing.assert_allclose(served, expected, rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose([a["novelty"] for a in batch], served, rtol=1e-3, atol=1e-2)
+    assert [a["unusual"] for a in answers] == [bool(s > scorer.threshold) for s in expected]
+    assert answers[-1]["unusual"] is True
+    assert sum(a["unusual"] for a in answers[:-1]) <= 3
+    # Counted per version and track: the single answers and the batch's.
+    flagged = 2 * sum(a["unusual"] for a in answers)
+    assert _counted(after, "digitloop_unusual_answers_total") - before == flagged
+    assert 'digitloop_unusual_answers_total{model_version="1",track="stable"}' in after
+    assert registry.novelty(registry.get("2")) is None  # its answers: see the canary test
+
+
 def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, pngs):
     with service.client() as client:
         predicted = client.post(
@@ -208,6 +257,7 @@ def test_predictions_and_feedback_land_in_the_bucket(service: Service, bucket, p
     assert row["label"] == predicted["label"] and row["track"] == "stable"
     assert len(row["image"]) == 784 and len(row["probabilities"]) == 10
     assert row["latency_ms"] > 0
+    assert row["novelty"] == pytest.approx(predicted["novelty"], rel=1e-3, abs=1e-2)
 
 
 def _counted(metrics: str, name: str) -> float:
@@ -383,6 +433,8 @@ def test_reload_canary_split_and_pin(service: Service, pngs, mnist):
             "/predict", json={"pixels": digit}, headers={"X-Digitloop-Track": "blue"}
         )
         assert {(p["track"], p["model_version"]) for p in pinned} == {("canary", "2")}
+        # Version 2 was registered without a novelty scorer: it answers, with no score.
+        assert {(p["novelty"], p["unusual"]) for p in pinned} == {(None, False)}
         assert bad_pin.status_code == 400
         # Promote: stable takes version 2, canary off.
         promoted = service.admin(client, stable_model="2", canary_model="")

@@ -208,6 +208,19 @@ def test_a_prediction_has_ten_probabilities_a_digit_and_a_track():
             Prediction.model_validate(prediction(**changes))
 
 
+def test_a_prediction_says_how_unusual_the_drawing_was():
+    # An older service (or a version registered without a scorer) sends no score.
+    old = Prediction.model_validate(prediction())
+    assert old.novelty is None and old.unusual is False
+    scored = Prediction.model_validate(prediction(novelty=42.5, unusual=True))
+    assert scored.novelty == 42.5 and scored.unusual is True
+    schema = Prediction.model_json_schema(mode="serialization")
+    assert {"novelty", "unusual"} <= set(schema["required"])
+    assert "threshold" in schema["properties"]["unusual"]["description"]
+    with pytest.raises(ValidationError):
+        Prediction.model_validate(prediction(novelty="high"))
+
+
 def test_a_batch_answer_tells_predictions_from_image_errors():
     answers = BatchAnswer.model_validate(
         [prediction(), {"index": 1, "status": 422, "error": "not a readable image"}]

@@ -238,8 +238,9 @@ def test_cost_is_per_stage_medians_and_gives_the_limit():
     cost = cost_module.measure(_StubClassifier(), [render_sketch(digit)] * 5, rounds=2, warmup=1)
     assert cost.n == 10 and cost.labels == [4] * 5
     assert min(cost.decode, cost.preprocess, cost.forward) > 0
+    assert cost.novelty == 0.0  # a classifier without a novelty scorer
     assert cost.total == pytest.approx(cost.decode + cost.preprocess + cost.forward)
-    assert set(cost.as_dict()) == {"decode", "preprocess", "forward", "total"}
+    assert set(cost.as_dict()) == {"decode", "preprocess", "forward", "novelty", "total"}
     assert cost_module.limit_rps(2.0, 2) == pytest.approx(1000.0)
     assert cost_module.machine_cores() >= 1
     with pytest.raises(ValueError):
@@ -389,7 +390,9 @@ def test_quick_run_of_the_fastapi_leg(data_dir: Path):
 
     assert result["failures"] == {}
     assert result["limit_rps"] > 0
-    assert set(result["cost_ms"]) == {"decode", "preprocess", "forward", "total"}
+    assert set(result["cost_ms"]) == {"decode", "preprocess", "forward", "novelty", "total"}
+    # The quick model is registered with a novelty scorer, as `digitloop train` registers one.
+    assert result["cost_ms"]["novelty"] > 0
     # The headline is what the sketchpad sends; the 280x280 canvas is measured at c=8 too.
     sets = result["request_sets"]
     assert sets["ui"]["headline"] and not sets["canvas"]["headline"]

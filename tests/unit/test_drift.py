@@ -480,12 +480,16 @@ def test_a_version_without_feedback_or_traffic_keeps_mnist_alone(tmp_path, net, 
 
 @dataclass
 class Versions:
-    """The registry as the drift step uses it: ``load`` a version."""
+    """The registry as the drift step uses it: ``load`` a version, its ``novelty`` scorer
+    (none here: versions registered before scorers, judged by Evidently alone)."""
 
     nets: dict[str, tuple[object, ModelVersionInfo]]
 
     def load(self, ref: str = "champion"):
         return self.nets[ref]
+
+    def novelty(self, info: ModelVersionInfo) -> None:
+        return None
 
 
 def log_drawings(store: LocalStore, spool: Path, drawings) -> None:

@@ -8,6 +8,7 @@ step trains. MLflow and a serving backend are left to tests/integration/test_loo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -27,6 +28,7 @@ from contracts.records import FeedbackRecord, PredictionRecord
 from contracts.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from contracts.routing import RoutingState
 from model.network import DigitNet
+from model.novelty import NoveltyScorer, embeddings_of, fit_scorer
 from model.registry import ModelVersionInfo, TrainingRecord
 from model.settings import ModelSettings
 from pipelines.drift.adapted import adapted_reference_path
@@ -77,13 +79,24 @@ class FakeRegistry:
         self.infos: dict[str, ModelVersionInfo] = {}
         self.nets: dict[str, nn.Module] = {}
         self.aliases: dict[str, str] = {}
+        self.scorers: dict[str, NoveltyScorer] = {}
 
-    def add(self, net: nn.Module, tags: dict[str, str] | None = None) -> ModelVersionInfo:
+    def add(
+        self,
+        net: nn.Module,
+        tags: dict[str, str] | None = None,
+        novelty: NoveltyScorer | None = None,
+    ) -> ModelVersionInfo:
         version = str(len(self.infos) + 1)
         info = ModelVersionInfo("digitloop-mnist", version, [], tags or {}, f"run-{version}")
         self.infos[version], self.nets[version] = info, net
+        if novelty is not None:
+            self.scorers[version] = novelty
         self.aliases.setdefault(CHAMPION_ALIAS, version)
         return info
+
+    def novelty(self, info: ModelVersionInfo) -> NoveltyScorer | None:
+        return self.scorers.get(info.version)
 
     def log_and_register(self, net: nn.Module, record: TrainingRecord) -> ModelVersionInfo:
         tags = {
@@ -95,7 +108,7 @@ class FakeRegistry:
             tags["feedback_holdout_accuracy"] = (
                 f"{record.extra_metrics['feedback_holdout_accuracy']:.6f}"
             )
-        return self.add(net, tags)
+        return self.add(net, tags, record.novelty)
 
     def get(self, ref: str | int) -> ModelVersionInfo:
         return self.infos[self.aliases.get(str(ref), str(ref))]
@@ -154,6 +167,7 @@ class Drawn:
     version: str = "1"
     image: np.ndarray | None = None
     confidence: float = 0.1  # the answered digit's probability; the rest share what is left
+    novelty: float | None = None  # the score the service logged with it
 
     def probabilities(self) -> np.ndarray:
         probabilities = np.full(10, (1 - self.confidence) / 9, np.float32)
@@ -177,6 +191,7 @@ def log_traffic(store: LocalStore, spool: Path, drawn: Iterable[Drawn]) -> None:
                     probabilities=d.probabilities(),
                     label=d.label,
                     latency_ms=1.0,
+                    novelty=d.novelty,
                 )
             )
         if d.true_label is not None:
@@ -418,6 +433,7 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
     np.testing.assert_array_equal(seen, images[-20:])
     assert output == DriftOutput(
         drift_detected=True,
+        evidently_drift_detected=True,
         drift_score=0.5,
         drifted_columns=("ink_mass", "stroke_width"),
         n_current=20,
@@ -457,6 +473,62 @@ def test_the_adapted_reference_is_built_once_per_version_not_once_per_pod(
         ctx.model = ctx.model.model_copy(update={"data_dir": tmp_path / pod})
         step_drift(ctx, collect)
     assert builds == [tmp_path / "data"]
+
+
+@pytest.mark.parametrize("logged", [True, False])
+@pytest.mark.parametrize(("flagged", "expected"), [(6, False), (7, True)])
+def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count(
+    ctx, mnist, monkeypatch, flagged, expected, logged
+):
+    """Evidently sees nothing; the champion's scorer flags some of the window's drawings.
+    With 200 answers at a calibrated share of 1 % the test needs 7 flagged (p < 0.005)."""
+    monkeypatch.setattr(
+        "pipelines.steps.drift.detect_drift",
+        lambda *args: Verdict(drift_detected=False, drift_score=0.0, drifted_columns=()),
+    )
+    monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    ctx.mnist = mnist
+    ctx.loop = ctx.loop.model_copy(update={"drift_window": 200})
+    net = ctx.registry.nets["1"]
+    images = mnist.x_test[:200]
+    groups = [f"mnist:{c}" for c in mnist.y_test[:2000]]
+    base = fit_scorer(embeddings_of(net, mnist.x_test[:2000]), groups)
+    computed = base.score(embeddings_of(net, images))
+    # The threshold sits between the flagged-th highest score and the next.
+    ranked = np.sort(computed)
+    threshold = float(ranked[-flagged] + ranked[-flagged - 1]) / 2
+    ctx.registry.scorers["1"] = dataclasses.replace(base, threshold=threshold, share=0.01)
+    start = NOW - timedelta(hours=1)
+    traffic(
+        ctx,
+        [
+            Drawn(
+                f"p{i:03d}",
+                start + timedelta(milliseconds=10 * i),
+                1,
+                image=x,
+                novelty=float(computed[i]) if logged else None,
+            )
+            for i, x in enumerate(images)
+        ],
+    )
+    if logged:
+        # The service logged each answer's score: the step reads them and scores nothing.
+        monkeypatch.setattr(
+            "pipelines.drift.novelty.embeddings_of",
+            lambda *args: pytest.fail("the logged scores were not used"),
+        )
+    output = step_drift(ctx, collected(ctx))
+    assert output.evidently_drift_detected is False
+    assert output.novelty_flagged == flagged
+    assert output.novelty_detected is expected and output.drift_detected is expected
+    report = json.loads(ctx.store.get("reports/run-1/novelty_report.json"))
+    assert report["novelty"]["critical"] == 7
+    assert report["novelty"]["from_log"] == (200 if logged else 0)
+    # The flagged drawings, grouped, with examples in the report.
+    assert sum(c["size"] for c in report["clusters"]) == flagged
+    assert output.novelty_clusters == "reports/run-1/novelty_clusters.png"
+    assert ctx.store.get(output.novelty_clusters).startswith(b"\x89PNG")
 
 
 # -- decide ---------------------------------------------------------------------------------
@@ -514,6 +586,25 @@ def test_decide(ctx, joined, drift, accuracy, canary, retrain, reason):
     assert output.retrain is retrain and output.reasons[0] == reason
 
 
+def test_decide_says_when_the_novelty_test_found_the_drift(ctx):
+    drift = DriftOutput(
+        drift_detected=True,
+        evidently_drift_detected=False,
+        novelty_detected=True,
+        novelty_flagged=23,
+        novelty_share=0.05,
+        novelty_p_value=0.0012,
+        n_current=200,
+        drift_score=0.07,
+    )
+    output = step_decide(ctx, collect_output(40), quality_output(40, 40), drift)
+    assert output.retrain is True
+    assert output.reasons[0] == (
+        "drift detected: 23 unusual drawings of 200 (10 expected, p = 0.0012), not in "
+        "Evidently's columns (score 0.07)"
+    )
+
+
 def test_decide_judges_the_champion_on_its_own_answers(ctx):
     """The answers of the version it replaced (all corrected here) are no reason to retrain."""
     old = AnswerQuality(answers=100, confirmed=0, corrected=100)
@@ -558,6 +649,12 @@ def test_retrain_registers_a_gated_challenger_once_per_run(ctx, mnist):
     assert output.mnist_test_accuracy == float(challenger.tags["mnist_test_accuracy"])
     assert output.holdout_accuracy == float(challenger.tags["feedback_holdout_accuracy"])
     assert output.gate_reasons and output.mlflow_run_id == challenger.run_id
+    # Registered with a novelty scorer of its own training data, calibrated on MNIST test
+    # (the 10 held-out labels are too few to calibrate on; 35 traffic images too few for
+    # a component per class).
+    scorer = ctx.registry.scorers["2"]
+    assert scorer.n_calibration == 300 and scorer.n_fit == 300
+    assert all(c.startswith("mnist:") for c in scorer.components)
     # An Argo retry of the step judges the version this run registered, not a new one.
     assert step_retrain(ctx, collect) == output and len(ctx.registry.versions()) == 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 import time
@@ -203,6 +204,26 @@ def test_predictions_encode_and_decode_round_trip():
         assert (row["label"], row["track"]) == (record.label, record.track)
     empty = decode_predictions(encode_predictions([]))
     assert empty.num_rows == 0 and empty.schema.equals(PREDICTIONS_SCHEMA)
+
+
+def test_predictions_keep_their_novelty_and_files_from_before_the_column_still_read(
+    store: FlakyStore,
+):
+    scored = [
+        dataclasses.replace(prediction(i, DAY + timedelta(seconds=i)), novelty=score)
+        for i, score in enumerate([1.5, None])
+    ]
+    table = decode_predictions(encode_predictions(scored))
+    assert table.column("novelty").to_pylist() == [1.5, None]
+    # A file written before the column existed: the same rows without it.
+    old = table.drop_columns(["novelty"])
+    sink = io.BytesIO()
+    pq.write_table(old, sink)
+    store.put(predictions_key("pod-old", DAY, 0), sink.getvalue())
+    store.put(predictions_key("pod-new", DAY, 0), encode_predictions([prediction(7, DAY)]))
+    assert decode_predictions(sink.getvalue()).column("novelty").null_count == 2
+    frame = read_predictions(store, since=DAY - timedelta(hours=1))
+    assert len(frame) == 3 and frame["novelty"].isna().all()
 
 
 @pytest.mark.parametrize(

@@ -443,6 +443,17 @@ def test_the_app_asks_when_the_model_is_unsure():
     assert 'role="status"' in shown and "Is it a 7?" in shown
 
 
+def test_the_app_asks_when_the_drawing_is_unusual_however_sure_the_model_is():
+    sure = Prediction(**PREDICTION)  # 0.9 on the 7
+    unusual = Prediction(**{**PREDICTION, "novelty": 80.0, "unusual": True})
+    assert should_ask(sure, 0.5) is False and should_ask(unusual, 0.5) is True
+    assert should_ask(unusual, 0.0) is False  # 0 never asks, unusual or not
+    assert ask_text(unusual) == (
+        "This one looks unlike the digits I learnt from. Is it a 7? Press ✓ if it is, or "
+        "pick the right digit."
+    )
+
+
 @pytest.fixture
 def drafting(scripted) -> Iterator[tuple[DigitloopClient, Script]]:
     """A client of a scripted service that answers drafts, predictions and feedback."""

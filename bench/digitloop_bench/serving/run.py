@@ -535,7 +535,8 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
                 )
             settings = ModelSettings(data_dir=Path(source), mlflow_tracking_uri=None)
         # Read the source before the target registry points MLflow at the new store.
-        net, info = Registry(settings).load(CHAMPION_ALIAS)
+        source_registry = Registry(settings)
+        net, info = source_registry.load(CHAMPION_ALIAS)
         say(f"copying champion version {info.version} from {source}")
         record = TrainingRecord(
             params={"copied_from": source, "source_version": info.version},
@@ -544,9 +545,11 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
             seconds=0.0,
             training_data=json.loads(info.tags.get("training_data") or "{}"),
             run_name=f"bench-copy-v{info.version}",
+            novelty=source_registry.novelty(info),
         )
         described = f"champion v{info.version} of {source}"
     else:
+        from model.novelty import fit_for_version
         from model.train import TrainConfig, train
 
         n = min(config.train_images, len(mnist.x_train))
@@ -561,6 +564,13 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
             seconds=result.seconds,
             training_data={"mnist_train": n, "feedback": 0},
             run_name="bench-quick",
+            # Served with a novelty score like a version `digitloop train` registers.
+            novelty=fit_for_version(
+                net,
+                (mnist.x_train[:n], mnist.y_train[:n]),
+                (x_eval, y_eval),
+                ModelSettings().novelty_share,
+            ),
         )
         described = f"quick model (1 epoch, {n} images)"
     target = Registry(ModelSettings(data_dir=data_dir, mlflow_tracking_uri=None))
@@ -762,7 +772,8 @@ def run_bench(
                 say(
                     f"{name}: cost {costs[name].total:.3f} ms/request (decode "
                     f"{costs[name].decode:.3f}, preprocess {costs[name].preprocess:.3f}, "
-                    f"forward {costs[name].forward:.3f}), {_mean_bytes(pngs):.0f} bytes per PNG"
+                    f"forward {costs[name].forward:.3f}, novelty {costs[name].novelty:.3f}), "
+                    f"{_mean_bytes(pngs):.0f} bytes per PNG"
                 )
             headline = config.request_sets[0]
             cost = costs[headline]
