@@ -246,6 +246,15 @@ def evidently_default_false_alarms(
     return alarms / n_windows
 
 
+def chosen_shifts(shifts: list[str] | None) -> list[str]:
+    """The shifted populations asked for on the command line (default: every one)."""
+    chosen = shifts or list(SHIFTS)
+    unknown = [s for s in chosen if s not in SHIFTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown shift(s) {unknown}; choose from {list(SHIFTS)}")
+    return chosen
+
+
 def load_net(
     model: str | None,
     model_file: Path | None,
@@ -331,10 +340,7 @@ def bench(
 
         if threads:
             torch.set_num_threads(threads)
-        chosen = shifts or list(SHIFTS)
-        unknown = [s for s in chosen if s not in SHIFTS]
-        if unknown:
-            raise typer.BadParameter(f"unknown shift(s) {unknown}; choose from {list(SHIFTS)}")
+        chosen = chosen_shifts(shifts)
         settings = DriftSettings()
         data = load_mnist(mnist)
         net, model_name = load_net(model, model_file, data.x_train, data.y_train, seed, save_model)
@@ -955,10 +961,7 @@ def novelty(
 
         if threads:
             torch.set_num_threads(threads)
-        chosen = shifts or list(SHIFTS)
-        unknown = [s for s in chosen if s not in SHIFTS]
-        if unknown:
-            raise typer.BadParameter(f"unknown shift(s) {unknown}; choose from {list(SHIFTS)}")
+        chosen = chosen_shifts(shifts)
         mixes = sorted(mixes or NOVELTY_MIXES)
         settings = DriftSettings()
         share = share if share is not None else ModelSettings().novelty_share
