@@ -47,6 +47,7 @@ class Prediction(BaseModel):
     label: int
     probabilities: list[float]
     model_version: str
+    unusual: bool = False
 
 
 class Ready(BaseModel):
@@ -93,11 +94,14 @@ def _predict(data: bytes) -> Prediction:
         if status is None:
             raise
         raise HTTPException(status_code=int(status), detail=str(exc)) from exc
-    probabilities = classifier.predict(digit[None])[0]
+    # The service's own work per answer, novelty flag included: only the stacks differ.
+    answered, scores = classifier.answer(digit[None])
+    probabilities = answered[0]
     return Prediction(
         label=int(probabilities.argmax()),
         probabilities=[round(float(p), 6) for p in probabilities],
         model_version=classifier.version,
+        unusual=scores is not None and bool(classifier.novelty.flagged(scores)[0]),
     )
 
 

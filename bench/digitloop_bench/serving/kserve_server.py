@@ -103,11 +103,21 @@ class DigitModel(kserve.Model):
             if status_of(exc) is None:
                 raise
             raise InvalidInput(str(exc)) from exc
-        probabilities = self.classifier.predict(digits)  # type: ignore[union-attr]
+        # The service's own work per answer, novelty flag included: only the stacks differ.
+        probabilities, scores = self.classifier.answer(digits)  # type: ignore[union-attr]
+        unusual = (
+            [False] * len(digits)
+            if scores is None
+            else self.classifier.novelty.flagged(scores).tolist()  # type: ignore[union-attr]
+        )
         return {
             "predictions": [
-                {"label": int(p.argmax()), "probabilities": [round(float(v), 6) for v in p]}
-                for p in probabilities
+                {
+                    "label": int(p.argmax()),
+                    "probabilities": [round(float(v), 6) for v in p],
+                    "unusual": bool(odd),
+                }
+                for p, odd in zip(probabilities, unusual, strict=True)
             ]
         }
 
