@@ -25,7 +25,6 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
 from contracts.records import (
-    COMPACTED_PREFIX,
     FEEDBACK_PREFIX,
     FEEDBACK_SCHEMA,
     LABELLED_PREFIX,
@@ -269,19 +268,25 @@ def feedback_stored(store: ObjectStore, key: str, prediction_id: str) -> bool:
     merged that hour, in its compacted file.
 
     Compaction writes the merged file before it deletes ``key``, so one of the two always
-    holds a stored record. Used only when a feedback marker names a key that holds nothing.
+    holds a stored record (and :func:`read_range` lists again if the file goes under it).
+    Used only when a feedback marker names a key that holds nothing.
     """
     if store.exists(key):
         return True
-    folder = key.rpartition("/")[0] + "/"
-    merged = [k for k in store.list(folder) if k.removeprefix(folder).startswith(COMPACTED_PREFIX)]
-    if not merged:
+    hour = key_hour(key)
+    if hour is None:
         return False
-    filesystem, root = store.arrow()
-    found = ds.dataset(
-        [f"{root}/{k}" for k in merged], FEEDBACK_SCHEMA, format="parquet", filesystem=filesystem
-    ).to_table(columns=["prediction_id"], filter=pc.field("prediction_id") == prediction_id)
-    return found.num_rows > 0
+    merged = read_range(
+        store,
+        FEEDBACK_PREFIX,
+        FEEDBACK_SCHEMA,
+        hour,
+        hour + HOUR,
+        columns=["prediction_id"],
+        row_filter=pc.field("prediction_id") == prediction_id,
+        by_ts=False,
+    )
+    return merged.num_rows > 0
 
 
 def read_labelled(
