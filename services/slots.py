@@ -43,6 +43,9 @@ class ModelSlots:
         self.metrics = metrics
         self.state_file = StateFile(settings.data_dir / "serving-state.json")
         self._lock = threading.Lock()
+        # One load at a time, and the watcher's view of the state file changes only with it:
+        # see ``_watch``.
+        self._loading = threading.Lock()
         self._slots: dict[str, Classifier] = {}
         self._loaded: RoutingState | None = None
         self._stop = threading.Event()
@@ -52,6 +55,8 @@ class ModelSlots:
             canary_model=settings.canary_model,
             canary_weight=settings.canary_weight if settings.canary_model else 0,
         )
+        self._wanted = self.initial
+        self._seen_mtime = -1
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -68,34 +73,45 @@ class ModelSlots:
         return wanted in self._slots
 
     def _watch(self) -> None:
-        """Load the wanted state, then follow the state file that ``apply`` writes."""
-        wanted = self.initial
+        """Load the wanted state, then follow the state file that ``apply`` writes.
+
+        Reading the file and loading happen under ``_loading``, the lock ``apply`` holds
+        from its load to its write. Without it, a poll between ``apply``'s load and its
+        write saw a state it did not want yet and loaded the old one back: the canary a
+        reload had just answered with vanished for the seconds of a second load (a CI run
+        of ``test_loop`` read ``/model`` in that gap).
+        """
         # A state file older than this server run is a previous run's: settings win at
         # start-up, reloads of this run win after.
-        seen_mtime = -1
         run_started_ns = _server_started_ns()
         while not self._stop.is_set():
-            mtime = self.state_file.mtime_ns()
-            if mtime != seen_mtime:
-                seen_mtime = mtime
-                if mtime > run_started_ns:
-                    wanted = self.state_file.read() or self.initial
-            if wanted != self._loaded:
+            with self._loading:
+                mtime = self.state_file.mtime_ns()
+                if mtime != self._seen_mtime:
+                    self._seen_mtime = mtime
+                    if mtime > run_started_ns:
+                        self._wanted = self.state_file.read() or self.initial
                 try:
-                    self._load(wanted)
+                    if self._wanted != self._loaded:
+                        self._load(self._wanted)
                 except Exception as exc:  # keep serving what is loaded
-                    log.warning("could not load %s (%s); retrying in %.0fs", wanted, exc, RETRY_S)
-                    self._stop.wait(RETRY_S)
-                    continue
-            self._stop.wait(POLL_S)
+                    log.warning(
+                        "could not load %s (%s); retrying in %.0fs", self._wanted, exc, RETRY_S
+                    )
+                    failed = True
+                else:
+                    failed = False
+            self._stop.wait(RETRY_S if failed else POLL_S)
 
     # -- changes -------------------------------------------------------------------------
 
     def apply(self, **changes: object) -> RoutingState:
         """Load the changed versions here, then publish them to the other workers."""
-        wanted = (self._loaded or self.initial).with_changes(**changes)
-        self._load(wanted)
-        self.state_file.write(wanted)
+        with self._loading:
+            wanted = (self._loaded or self.initial).with_changes(**changes)
+            self._load(wanted)
+            self._wanted = wanted
+            self.state_file.write(wanted)  # the watcher reads it back: already loaded
         return wanted
 
     def _load(self, wanted: RoutingState) -> None:

@@ -257,3 +257,80 @@ def test_loaded_models_are_frozen_out_of_the_collectors_scans():
     finally:
         gc.unfreeze()
     assert kept
+
+
+class _Version:
+    """What the slots need of a registry entry and of a loaded classifier: the version."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def describe(self):
+        from contracts.api import TrackInfo
+
+        return TrackInfo(model_version=self.version, aliases=[])
+
+
+def _slots(tmp_path: Path, monkeypatch, slow_finish_s: float):
+    """Model slots over a fake registry whose loads end with ``slow_finish_s`` of work
+    after the new versions are in place (as ``freeze_long_lived``'s collection is)."""
+    import time
+    from unittest.mock import MagicMock
+
+    from services import slots as slots_module
+    from services.inference import Classifier
+
+    loads: list[str] = []
+
+    def load(cls, version, registry, runtime="torch"):
+        loads.append(version)
+        return _Version(version)
+
+    monkeypatch.setattr(Classifier, "from_registry", classmethod(load))
+    monkeypatch.setattr(slots_module, "freeze_long_lived", lambda: time.sleep(slow_finish_s))
+    registry = MagicMock()
+    registry.get.side_effect = _Version
+    settings = ServingSettings(data_dir=tmp_path, stable_model="1")
+    slots = slots_module.ModelSlots(settings, lambda: registry, TrafficSplit(), MagicMock())
+    slots.start()
+    deadline = time.monotonic() + 10
+    while not slots.ready and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert slots.ready
+    time.sleep(slow_finish_s + 0.1)  # the start-up load has finished: the watcher polls
+    return slots, loads
+
+
+def test_a_reload_stays_loaded_while_the_workers_watcher_polls(tmp_path: Path, monkeypatch):
+    """A CI run of test_loop read /model right after the canary's reload and found no
+    canary: the worker's own watcher, polling between the reload's load and its state
+    file write, had loaded the start-up state back."""
+    import time
+
+    slots, loads = _slots(tmp_path, monkeypatch, slow_finish_s=1.0)  # > two polls
+    try:
+        slots.apply(canary_model="2", canary_weight=20)
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            info = slots.describe()
+            assert info.tracks["canary"].model_version == "2" and info.canary_weight == 20
+            time.sleep(0.02)
+        assert loads == ["1", "2"]  # each version loaded once
+    finally:
+        slots.stop()
+
+
+def test_the_other_workers_follow_a_reload_through_the_state_file(tmp_path: Path, monkeypatch):
+    import time
+
+    slots, loads = _slots(tmp_path, monkeypatch, slow_finish_s=0.0)
+    try:
+        StateFile(tmp_path / "serving-state.json").write(RoutingState("1", "3", 50))
+        deadline = time.monotonic() + 5
+        while "canary" not in slots.describe().tracks and time.monotonic() < deadline:
+            time.sleep(0.02)
+        info = slots.describe()
+        assert info.tracks["canary"].model_version == "3" and info.canary_weight == 50
+        assert loads == ["1", "3"]
+    finally:
+        slots.stop()
