@@ -22,6 +22,8 @@ from torch import nn
 from contracts.errors import ModelNotFoundError
 from contracts.registry import CHAMPION_ALIAS
 from model.evaluate import Evaluation, plot_confusion
+from model.export import OPSET as ONNX_OPSET
+from model.export import export_onnx
 from model.novelty import NoveltyScorer
 from model.settings import ModelSettings
 from model.train import TrainConfig, TrainResult
@@ -34,6 +36,9 @@ TEMPERATURE_TAG = "temperature"
 # The novelty scorer's summary (JSON) as a version tag; its arrays are the run's artefact.
 NOVELTY_TAG = "novelty"
 NOVELTY_ARTIFACT = "novelty/novelty.npz"
+# The version's ONNX export (model.export), what the servers run; the tag names its opset.
+ONNX_TAG = "onnx_opset"
+ONNX_ARTIFACT = "onnx/model.onnx"
 
 
 @dataclass(frozen=True)
@@ -208,11 +213,10 @@ class Registry:
             }
             if calibration is not None:
                 tags[TEMPERATURE_TAG] = f"{calibration.temperature:.6f}"
+            _log_bytes(export_onnx(net), ONNX_ARTIFACT)
+            tags[ONNX_TAG] = str(ONNX_OPSET)
             if record.novelty is not None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / Path(NOVELTY_ARTIFACT).name
-                    path.write_bytes(record.novelty.to_bytes())
-                    mlflow.log_artifact(str(path), str(Path(NOVELTY_ARTIFACT).parent))
+                _log_bytes(record.novelty.to_bytes(), NOVELTY_ARTIFACT)
                 mlflow.log_metrics(
                     {
                         "novelty_threshold": record.novelty.threshold,
@@ -307,7 +311,20 @@ class Registry:
     def novelty(self, info: ModelVersionInfo) -> NoveltyScorer | None:
         """A version's novelty scorer; None for one registered without (older versions),
         or when its artefact cannot be read (logged: the version still serves)."""
-        if not info.tags.get(NOVELTY_TAG) or not info.run_id:
+        if not info.tags.get(NOVELTY_TAG):
+            return None
+        data = self._artifact(info, NOVELTY_ARTIFACT)
+        return NoveltyScorer.from_bytes(data) if data is not None else None
+
+    def onnx(self, info: ModelVersionInfo) -> bytes | None:
+        """A version's ONNX export as registered; None for one registered before the
+        export was logged, or when it cannot be read (logged: the caller exports it)."""
+        if not info.tags.get(ONNX_TAG):
+            return None
+        return self._artifact(info, ONNX_ARTIFACT)
+
+    def _artifact(self, info: ModelVersionInfo, artifact_path: str) -> bytes | None:
+        if not info.run_id:
             return None
         import mlflow
 
@@ -315,13 +332,13 @@ class Registry:
             with tempfile.TemporaryDirectory() as tmp:
                 path = mlflow.artifacts.download_artifacts(
                     run_id=info.run_id,
-                    artifact_path=NOVELTY_ARTIFACT,
+                    artifact_path=artifact_path,
                     dst_path=tmp,
                     tracking_uri=self.settings.tracking_uri,
                 )
-                return NoveltyScorer.from_bytes(Path(path).read_bytes())
+                return Path(path).read_bytes()
         except Exception as exc:
-            log.warning("version %s: no novelty scorer (%s)", info.version, exc)
+            log.warning("version %s: cannot read %s (%s)", info.version, artifact_path, exc)
             return None
 
     def load(self, ref: str | int = CHAMPION_ALIAS) -> tuple[nn.Module, ModelVersionInfo]:
@@ -338,3 +355,13 @@ class Registry:
             sys.path[:] = saved_path
         net.eval()
         return net, info
+
+
+def _log_bytes(data: bytes, artifact_path: str) -> None:
+    """``data`` as the active run's artefact ``artifact_path`` ("folder/name")."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_path).name
+        path.write_bytes(data)
+        mlflow.log_artifact(str(path), str(Path(artifact_path).parent))

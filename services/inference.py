@@ -3,19 +3,16 @@
 Shared by the BentoML service and the benchmark's baselines, so every server does the
 same work per request and a comparison measures only the serving stack.
 
-The forward pass runs in torch or, by default, in ONNX Runtime (``DIGITLOOP_INFERENCE_RUNTIME``,
-:class:`OnnxForward`): the network exported at load, on one thread, both outputs
-(embeddings and logits) kept. Measured on these 2 cores, one image: torch 0.64 ms, ONNX
-Runtime 0.21 ms; the logits agree within 4e-6 and the labels on all 10,000 MNIST test
-digits (issue 17).
+The forward pass runs in torch or, by default, in ONNX Runtime
+(``DIGITLOOP_INFERENCE_RUNTIME``, :class:`OnnxForward`): the version's ONNX export as
+registered (:mod:`model.export`), on one thread, both outputs (embeddings and logits) kept.
+Measured on these 2 cores, one image: torch 0.64 ms, ONNX Runtime 0.21 ms; the logits agree
+within 4e-6 and the labels on all 10,000 MNIST test digits (issue 17).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -24,6 +21,7 @@ import torch
 from torch import nn
 
 from contracts.api import MAX_SIDE, TrackInfo
+from model.export import INPUT, OUTPUTS, export_onnx
 from model.network import to_tensor
 from model.novelty import NoveltyScorer
 from model.preprocess import decode_image, to_mnist
@@ -58,48 +56,7 @@ def array_to_pixels(values: object) -> np.ndarray:
 
 
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
-
-
-class _EmbeddingsAndLogits(nn.Module):
-    """The network's two outputs as one module, for export."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings = self.net.embed(pixels)
-        return embeddings, self.net.head(embeddings)
-
-
-# torch's TorchScript-based exporter keeps its state in globals: two exports at once in one
-# process (a reload while the slots' thread loads, two servers in one test) fail.
-_EXPORT_LOCK = threading.Lock()
-
-
-def export_onnx(net: nn.Module) -> bytes:
-    """The network in eval mode as an ONNX model: input ``pixels`` (N, 1, 28, 28) float 0-255,
-    outputs ``embeddings`` (N, hidden) and ``logits`` (N, 10), any N.
-
-    torch's TorchScript-based exporter, in memory: the torch.export-based one needs
-    onnxscript, one more package in the image for the same graph.
-    """
-    module = _EmbeddingsAndLogits(net).eval()
-    buffer = io.BytesIO()
-    batch = {0: "n"}
-    with _EXPORT_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice, once per load
-        torch.onnx.export(
-            module,
-            (torch.zeros(1, 1, 28, 28),),
-            buffer,
-            input_names=["pixels"],
-            output_names=["embeddings", "logits"],
-            dynamic_axes={"pixels": batch, "embeddings": batch, "logits": batch},
-            opset_version=17,
-            dynamo=False,
-        )
-    return buffer.getvalue()
+_OUTPUT_NAMES = list(OUTPUTS)  # onnxruntime takes a list
 
 
 class OnnxForward:
@@ -111,15 +68,12 @@ class OnnxForward:
     on first use: a KServe model is pickled to its workers, and a session does not pickle.
     """
 
-    OUTPUTS = ("embeddings", "logits")
-
     def __init__(self, model: bytes) -> None:
         self.model = model
         self._session = None
-        self._run = None
 
     def __getstate__(self) -> dict[str, object]:
-        return {"model": self.model, "_session": None, "_run": None}
+        return {"model": self.model, "_session": None}
 
     def _open(self):
         import onnxruntime as ort
@@ -130,24 +84,16 @@ class OnnxForward:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
-        # The binding under InferenceSession.run: the wrapper checks the feed's names on
-        # every call, 20-30 us of Python for one image (onnxruntime 1.32, pinned); the
-        # names here are the export's own. Falls back to the wrapper if it is not there.
-        binding = getattr(session, "_sess", None)
-        if binding is not None and hasattr(binding, "run"):
-            run_options = ort.RunOptions()
-            self._run = lambda feed: binding.run(list(self.OUTPUTS), feed, run_options)
-        else:
-            self._run = lambda feed: session.run(list(self.OUTPUTS), feed)
-        self._session = session
-        return session
+        self._session = ort.InferenceSession(
+            self.model, options, providers=["CPUExecutionProvider"]
+        )
+        return self._session
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._session is None:
             self._open()
         pixels = np.ascontiguousarray(images, dtype=np.float32)[:, None]
-        embeddings, logits = self._run({"pixels": pixels})  # type: ignore[misc]
+        embeddings, logits = self._session.run(_OUTPUT_NAMES, {INPUT: pixels})  # type: ignore[union-attr]
         return embeddings, logits
 
 
@@ -167,6 +113,9 @@ class Classifier:
     # The version's novelty scorer (model.novelty), read once at load; None for a version
     # registered without one: its answers then carry no novelty.
     novelty: NoveltyScorer | None = None
+    # The version's ONNX export as registered (model.export); None: exported at load, for
+    # a version registered before the export was logged.
+    onnx_model: bytes | None = field(default=None, repr=False)
     # 1/T as a 0-d tensor: multiplying by it cost 8 us per call where dividing by the
     # Python float cost 20 (a scalar wrapped into a tensor on every request).
     _inverse_temperature: torch.Tensor = field(init=False, repr=False)
@@ -179,12 +128,13 @@ class Classifier:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         self._inverse_temperature = torch.tensor(1.0 / self.temperature, dtype=torch.float32)
         if self.runtime == "onnxruntime":
-            self._onnx = OnnxForward(export_onnx(self.net.eval()))
+            self._onnx = OnnxForward(self.onnx_model or export_onnx(self.net.eval()))
 
     @classmethod
     def from_registry(cls, ref: str, registry: Registry, runtime: Runtime = "torch") -> Classifier:
         net, info = registry.load(ref)
-        return cls.from_net(net, info, registry.novelty(info), runtime=runtime)
+        onnx_model = registry.onnx(info) if runtime == "onnxruntime" else None
+        return cls.from_net(net, info, registry.novelty(info), runtime, onnx_model)
 
     @classmethod
     def from_net(
@@ -193,6 +143,7 @@ class Classifier:
         info: ModelVersionInfo,
         novelty: NoveltyScorer | None = None,
         runtime: Runtime = "torch",
+        onnx_model: bytes | None = None,
     ) -> Classifier:
         accuracy = info.tags.get("mnist_test_accuracy")
         return cls(
@@ -204,6 +155,7 @@ class Classifier:
             temperature=info.temperature,
             runtime=runtime,
             novelty=novelty,
+            onnx_model=onnx_model,
         )
 
     @torch.inference_mode()

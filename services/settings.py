@@ -68,8 +68,8 @@ class ServingSettings(AdminTokenSettings, DigitloopSettings):
     )
     inference_runtime: Runtime = Field(
         default="onnxruntime",
-        description="What runs the network: `onnxruntime` (the version exported to ONNX at "
-        "load; a third of torch's time per image on a CPU) or `torch`.",
+        description="What runs the network: `onnxruntime` (the version's ONNX export, "
+        "registered with it; a third of torch's time per image on a CPU) or `torch`.",
     )
 
     @field_validator("canary_model", mode="before")

@@ -416,3 +416,36 @@ def test_quick_run_of_the_fastapi_leg(data_dir: Path):
     assert sorted(placement.values()) == [4, 4]
     assert any("stopping fastapi" in m for m in messages)
     json.dumps(result)
+
+
+WRK_RECORDINGS = Path(__file__).parents[1] / "fixtures" / "wrk"
+
+
+@pytest.mark.parametrize(
+    ("recording", "rps", "requests", "non_2xx", "socket_errors"),
+    [
+        ("ok", 259.14, 521, 0, 0),
+        ("non2xx", 1391.23, 2784, 2784, 0),
+        ("read-errors", 0.0, 0, 0, 24837),
+    ],
+)
+def test_wrk_reports_parse_as_wrk_4_1_prints_them(recording, rps, requests, non_2xx, socket_errors):
+    """Recorded from Debian's wrk 4.1.0 against loopback servers (tests/fixtures/wrk)."""
+    from digitloop_bench.serving.wrk_check import parse_wrk
+
+    text = (WRK_RECORDINGS / f"wrk-4.1.0-{recording}.txt").read_text()
+    run = parse_wrk(text)
+    assert (run.rps, run.requests, run.non_2xx, run.socket_errors) == (
+        rps,
+        requests,
+        non_2xx,
+        socket_errors,
+    )
+
+
+def test_a_wrk_that_could_not_connect_is_a_clear_error():
+    from digitloop_bench.serving.wrk_check import WrkError, parse_wrk
+
+    text = (WRK_RECORDINGS / "wrk-4.1.0-refused.txt").read_text()
+    with pytest.raises(WrkError, match="Connection refused"):
+        parse_wrk(text)

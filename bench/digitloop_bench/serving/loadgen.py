@@ -16,6 +16,12 @@ Multi-process servers (uvicorn, KServe and BentoML workers) accept from one shar
 and connections opened at once tend to all land on one worker. With ``--server-pid`` the
 client looks up which worker process owns the server side of each new connection and
 keeps opening connections until they are spread evenly over ``--workers`` processes.
+
+Why not a kept load generator: wrk, the cheapest of them per request (Debian's package),
+opens its connections once and leaves their placement to the server's accept loop. In 36
+runs of :mod:`digitloop_bench.serving.wrk_check` they were even in 21, and as uneven as 6/2
+(c=8) and 19/13 (c=32); an earlier run saw 24/8. A p99 compared across servers would then
+compare their luck. wrk also does not check the answers' labels.
 """
 
 from __future__ import annotations

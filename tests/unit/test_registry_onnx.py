@@ -1,0 +1,43 @@
+"""A version's ONNX export is registered with it and is what the servers run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.evaluate import evaluate
+from model.registry import ONNX_TAG, Registry, TrainingRecord
+from model.train import TrainConfig, train
+from services import inference
+from services.inference import Classifier
+from tests.conftest import tiny_split
+
+
+def test_a_version_serves_its_registered_export_and_an_older_one_is_exported_at_load(
+    data_dir, mnist, monkeypatch
+):
+    registry = Registry()
+    x, y, x_test, y_test = tiny_split(mnist, 300, 200)
+    config = TrainConfig(epochs=1, augment=False)
+    result = train(x, y, config)
+    info = registry.log_and_register(
+        result.net, TrainingRecord.of(config, result, evaluate(result.net, x_test, y_test), {})
+    )
+    stored = registry.onnx(info)
+    assert stored is not None and info.tags[ONNX_TAG] == "17"
+    labels = Classifier.from_registry(info.version, registry, runtime="torch").predict(x_test)
+
+    # Loading runs the stored export: nothing is exported at load.
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "export_onnx", lambda net: pytest.fail("exported at load"))
+        served = Classifier.from_registry(info.version, registry, runtime="onnxruntime")
+    assert served.onnx_model == stored
+    np.testing.assert_array_equal(served.predict(x_test).argmax(1), labels.argmax(1))
+
+    # A version registered before the export was logged still serves: exported at load.
+    registry.client.delete_model_version_tag(registry.name, info.version, ONNX_TAG)
+    older = registry.get(info.version)
+    assert registry.onnx(older) is None
+    exported = Classifier.from_registry(older.version, registry, runtime="onnxruntime")
+    assert exported.onnx_model is None
+    np.testing.assert_array_equal(exported.predict(x_test).argmax(1), labels.argmax(1))
