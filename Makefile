@@ -80,7 +80,7 @@ serve: install ## Serve the champion on http://127.0.0.1:3000 (BentoML; DIGITLOO
 	$(BIN)/digitloop serve
 
 .PHONY: bench
-bench: install ## Benchmark serving: BentoML vs FastAPI vs KServe, side by side (a few minutes).
+bench: install ## Benchmark serving: BentoML vs FastAPI vs KServe and a bare-ASGI floor, side by side (a few minutes).
 	$(BIN)/digitloop bench
 
 .PHONY: bench-loop

@@ -262,6 +262,7 @@ def _servers(bentoml_rps: float = 800.0) -> dict:
         },
         "fastapi": {"c1": row(320, 5, 3.0), "c8": row(720, 18, 2.8), "c32": row(760, 50, 2.6)},
         "kserve": {"c1": row(280, 6, 2.9), "c8": row(600, 25, 2.6), "c32": row(640, 70, 2.4)},
+        "asgi": {"c1": row(340, 4, 1.6), "c8": row(900, 15, 1.5), "c32": row(950, 40, 1.6)},
     }
 
 
@@ -283,6 +284,10 @@ def test_result_object_has_the_contracted_shape():
     assert ratios["bentoml_vs_limit"] == pytest.approx(800 / 1290.3, abs=1e-3)
     assert ratios["bentoml_vs_kserve_cpu"] == pytest.approx(2.0 / 2.4, abs=1e-3)
     assert ratios["bentoml_vs_fastapi_cpu"] == pytest.approx(2.0 / 2.6, abs=1e-3)
+    # Each stack over the floor: the same work on a bare ASGI app.
+    assert ratios["bentoml_vs_asgi_cpu"] == pytest.approx(2.0 / 1.6, abs=1e-3)
+    assert ratios["fastapi_vs_asgi_cpu"] == pytest.approx(2.6 / 1.6, abs=1e-3)
+    assert ratios["kserve_vs_asgi_cpu"] == pytest.approx(2.4 / 1.6, abs=1e-3)
     # Issue 17's goal: CPU per answer <= KServe's and <= 0.8x FastAPI's, work <= 1 ms,
     # no errors, p99 no worse than FastAPI's.
     assert result["goal"]["checks"] == {
@@ -449,3 +454,40 @@ def test_a_wrk_that_could_not_connect_is_a_clear_error():
     text = (WRK_RECORDINGS / "wrk-4.1.0-refused.txt").read_text()
     with pytest.raises(WrkError, match="Connection refused"):
         parse_wrk(text)
+
+
+def test_the_floor_answers_the_work_and_nothing_else(mnist):
+    """The bare ASGI floor: the same answer as the in-process model, 4xx for bad bodies."""
+    import httpx
+    import torch
+    from digitloop_bench.serving.asgi_server import make_app
+
+    from model.network import DigitNet
+    from model.registry import ModelVersionInfo
+    from services.inference import Classifier
+
+    torch.manual_seed(0)
+    info = ModelVersionInfo("digitloop-mnist", "3", [], {}, "run")
+    classifier = Classifier.from_net(DigitNet().eval(), info, runtime="onnxruntime")
+    app = make_app(classifier, max_bytes=100_000)
+    pngs = make_request_set(mnist.x_test, 5)
+
+    async def ask():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://floor") as client:
+            answers = [await client.post("/predict", content=png) for png in pngs]
+            blank = await client.post("/predict", content=b"not a png")
+            ready = await client.get("/readyz")
+            missing = await client.get("/predict")
+        return answers, blank, ready, missing
+
+    answers, blank, ready, missing = asyncio.run(ask())
+    from services.inference import image_bytes_to_pixels
+
+    expected = classifier.predict(np.stack([image_bytes_to_pixels(p, 100_000) for p in pngs]))
+    assert [a.status_code for a in answers] == [200] * 5
+    assert [parse_label("asgi", a.content) for a in answers] == list(expected.argmax(axis=1))
+    assert answers[0].json()["model_version"] == "3" and answers[0].json()["unusual"] is False
+    assert blank.status_code == 422 and "error" in blank.json()
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert missing.status_code == 404

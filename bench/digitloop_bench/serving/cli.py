@@ -33,8 +33,11 @@ def bench(
     ] = None,
     servers: Annotated[
         str,
-        typer.Option(help="Comma-separated servers to run, in order: bentoml,fastapi,kserve."),
-    ] = "bentoml,fastapi,kserve",
+        typer.Option(
+            help="Comma-separated servers to run, in order: bentoml,fastapi,kserve and asgi "
+            "(the floor: the same work on a bare ASGI app)."
+        ),
+    ] = "bentoml,fastapi,kserve,asgi",
     concurrency: Annotated[
         str, typer.Option(help="Comma-separated numbers of concurrent connections.")
     ] = "1,8,32",

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-SERVER_KINDS = ("bentoml", "fastapi", "kserve")
+# The product, two baselines, and the floor (bare ASGI doing the same work).
+SERVER_KINDS = ("bentoml", "fastapi", "kserve", "asgi")
 # What the sketchpad sends (the headline) and the whole 280x280 canvas.
 REQUEST_SETS = ("ui", "canvas")
 KSERVE_MODEL_NAME = "digits"
@@ -51,6 +52,7 @@ PATHS = {
     "bentoml": "/predict",
     "fastapi": "/predict",
     "kserve": f"/v1/models/{KSERVE_MODEL_NAME}:predict",
+    "asgi": "/predict",
 }
 BOUNDARY = "digitloopbenchboundary7MA4YWxk"
 CANVAS = 280
@@ -137,7 +139,7 @@ def read_request_set(directory: Path) -> tuple[list[bytes], list[int] | None]:
 
 def encode_body(kind: str, png: bytes) -> tuple[bytes, str]:
     """The body and content type each server takes for one PNG, as its docs show."""
-    if kind == "bentoml":
+    if kind in ("bentoml", "asgi"):
         # The PNG as the body, as the product's client (services.client) sends it.
         return png, "image/png"
     if kind == "fastapi":

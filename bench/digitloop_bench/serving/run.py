@@ -9,8 +9,9 @@ The steps, all in one run so every number compares with the others:
    ink (``ui``, the headline: what the product really sends);
 3. the machine's limit: the in-process, single-threaded cost of one request's work
    (:mod:`.cost`), and the label the model gives each image in-process;
-4. every server (BentoML service, FastAPI baseline, KServe baseline) started on a free
-   loopback port in its own process group and waited for until every worker answers;
+4. every server (BentoML service, FastAPI baseline, KServe baseline, the bare ASGI floor)
+   started on a free loopback port in its own process group and waited for until every
+   worker answers;
    then, server after server, the load generator at each concurrency on the headline set
    and at the highest on the others, recording throughput, latency, errors and the
    server's CPU time per answer, for ``rounds`` rounds (figures are medians over rounds);
@@ -58,6 +59,7 @@ READY_PATHS = {
     "bentoml": "/readyz",
     "fastapi": "/readyz",
     "kserve": f"/v1/models/{KSERVE_MODEL_NAME}",
+    "asgi": "/readyz",
 }
 STOP_TIMEOUT_S = 15.0
 
@@ -289,6 +291,9 @@ def server_command(kind: str, port: int, config: BenchConfig, run_dir: Path) -> 
                 "--host", HOST, "--port", str(port)]  # fmt: skip
     if kind == "fastapi":
         return [python, "-m", "digitloop_bench.serving.fastapi_server",
+                "--host", HOST, "--port", str(port), "--workers", str(config.workers)]  # fmt: skip
+    if kind == "asgi":
+        return [python, "-m", "digitloop_bench.serving.asgi_server",
                 "--host", HOST, "--port", str(port), "--workers", str(config.workers)]  # fmt: skip
     if kind == "kserve":
         log_config = write_kserve_log_config(run_dir / "kserve-logging.json")
@@ -866,6 +871,11 @@ def result_object(
     }
     for kind in SERVER_KINDS:
         ratios[f"{kind}_vs_limit"] = _ratio(at(kind, "rps"), limit)
+    # Each stack's cost: its CPU per answer over the floor's, the same work on bare ASGI.
+    for kind in ("bentoml", "fastapi", "kserve"):
+        ratios[f"{kind}_vs_asgi_cpu"] = _ratio(
+            at(kind, "cpu_ms_per_answer"), at("asgi", "cpu_ms_per_answer")
+        )
     errors = at("bentoml", "errors")
     work = cost.get("total")
     checks = {
@@ -973,7 +983,12 @@ def plot(result: dict[str, object], path: Path) -> Path:
     concurrencies = sorted({int(key[1:]) for rows in servers.values() for key in rows})
     fig, (ax_rps, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
     width = 0.8 / max(1, len(servers))
-    colours = {"bentoml": "tab:blue", "fastapi": "tab:orange", "kserve": "tab:green"}
+    colours = {
+        "bentoml": "tab:blue",
+        "fastapi": "tab:orange",
+        "kserve": "tab:green",
+        "asgi": "tab:grey",
+    }
     for i, (kind, rows) in enumerate(servers.items()):
         xs = [j + (i - (len(servers) - 1) / 2) * width for j in range(len(concurrencies))]
         rps = [rows.get(f"c{c}", {}).get("rps", 0) for c in concurrencies]
