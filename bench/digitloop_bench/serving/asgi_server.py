@@ -4,9 +4,10 @@ Not a server anyone would ship: no framework, no routing, no validation, no log,
 metrics. It reads a PNG body, does exactly the work every server does per answer
 (:func:`image_bytes_to_pixels`, :meth:`Classifier.answer` and the novelty flag) and writes
 the JSON answer, on uvicorn configured as the FastAPI baseline is (2 workers, uvloop,
-httptools, no access log). Its CPU per answer is the least a Python server can spend on
-this work here, so each server's CPU per answer over it is what that server's stack costs
-(``*_vs_asgi_cpu`` in the bench's ratios).
+httptools, no access log), with the service's garbage-collector setting (``gc.freeze``).
+Its CPU per answer is about the least a Python server spends on this work here, so each
+server's CPU per answer over it is what that server's stack costs (``*_vs_asgi_cpu`` in
+the bench's ratios).
 
 Run: ``python -m digitloop_bench.serving.asgi_server --port 8000`` from the repository root,
 with ``DIGITLOOP_DATA_DIR`` pointing at the registry and ``DIGITLOOP_BENCH_MODEL`` at a
@@ -15,15 +16,16 @@ version or alias (default ``champion``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contracts.registry import CHAMPION_ALIAS
+from digitloop_bench.serving.uvicorn_main import serve
 from services.errors import status_of
 from services.inference import Classifier, image_bytes_to_pixels
+from services.slots import freeze_long_lived
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -44,7 +46,7 @@ def make_app(classifier: Classifier, max_bytes: int):
         flagged = scores is not None and bool(classifier.novelty.flagged(scores)[0])  # type: ignore[union-attr]
         return 200, {
             "label": int(probabilities[0].argmax()),
-            "probabilities": [round(float(p), 6) for p in probabilities[0]],
+            "probabilities": probabilities[0].round(6).tolist(),
             "model_version": classifier.version,
             "unusual": flagged,
         }
@@ -83,31 +85,17 @@ def create_app():
     torch.set_num_threads(settings.torch_threads)
     ref = os.environ.get("DIGITLOOP_BENCH_MODEL", CHAMPION_ALIAS)
     classifier = Classifier.from_registry(ref, Registry(), runtime=settings.inference_runtime)
-    if os.environ.get("DIGITLOOP_BENCH_GC_FREEZE") == "1":
-        from services.slots import freeze_long_lived
-
-        freeze_long_lived()
+    # Always, unlike the baselines (--freeze-baselines): the floor gets every saving the
+    # service has, or a full collection's scan of the loaded worker would be counted in it.
+    freeze_long_lived()
     return make_app(classifier, settings.max_image_bytes)
 
 
 def main() -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description="The benchmark's floor: bare ASGI + the work.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    uvicorn.run(
+    serve(
         "digitloop_bench.serving.asgi_server:create_app",
+        "The benchmark's floor: bare ASGI + the work.",
         factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
     )
 
 

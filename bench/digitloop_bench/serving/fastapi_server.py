@@ -24,7 +24,6 @@ version or alias (default ``champion``).
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from fastapi import FastAPI, HTTPException, UploadFile
 from pydantic import BaseModel
 
 from contracts.registry import CHAMPION_ALIAS
+from digitloop_bench.serving.uvicorn_main import serve
 from services.errors import status_of
 from services.inference import Classifier, image_bytes_to_pixels
 from services.settings import ServingSettings
@@ -124,22 +124,8 @@ async def readyz() -> Ready:
 
 
 def main() -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description="FastAPI + uvicorn baseline of the benchmark.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    uvicorn.run(
-        "digitloop_bench.serving.fastapi_server:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
+    serve(
+        "digitloop_bench.serving.fastapi_server:app", "FastAPI + uvicorn baseline of the benchmark."
     )
 
 
