@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -67,3 +69,42 @@ def predict_proba(net: nn.Module, images: np.ndarray, batch_size: int = 1024) ->
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What one forward pass of a batch of images gives."""
+
+    logits: np.ndarray  # (N, 10) float32
+    probabilities: np.ndarray  # (N, 10) float32, the softmax of the logits
+    embeddings: np.ndarray  # (N, D) float32, the penultimate layer (DigitNet.embed)
+
+
+@torch.inference_mode()
+def model_outputs(net: nn.Module, images: np.ndarray, batch_size: int = 1024) -> ModelOutputs:
+    """Logits, probabilities and embeddings of (N, 28, 28) uint8 images, in eval mode.
+
+    One forward pass gives all three: ``net.embed`` then ``net.head`` (the layout of
+    :class:`DigitNet`). The batched pass the drift step, the novelty scorer's fitting and
+    the benchmarks share, so the embeddings a window is scored with are the ones its
+    features are computed from.
+
+    Raises:
+        TypeError: ``net`` has no ``embed`` and ``head``.
+        ValueError: ``images`` is not (N, 28, 28).
+    """
+    if not (hasattr(net, "embed") and hasattr(net, "head")):
+        raise TypeError(f"{type(net).__name__} has no embed/head; a DigitNet is needed")
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"expected (N, 28, 28) images, got shape {images.shape}")
+    net.eval()
+    logits, probs, embs = [], [], []
+    # At least one (possibly empty) batch, so an empty input still yields (0, D) arrays.
+    for start in range(0, max(len(images), 1), batch_size):
+        emb = net.embed(to_tensor(images[start : start + batch_size]))
+        out = net.head(emb)
+        logits.append(out.numpy())
+        probs.append(torch.softmax(out, dim=1).numpy())
+        embs.append(emb.numpy())
+    return ModelOutputs(np.concatenate(logits), np.concatenate(probs), np.concatenate(embs))

@@ -104,6 +104,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from model.network import model_outputs
+
 METHOD = "relative_mahalanobis"
 # Components with fewer members than this are dropped: their mean is too noisy to trust
 # (ten labelled sevens of a new population would make every other seven look novel).
@@ -235,21 +237,6 @@ class NoveltyScorer:
             )
 
 
-def embeddings_of(net: nn.Module, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """The penultimate embeddings (N, D) float32 of (N, 28, 28) uint8 images, in eval mode."""
-    import torch
-
-    from model.network import to_tensor
-
-    net.eval()
-    with torch.inference_mode():
-        out = [
-            net.embed(to_tensor(images[i : i + batch_size])).numpy()
-            for i in range(0, len(images), batch_size)
-        ]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
 def fit_scorer(
     embeddings: np.ndarray,
     groups: Sequence[str],
@@ -339,12 +326,16 @@ def fit_novelty(
             rows = np.sort(rng.choice(rows, size=max_per_source, replace=False))
         if not len(rows):
             continue
-        embeddings.append(embeddings_of(net, source.images[rows]))
+        embeddings.append(model_outputs(net, source.images[rows]).embeddings)
         groups.extend(f"{source.name}:{int(c)}" for c in np.asarray(source.labels)[rows])
     if not embeddings:
         raise ValueError("no training images to fit a novelty scorer on")
     draft = fit_scorer(np.concatenate(embeddings), groups, share)
-    scores = {s.name: draft.score(embeddings_of(net, s.images)) for s in held_out if len(s.images)}
+    scores = {
+        s.name: draft.score(model_outputs(net, s.images).embeddings)
+        for s in held_out
+        if len(s.images)
+    }
     threshold, flagged, n = calibrate_threshold(scores, share)
     return dataclasses.replace(draft, threshold=threshold, share=flagged, n_calibration=n)
 

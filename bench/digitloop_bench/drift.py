@@ -54,6 +54,7 @@ from torch import nn
 
 from contracts.cli import JsonOption, MnistOption, cli_errors, emit, setup_logging, stderr
 from digitloop_bench.shifts import SHIFTS, in_distribution, make_shift
+from model.network import model_outputs
 from model.novelty import NoveltyScorer, critical_count
 from pipelines.drift.adapted import mixture, mixture_grid
 from pipelines.drift.columns import ColumnTests
@@ -65,13 +66,7 @@ from pipelines.drift.detect import (
     detect_drift,
     detect_drift_adapted,
 )
-from pipelines.drift.features import (
-    CLASS_COLUMN,
-    ModelOutputs,
-    feature_frame,
-    featurise,
-    model_outputs,
-)
+from pipelines.drift.features import CLASS_COLUMN, feature_frame, featurise
 from pipelines.drift.reference import (
     Reference,
     build_reference,
@@ -979,13 +974,10 @@ def novelty(
         reference_matrix = tests.matrix(reference.features)
 
         def prepare(images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-            outputs = _forward(net, images)
-            frame = feature_frame(
-                images,
-                ModelOutputs(_softmax(outputs[1]), outputs[0]),
-                reference.summary,
-            )
-            return candidate_scores(scorer, *outputs), tests.matrix(frame)
+            outputs = model_outputs(net, images)
+            frame = feature_frame(images, outputs, reference.summary)
+            scores = candidate_scores(scorer, outputs.embeddings, outputs.logits)
+            return scores, tests.matrix(frame)
 
         calibration_scores, _ = prepare(calibration.images)
         thresholds = {
@@ -1051,7 +1043,7 @@ def novelty(
             }
             for name, (values, _) in [("mnist", (in_scores, None)), *populations.items()]
         }
-        cost = _score_cost(scorer, _forward(net, x_in[:1])[0])
+        cost = _score_cost(scorer, model_outputs(net, x_in[:1]).embeddings)
         seconds = round(time.perf_counter() - started, 1)
 
     summary: dict[str, object] = {
@@ -1077,27 +1069,6 @@ def novelty(
         "seconds": seconds,
     }
     emit(summary, as_json, _novelty_table(summary))
-
-
-def _forward(net: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and logits of the one forward pass the service runs, in batches."""
-    import torch
-
-    from model.network import to_tensor
-
-    embeddings, logits = [], []
-    with torch.inference_mode():
-        for start in range(0, len(images), 1024):
-            z = net.embed(to_tensor(images[start : start + 1024]))
-            embeddings.append(z.numpy())
-            logits.append(net.head(z).numpy())
-    return np.concatenate(embeddings), np.concatenate(logits)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    from scipy.special import softmax
-
-    return softmax(logits, axis=1).astype(np.float32)
 
 
 def _rate(hits: int, n: int) -> dict[str, object]:

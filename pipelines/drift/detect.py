@@ -76,6 +76,7 @@ from torch import nn
 
 from contracts.errors import DatasetError
 from contracts.settings import DigitloopEnv
+from model.network import ModelOutputs, model_outputs
 from model.registry import ModelVersionInfo
 from pipelines.drift.adapted import (
     TrafficReader,
@@ -85,7 +86,7 @@ from pipelines.drift.adapted import (
     training_range,
 )
 from pipelines.drift.columns import ColumnTests
-from pipelines.drift.features import CLASS_COLUMN, feature_frame, featurise, model_outputs
+from pipelines.drift.features import CLASS_COLUMN, feature_frame
 from pipelines.drift.reference import (
     Reference,
     ReferenceSpec,
@@ -406,11 +407,18 @@ def detect_drift(
     images: np.ndarray,
     reference: Reference,
     settings: DriftSettings | None = None,
+    *,
+    outputs: ModelOutputs | None = None,
 ) -> DriftResult:
-    """The drift step on (N, 28, 28) uint8 images as the service logs them."""
+    """The drift step on (N, 28, 28) uint8 images as the service logs them.
+
+    ``outputs`` is ``net``'s forward pass of ``images`` when the caller has run it already
+    (the drift step scores novelty with the same embeddings); run here when None.
+    """
     settings = settings or DriftSettings()
     _check_window(len(images), settings)
-    return check_drift(featurise(net, images, reference.summary), reference, settings)
+    outputs = outputs if outputs is not None else model_outputs(net, images)
+    return check_drift(feature_frame(images, outputs, reference.summary), reference, settings)
 
 
 @dataclass(frozen=True)
@@ -472,6 +480,8 @@ def detect_drift_adapted(
     mnist: Reference,
     adapted: Reference,
     settings: DriftSettings | None = None,
+    *,
+    outputs: ModelOutputs | None = None,
 ) -> MixtureDrift:
     """The drift step for a fine-tuned champion: drifted only if drifted against every mix.
 
@@ -479,11 +489,12 @@ def detect_drift_adapted(
     steps; each is scored with the per-column tests, and Evidently then checks the window
     against the nearest one (smallest share of drifted columns, MNIST first on ties): the
     window is drifted exactly when it is drifted against that one, so against all
-    (:func:`combine`).
+    (:func:`combine`). ``outputs``: as :func:`detect_drift`'s.
     """
     settings = settings or DriftSettings()
     _check_window(len(images), settings)
-    features = featurise(net, images, mnist.summary)
+    outputs = outputs if outputs is not None else model_outputs(net, images)
+    features = feature_frame(images, outputs, mnist.summary)
     tests = column_tests(list(mnist.features.columns), settings)
     window = tests.matrix(features)
     mixes = {

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
-from model.network import to_tensor
+from model.network import ModelOutputs, model_outputs
 from model.preprocess import INK_THRESHOLD, MNIST_SIZE
 
 # Image features, computed from the pixels alone.
@@ -42,14 +41,6 @@ CENTROID_COLUMN = "centroid_distance"
 def pc_columns(n_components: int) -> tuple[str, ...]:
     """Names of the embedding's principal-component columns: ``emb_pc1``, ``emb_pc2``, ..."""
     return tuple(f"emb_pc{i + 1}" for i in range(n_components))
-
-
-@dataclass(frozen=True)
-class ModelOutputs:
-    """What one forward pass gives the drift step."""
-
-    probabilities: np.ndarray  # (N, 10) float32
-    embeddings: np.ndarray  # (N, D) float32, the penultimate layer
 
 
 @dataclass(frozen=True)
@@ -171,26 +162,6 @@ def _extent(occupied: np.ndarray) -> np.ndarray:
     first = occupied.argmax(axis=1)
     last = size - 1 - occupied[:, ::-1].argmax(axis=1)
     return np.where(occupied.any(axis=1), last - first + 1, 0).astype(np.float32)
-
-
-@torch.inference_mode()
-def model_outputs(net: nn.Module, images: np.ndarray, batch_size: int = 1024) -> ModelOutputs:
-    """Probabilities and penultimate-layer embeddings of (N, 28, 28) uint8 images.
-
-    One forward pass gives both: ``net.embed`` then ``net.head`` (the layout of
-    :class:`model.network.DigitNet`), in eval mode.
-    """
-    if not (hasattr(net, "embed") and hasattr(net, "head")):
-        raise TypeError(f"{type(net).__name__} has no embed/head; the drift step needs DigitNet")
-    images = _as_images(images)
-    net.eval()
-    probs, embs = [], []
-    # At least one (possibly empty) batch, so an empty input still yields (0, D) arrays.
-    for start in range(0, max(len(images), 1), batch_size):
-        emb = net.embed(to_tensor(images[start : start + batch_size]))
-        probs.append(torch.softmax(net.head(emb), dim=1).numpy())
-        embs.append(emb.numpy())
-    return ModelOutputs(np.concatenate(probs), np.concatenate(embs))
 
 
 def output_features(outputs: ModelOutputs, summary: EmbeddingSummary) -> pd.DataFrame:

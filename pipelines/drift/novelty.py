@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
-from model.novelty import NoveltyScorer, critical_count, embeddings_of, window_test
+from model.novelty import NoveltyScorer, critical_count, window_test
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,11 @@ class NoveltyWindow:
 
 
 def window_scores(
-    frame: pd.DataFrame, images: np.ndarray, net: nn.Module, scorer: NoveltyScorer, version: str
+    frame: pd.DataFrame, embeddings: np.ndarray, scorer: NoveltyScorer, version: str
 ) -> tuple[np.ndarray, int]:
     """Novelty (N,) of a window's answers under the champion ``version``, and how many came
-    from the log: its own logged scores, the rest scored here (one forward pass of them)."""
+    from the log: its own logged scores, the rest scored here from ``embeddings`` (N, D),
+    the champion's embeddings of the window's drawings (the drift step's forward pass)."""
     scores = np.full(len(frame), np.nan, np.float32)
     if "novelty" in frame.columns:
         logged = frame["novelty"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -54,7 +54,7 @@ def window_scores(
         scores[mine] = logged[mine]
     missing = np.isnan(scores)
     if missing.any():
-        scores[missing] = scorer.score(embeddings_of(net, images[missing]))
+        scores[missing] = scorer.score(embeddings[missing])
     return scores, int((~missing).sum())
 
 

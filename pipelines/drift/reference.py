@@ -36,13 +36,9 @@ import pandas as pd
 from torch import nn
 
 from contracts.errors import DatasetError
+from model.network import model_outputs
 from model.preprocess import preprocess_batch
-from pipelines.drift.features import (
-    CLASS_COLUMN,
-    EmbeddingSummary,
-    feature_frame,
-    model_outputs,
-)
+from pipelines.drift.features import CLASS_COLUMN, EmbeddingSummary, feature_frame
 
 log = logging.getLogger(__name__)
 

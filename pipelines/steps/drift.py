@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.novelty import embeddings_of
+from model.network import model_outputs
 from pipelines.drift.adapted import TrainingRange, adapted_reference_path, adapted_rows
 from pipelines.drift.detect import (
     WindowTooSmallError,
@@ -80,12 +80,17 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
     with stored_copy(ctx, adapted_reference_path(ctx.model.data_dir, info.name, info.version)):
         adapted = adapted_reference(net, info, reference, traffic, ctx.model.data_dir, ctx.drift)
     images = window.images(recent)
+    # One forward pass of the window: Evidently's features, the novelty scores the log lacks
+    # and the clusters of the flagged drawings all read it.
+    outputs = model_outputs(net, images)
     adapted_fields: dict[str, object] = {}
     try:
         if adapted is None:
-            result = detect_drift(net, images, reference, ctx.drift)
+            result = detect_drift(net, images, reference, ctx.drift, outputs=outputs)
         else:
-            result = mixed = detect_drift_adapted(net, images, reference, adapted, ctx.drift)
+            result = mixed = detect_drift_adapted(
+                net, images, reference, adapted, ctx.drift, outputs=outputs
+            )
             adapted_fields = {
                 "nearest_adapted_share": mixed.nearest_share,
                 "mnist_drift_score": mixed.mnist.drift_score,
@@ -98,12 +103,12 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
     novelty_fields: dict[str, object] = {}
     novelty = None
     if scorer is not None:
-        scores, from_log = window_scores(recent, images, net, scorer, info.version)
+        scores, from_log = window_scores(recent, outputs.embeddings, scorer, info.version)
         novelty = judge_window(scores, scorer, ctx.drift.drift_novelty_alpha, from_log)
         # What the flagged drawings look like: a few groups, examples of each in the report.
         flagged = np.flatnonzero(scorer.flagged(scores))
         labels = recent["label"].to_numpy(dtype=np.int64)[flagged]
-        clusters = cluster_flagged(embeddings_of(net, images[flagged]), scores[flagged], labels)
+        clusters = cluster_flagged(outputs.embeddings[flagged], scores[flagged], labels)
         if clusters:
             files["novelty_clusters.png"] = clusters_png(images[flagged], clusters)
         novelty_fields = {

@@ -305,6 +305,7 @@ def test_the_dashboard_queries_the_service_metrics() -> None:
         "digitloop_corrections_total",
         "digitloop_feedback_total",
         "digitloop_model_info",
+        "digitloop_unusual_answers_total",
         # the loop's, emitted by Argo's controller (pipelines/workflows/loop.py)
         "argo_workflows_digitloop_drift_score",
         "argo_workflows_digitloop_canary_decisions",
@@ -326,6 +327,30 @@ def test_the_drift_panel_marks_the_loop_s_threshold() -> None:
     (drift,) = [p for p in panels if "digitloop_drift_score" in json.dumps(p["targets"])]
     steps = drift["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert steps[-1]["value"] == DriftSettings.model_fields["drift_threshold"].default
+
+
+def test_the_unusual_panel_is_the_flagged_share_per_track_against_the_novelty_share() -> None:
+    """Unusual answers over all answers (digitloop_predictions_total counts the same logged
+    answers), per track, 0 rather than no line while nothing is flagged; the red line is
+    the share a version's threshold flags of in-distribution drawings."""
+    import json
+
+    from model.settings import ModelSettings
+
+    dashboard = next(
+        o for _, o in render_scenario("default") if o["metadata"]["name"] == "digitloop-dashboard"
+    )
+    panels = json.loads(dashboard["data"]["digitloop-serving.json"])["panels"]
+    (unusual,) = [p for p in panels if "digitloop_unusual_answers_total" in json.dumps(p)]
+    ((target,),) = [unusual["targets"]]
+    flagged = "sum by (track) (rate(digitloop_unusual_answers_total[5m]))"
+    answers = "sum by (track) (rate(digitloop_predictions_total[5m]))"
+    assert target["expr"] == f"({flagged} or 0 * {answers}) / {answers}"
+    assert target["legendFormat"] == "{{track}}"
+    assert unusual["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    steps = unusual["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1]["value"] == ModelSettings.model_fields["novelty_share"].default
+    assert len({p["id"] for p in panels}) == len(panels)
 
 
 def _workflows(rendered: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -167,7 +167,7 @@ def test_answers_are_calibrated_with_the_version_s_temperature(service: Service,
 def test_answers_say_how_unusual_the_drawing_is_for_the_version(service: Service, mnist):
     """Version 1's scorer, fitted at registration, scores each answer from its one forward
     pass: a blob unlike any digit is flagged, MNIST digits mostly not; batch agrees."""
-    from model.novelty import embeddings_of
+    from model.network import model_outputs
     from model.registry import Registry
     from model.settings import ModelSettings
     from services.inference import array_to_pixels
@@ -195,7 +195,7 @@ def test_answers_say_how_unusual_the_drawing_is_for_the_version(service: Service
     scorer = registry.novelty(info)
     assert scorer is not None and json.loads(info.tags["novelty"])["threshold"] > 0
     pixels = np.stack([array_to_pixels(d) for d in drawings])
-    expected = scorer.score(embeddings_of(net, pixels))
+    expected = scorer.score(model_outputs(net, pixels).embeddings)
     served = np.array([a["novelty"] for a in answers])
     np.testing.assert_allclose(served, expected, rtol=1e-3, atol=1e-2)
     np.testing.assert_allclose([a["novelty"] for a in batch], served, rtol=1e-3, atol=1e-2)

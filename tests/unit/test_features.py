@@ -7,16 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from model.network import DigitNet
+from model.network import DigitNet, ModelOutputs, model_outputs, to_tensor
 from pipelines.drift.features import (
     CLASS_COLUMN,
     IMAGE_COLUMNS,
     EmbeddingSummary,
-    ModelOutputs,
     feature_frame,
     featurise,
     image_features,
-    model_outputs,
     numerical_columns,
     output_features,
 )
@@ -97,7 +95,10 @@ def summary_for(dim: int = 8, n_components: int = 2) -> EmbeddingSummary:
 
 def test_entropy_of_a_uniform_prediction_is_log_ten_and_of_a_certain_one_zero():
     probabilities = np.array([[0.1] * 10, [1.0] + [0.0] * 9], np.float32)
-    outputs = ModelOutputs(probabilities, np.zeros((2, 8), np.float32))
+    # The model-side features read the probabilities; the logits are not used.
+    outputs = ModelOutputs(
+        np.zeros((2, 10), np.float32), probabilities, np.zeros((2, 8), np.float32)
+    )
     features = output_features(outputs, summary_for())
     assert features.loc[0, "entropy"] == pytest.approx(np.log(10), rel=1e-5)
     assert features.loc[0, "confidence"] == pytest.approx(0.1)
@@ -143,6 +144,26 @@ def test_featurise_gives_every_column_for_a_network():
     assert len(frame) == 12
     assert frame[numerical_columns(3)].dtypes.eq(np.float64).all()
     pd.testing.assert_frame_equal(frame, feature_frame(images, outputs, summary))
+
+
+def test_model_outputs_are_one_forward_pass_of_the_network():
+    """The logits are the head of the embeddings, the probabilities their softmax, each row
+    the network's answer for that image; a network without embed/head is refused."""
+    torch.manual_seed(0)
+    net = DigitNet().eval()
+    images = np.random.default_rng(4).integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+    outputs = model_outputs(net, images, batch_size=3)
+    with torch.inference_mode():
+        logits = net(to_tensor(images)).numpy()
+        head = net.head(torch.from_numpy(outputs.embeddings)).numpy()
+    np.testing.assert_allclose(outputs.logits, logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(outputs.logits, head, rtol=1e-5, atol=1e-6)
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(outputs.probabilities, softmax, rtol=1e-4, atol=1e-6)
+    empty = model_outputs(net, np.zeros((0, 28, 28), np.uint8))
+    assert empty.logits.shape == (0, 10) and empty.embeddings.shape == (0, 128)
+    with pytest.raises(TypeError, match="embed/head"):
+        model_outputs(torch.nn.Linear(784, 10), images)
 
 
 def test_featurise_accepts_an_empty_batch():

@@ -10,13 +10,12 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from model.network import DigitNet
+from model.network import DigitNet, model_outputs
 from model.novelty import (
     NoveltyScorer,
     Source,
     calibrate_threshold,
     critical_count,
-    embeddings_of,
     fit_for_version,
     fit_novelty,
     fit_scorer,
@@ -119,23 +118,20 @@ def test_the_window_test_counts_flags_above_the_threshold_only():
     assert not verdict.detected and verdict.flagged == k - 1 and verdict.critical == k
 
 
-def test_the_window_prefers_the_champions_logged_scores(monkeypatch):
-    net = DigitNet().eval()
-    images = np.random.default_rng(0).integers(0, 255, size=(60, 28, 28), dtype=np.uint8)
-    scorer = dataclasses.replace(
-        fit_scorer(embeddings_of(net, images), ["mnist:0"] * 60), threshold=0.0, share=0.01
-    )
+def test_the_window_prefers_the_champions_logged_scores():
+    scorer = calibrated()
+    embeddings, _ = gaussian_classes(60, seed=5, offset=2.0)
     frame = pd.DataFrame(
         {
             "model_version": ["3"] * 30 + ["2"] * 30,
             "novelty": [123.0] * 20 + [None] * 10 + [456.0] * 30,
         }
     )
-    scores, from_log = window_scores(frame, images, net, scorer, "3")
+    scores, from_log = window_scores(frame, embeddings, scorer, "3")
     assert from_log == 20
     assert (scores[:20] == 123.0).all()
-    computed = scorer.score(embeddings_of(net, images[20:]))
-    np.testing.assert_allclose(scores[20:], computed, rtol=1e-5)  # v2's logged are not v3's
+    # The rest from their own rows' embeddings: v2's logged scores are not v3's.
+    np.testing.assert_array_equal(scores[20:], scorer.score(embeddings[20:]))
 
 
 def test_fit_novelty_calibrates_on_held_out_images():
@@ -197,7 +193,7 @@ def test_a_version_fine_tuned_on_new_traffic_does_not_find_that_traffic_novel(mn
     )
     plain = fit_for_version(net, train, test, 0.05, fit_size=2000)
     assert {c.split(":")[0] for c in adapted.components} == {"mnist", "traffic"}
-    fresh = embeddings_of(net, inverted(3000, 500)[0])
+    fresh = model_outputs(net, inverted(3000, 500)[0]).embeddings
     assert adapted.flagged(adapted.score(fresh)).mean() < 0.1
     assert plain.flagged(plain.score(fresh)).mean() > 0.5
 

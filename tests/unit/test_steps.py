@@ -27,8 +27,8 @@ from torch import nn
 from contracts.records import FeedbackRecord, PredictionRecord
 from contracts.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from contracts.routing import RoutingState
-from model.network import DigitNet
-from model.novelty import NoveltyScorer, embeddings_of, fit_scorer
+from model.network import DigitNet, ModelOutputs, model_outputs
+from model.novelty import NoveltyScorer, fit_scorer
 from model.registry import ModelVersionInfo, TrainingRecord
 from model.settings import ModelSettings
 from pipelines.drift.adapted import adapted_reference_path
@@ -411,8 +411,8 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
     it (the newest ``drift_window`` images of the window) and what it does with it."""
     checked = []
 
-    def detect(net, images, reference, settings):
-        checked.append(images)
+    def detect(net, images, reference, settings, *, outputs: ModelOutputs):
+        checked.append((images, outputs))
         return Verdict()
 
     monkeypatch.setattr("pipelines.steps.drift.detect_drift", detect)
@@ -429,8 +429,10 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
         ],
     )
     output = step_drift(ctx, collected(ctx))
-    ((seen,),) = [checked]
+    ((seen, outputs),) = checked
     np.testing.assert_array_equal(seen, images[-20:])
+    # The step's one forward pass of those images, which the novelty test reads too.
+    assert outputs.embeddings.shape[0] == 20
     assert output == DriftOutput(
         drift_detected=True,
         evidently_drift_detected=True,
@@ -461,7 +463,7 @@ def test_the_adapted_reference_is_built_once_per_version_not_once_per_pod(
 
     monkeypatch.setattr("pipelines.steps.drift.adapted_reference", adapted)
     monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
-    monkeypatch.setattr("pipelines.steps.drift.detect_drift", lambda *args: Verdict())
+    monkeypatch.setattr("pipelines.steps.drift.detect_drift", lambda *a, **k: Verdict())
     ctx.mnist = mnist
     traffic(ctx, [Drawn(f"p{i}", NOW - timedelta(minutes=i), 1) for i in range(5)])
     collect = collected(ctx)
@@ -484,7 +486,7 @@ def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count
     With 200 answers at a calibrated share of 1 % the test needs 7 flagged (p < 0.005)."""
     monkeypatch.setattr(
         "pipelines.steps.drift.detect_drift",
-        lambda *args: Verdict(drift_detected=False, drift_score=0.0, drifted_columns=()),
+        lambda *a, **k: Verdict(drift_detected=False, drift_score=0.0, drifted_columns=()),
     )
     monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
     ctx.mnist = mnist
@@ -492,8 +494,8 @@ def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count
     net = ctx.registry.nets["1"]
     images = mnist.x_test[:200]
     groups = [f"mnist:{c}" for c in mnist.y_test[:2000]]
-    base = fit_scorer(embeddings_of(net, mnist.x_test[:2000]), groups)
-    computed = base.score(embeddings_of(net, images))
+    base = fit_scorer(model_outputs(net, mnist.x_test[:2000]).embeddings, groups)
+    computed = base.score(model_outputs(net, images).embeddings)
     # The threshold sits between the flagged-th highest score and the next.
     ranked = np.sort(computed)
     threshold = float(ranked[-flagged] + ranked[-flagged - 1]) / 2
@@ -512,13 +514,13 @@ def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count
             for i, x in enumerate(images)
         ],
     )
-    if logged:
-        # The service logged each answer's score: the step reads them and scores nothing.
-        monkeypatch.setattr(
-            "pipelines.drift.novelty.embeddings_of",
-            lambda *args: pytest.fail("the logged scores were not used"),
-        )
+    # One forward pass of the window, whether scores are logged or computed: Evidently's
+    # features, the missing scores and the clusters all read it.
+    embedded = []
+    embed = net.embed
+    monkeypatch.setattr(net, "embed", lambda pixels: embedded.append(len(pixels)) or embed(pixels))
     output = step_drift(ctx, collected(ctx))
+    assert embedded == [200]
     assert output.evidently_drift_detected is False
     assert output.novelty_flagged == flagged
     assert output.novelty_detected is expected and output.drift_detected is expected
