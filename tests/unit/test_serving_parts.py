@@ -235,8 +235,8 @@ def test_onnx_exports_from_several_threads_at_once_all_succeed():
 
     import torch
 
-    from model.network import DigitNet
     from model.export import export_onnx
+    from model.network import DigitNet
 
     torch.manual_seed(0)
     nets = [DigitNet().eval() for _ in range(4)]
