@@ -22,8 +22,8 @@ import warnings
 import torch
 from torch import nn
 
-INPUT = "pixels"
-OUTPUTS = ("embeddings", "logits")
+ONNX_INPUT = "pixels"
+ONNX_OUTPUTS = ("embeddings", "logits")
 OPSET = 17
 
 # The TorchScript-based exporter keeps its state in globals: two exports at once in one
@@ -55,9 +55,9 @@ def export_onnx(net: nn.Module) -> bytes:
             module,
             (torch.zeros(1, 1, 28, 28),),
             buffer,
-            input_names=[INPUT],
-            output_names=list(OUTPUTS),
-            dynamic_axes={INPUT: batch, **{name: batch for name in OUTPUTS}},
+            input_names=[ONNX_INPUT],
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_axes={ONNX_INPUT: batch, **{name: batch for name in ONNX_OUTPUTS}},
             opset_version=OPSET,
             dynamo=False,
         )

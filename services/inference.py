@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from contracts.api import MAX_SIDE, TrackInfo
-from model.export import INPUT, OUTPUTS, export_onnx
+from model.export import ONNX_INPUT, ONNX_OUTPUTS, export_onnx
 from model.network import to_tensor
 from model.novelty import NoveltyScorer
 from model.preprocess import decode_image, to_mnist
@@ -56,7 +56,7 @@ def array_to_pixels(values: object) -> np.ndarray:
 
 
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
-_OUTPUT_NAMES = list(OUTPUTS)  # onnxruntime takes a list
+_OUTPUT_NAMES = list(ONNX_OUTPUTS)  # onnxruntime takes a list
 
 
 class OnnxForward:
@@ -93,7 +93,7 @@ class OnnxForward:
         if self._session is None:
             self._open()
         pixels = np.ascontiguousarray(images, dtype=np.float32)[:, None]
-        embeddings, logits = self._session.run(_OUTPUT_NAMES, {INPUT: pixels})  # type: ignore[union-attr]
+        embeddings, logits = self._session.run(_OUTPUT_NAMES, {ONNX_INPUT: pixels})  # type: ignore[union-attr]
         return embeddings, logits
 
 
