@@ -197,8 +197,14 @@ def to_mnist(image: np.ndarray | Image.Image) -> np.ndarray:
     scale = BOX_SIZE / max(height, width)
     new_h = max(1, round(height * scale))
     new_w = max(1, round(width * scale))
+    # reducing_gap: PIL first shrinks by a whole factor with a box filter, then Lanczos
+    # does the rest from at most 3x the target. For a sketchpad drawing (about 200x150 px
+    # to 20 px) to_mnist took 0.32 ms instead of 0.49; on 2,000 sketches of MNIST test
+    # digits a 2-epoch model gave 99.40 % against 99.35 %, 1 label of 2,000 differing.
     boxed = np.asarray(
-        Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.Resampling.LANCZOS)
+        Image.fromarray(crop, mode="F").resize(
+            (new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0
+        )
     )
     boxed = np.clip(boxed, 0.0, None)
     peak = boxed.max()
