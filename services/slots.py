@@ -56,7 +56,6 @@ class ModelSlots:
             canary_weight=settings.canary_weight if settings.canary_model else 0,
         )
         self._wanted = self.initial
-        self._seen_mtime = -1
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -83,24 +82,27 @@ class ModelSlots:
         """
         # A state file older than this server run is a previous run's: settings win at
         # start-up, reloads of this run win after.
+        seen_mtime = -1
         run_started_ns = _server_started_ns()
         while not self._stop.is_set():
+            failed = False
             with self._loading:
                 mtime = self.state_file.mtime_ns()
-                if mtime != self._seen_mtime:
-                    self._seen_mtime = mtime
+                if mtime != seen_mtime:
+                    seen_mtime = mtime
                     if mtime > run_started_ns:
                         self._wanted = self.state_file.read() or self.initial
-                try:
-                    if self._wanted != self._loaded:
+                if self._wanted != self._loaded:
+                    try:
                         self._load(self._wanted)
-                except Exception as exc:  # keep serving what is loaded
-                    log.warning(
-                        "could not load %s (%s); retrying in %.0fs", self._wanted, exc, RETRY_S
-                    )
-                    failed = True
-                else:
-                    failed = False
+                    except Exception as exc:  # keep serving what is loaded
+                        log.warning(
+                            "could not load %s (%s); retrying in %.0fs",
+                            self._wanted,
+                            exc,
+                            RETRY_S,
+                        )
+                        failed = True
             self._stop.wait(RETRY_S if failed else POLL_S)
 
     # -- changes -------------------------------------------------------------------------
