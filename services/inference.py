@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import get_args
+from typing import NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -56,6 +56,16 @@ def array_to_pixels(values: object) -> np.ndarray:
 
 
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+
+
+class Answers(NamedTuple):
+    """What :meth:`Classifier.answer` gives for N images, from one forward pass."""
+
+    probabilities: np.ndarray  # (N, 10) float32, calibrated
+    novelty: np.ndarray | None  # (N,) float32 scores; None for a version without a scorer
+    unusual: np.ndarray  # (N,) bool: above the scorer's threshold (all False without one)
+
+
 _OUTPUT_NAMES = list(ONNX_OUTPUTS)  # onnxruntime takes a list
 
 
@@ -176,12 +186,15 @@ class Classifier:
         return torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
 
     @torch.inference_mode()
-    def answer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated probabilities (N, 10) and novelty scores (N,) float32 (None without a
-        scorer) of (N, 28, 28) uint8 images, both from the one forward pass."""
+    def answer(self, images: np.ndarray) -> Answers:
+        """Calibrated probabilities, novelty scores and unusual flags of (N, 28, 28) uint8
+        images, all from the one forward pass: the work of every server per answer."""
         embeddings, logits = self.forward(images)
         probabilities = torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
-        return probabilities, self.novelty_of(embeddings)
+        if self.novelty is None:
+            return Answers(probabilities, None, np.zeros(len(probabilities), bool))
+        scores = self.novelty.score(embeddings.numpy())
+        return Answers(probabilities, scores, self.novelty.flagged(scores))
 
     def novelty_of(self, embeddings: torch.Tensor) -> np.ndarray | None:
         """The novelty scores (N,) of :meth:`forward`'s embeddings; None without a scorer."""

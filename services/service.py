@@ -336,10 +336,9 @@ class DigitService:
         from contracts.records import PredictionRecord
 
         track, classifier = picked
-        probabilities, scores = classifier.answer(digits)
+        probabilities, scores, unusual = classifier.answer(digits)
         labels = probabilities.argmax(axis=1)
         novelty = [None] * len(digits) if scores is None else [float(s) for s in scores]
-        unusual = [False] * len(digits) if scores is None else classifier.novelty.flagged(scores)
         now = datetime.now(UTC)
         latency_ms = (time.perf_counter() - started) * 1000
         answers = []

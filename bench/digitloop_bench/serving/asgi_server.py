@@ -42,13 +42,13 @@ def make_app(classifier: Classifier, max_bytes: int):
             if status is None:
                 raise
             return int(status), {"error": str(exc)}
-        probabilities, scores = classifier.answer(digit[None])
-        flagged = scores is not None and bool(classifier.novelty.flagged(scores)[0])  # type: ignore[union-attr]
+        answered = classifier.answer(digit[None])
+        probabilities = answered.probabilities[0]
         return 200, {
-            "label": int(probabilities[0].argmax()),
-            "probabilities": probabilities[0].round(6).tolist(),
+            "label": int(probabilities.argmax()),
+            "probabilities": probabilities.round(6).tolist(),
             "model_version": classifier.version,
-            "unusual": flagged,
+            "unusual": bool(answered.unusual[0]),
         }
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:

@@ -95,13 +95,13 @@ def _predict(data: bytes) -> Prediction:
             raise
         raise HTTPException(status_code=int(status), detail=str(exc)) from exc
     # The service's own work per answer, novelty flag included: only the stacks differ.
-    answered, scores = classifier.answer(digit[None])
-    probabilities = answered[0]
+    answered = classifier.answer(digit[None])
+    probabilities = answered.probabilities[0]
     return Prediction(
         label=int(probabilities.argmax()),
         probabilities=[round(float(p), 6) for p in probabilities],
         model_version=classifier.version,
-        unusual=scores is not None and bool(classifier.novelty.flagged(scores)[0]),
+        unusual=bool(answered.unusual[0]),
     )
 
 

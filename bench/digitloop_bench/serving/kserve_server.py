@@ -104,12 +104,7 @@ class DigitModel(kserve.Model):
                 raise
             raise InvalidInput(str(exc)) from exc
         # The service's own work per answer, novelty flag included: only the stacks differ.
-        probabilities, scores = self.classifier.answer(digits)  # type: ignore[union-attr]
-        unusual = (
-            [False] * len(digits)
-            if scores is None
-            else self.classifier.novelty.flagged(scores).tolist()  # type: ignore[union-attr]
-        )
+        probabilities, _, unusual = self.classifier.answer(digits)  # type: ignore[union-attr]
         return {
             "predictions": [
                 {
