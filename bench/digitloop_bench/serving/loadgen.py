@@ -256,19 +256,23 @@ def server_processes(root_pid: int) -> list[int]:
     return [root.pid] + [child.pid for child in root.children(recursive=True)]
 
 
-def owner_pid(pids: Sequence[int], port: int, local_port: int) -> int | None:
-    """The process holding the server side of the client socket ``local_port``, if seen."""
+def tcp_connections(pid: int) -> list:
+    """The TCP connections process ``pid`` holds (psutil's), none if it cannot be read."""
     import psutil
 
+    try:
+        process = psutil.Process(pid)
+        # psutil >= 6 calls it net_connections; 5.x, which BentoML pins, connections.
+        lister = getattr(process, "net_connections", None) or process.connections
+        return lister(kind="tcp")
+    except psutil.Error:
+        return []
+
+
+def owner_pid(pids: Sequence[int], port: int, local_port: int) -> int | None:
+    """The process holding the server side of the client socket ``local_port``, if seen."""
     for pid in pids:
-        try:
-            process = psutil.Process(pid)
-            # psutil >= 6 calls it net_connections; 5.x, which BentoML pins, connections.
-            lister = getattr(process, "net_connections", None) or process.connections
-            connections = lister(kind="tcp")
-        except psutil.Error:
-            continue
-        for conn in connections:
+        for conn in tcp_connections(pid):
             if (
                 conn.laddr
                 and conn.laddr.port == port

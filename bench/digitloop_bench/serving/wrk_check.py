@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +47,12 @@ from rich.table import Table
 
 from contracts.cli import JsonOption, cli_errors, emit, setup_logging, stderr
 from contracts.errors import DigitloopError
-from digitloop_bench.serving.loadgen import PATHS, encode_body, server_processes
+from digitloop_bench.serving.loadgen import (
+    PATHS,
+    encode_body,
+    server_processes,
+    tcp_connections,
+)
 
 SCRIPT = Path(__file__).with_name("wrk_post.lua")
 
@@ -105,19 +110,12 @@ def write_bodies(kind: str, pngs: list[bytes], folder: Path) -> Path:
 
 def connections_per_worker(pids: list[int], port: int) -> tuple[int, ...]:
     """Established connections on ``port`` held by each of ``pids``, most first."""
-    import psutil
-
-    held: Counter[int] = Counter()
-    for pid in pids:
-        try:
-            process = psutil.Process(pid)
-            # psutil >= 6 calls it net_connections; 5.x, which BentoML pins, connections.
-            lister = getattr(process, "net_connections", None) or process.connections
-            for conn in lister(kind="tcp"):
-                if conn.laddr and conn.laddr.port == port and conn.status == "ESTABLISHED":
-                    held[pid] += 1
-        except psutil.Error:
-            continue
+    held = Counter(
+        pid
+        for pid in pids
+        for conn in tcp_connections(pid)
+        if conn.laddr and conn.laddr.port == port and conn.status == "ESTABLISHED"
+    )
     return tuple(sorted(held.values(), reverse=True))
 
 
@@ -140,8 +138,8 @@ def check(servers: list[str], connections: int, trials: int, seconds: int, say) 
     try:
         version, x_test, _ = prepare_model(run_dir / "data", config, say)
         pngs = ui_request_set(make_request_set(x_test, config.n_requests))
+        env = server_env(config, run_dir / "data", version)
         for kind in servers:
-            env = server_env(config, run_dir / "data", version)
             server = start_server(kind, config, env, run_dir, processes)
             bodies = write_bodies(kind, pngs, run_dir / "bodies" / kind)
             pids = server_processes(server.process.pid)
@@ -152,7 +150,7 @@ def check(servers: list[str], connections: int, trials: int, seconds: int, say) 
                 time.sleep(seconds / 2)
                 placed = connections_per_worker(pids, server.port)
                 out, _ = wrk.communicate(timeout=seconds + 30)
-                run = WrkRun(**{**asdict(parse_wrk(out)), "connections_per_worker": placed})
+                run = replace(parse_wrk(out), connections_per_worker=placed)
                 say(f"{kind} trial {trial + 1}: connections per worker {list(placed)}, "
                     f"{run.rps:.0f} req/s, {run.non_2xx + run.socket_errors} errors")  # fmt: skip
                 runs.append(asdict(run))
@@ -165,7 +163,7 @@ def check(servers: list[str], connections: int, trials: int, seconds: int, say) 
 
 
 def main(
-    servers: Annotated[str, typer.Option(help="Comma-separated: bentoml,fastapi,kserve.")] = (
+    servers: Annotated[str, typer.Option(help="Comma-separated: bentoml,fastapi,kserve,asgi.")] = (
         "bentoml,fastapi"
     ),
     connections: Annotated[int, typer.Option(min=1)] = 32,
