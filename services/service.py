@@ -96,7 +96,6 @@ class DigitService:
         torch.set_num_threads(self.settings.torch_threads)
         store_settings = StoreSettings()
         self.metrics = _metrics()
-        self._route_metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.ids = PredictionIds(self.settings.id_secret())
         self.split = TrafficSplit()
         self.slots = ModelSlots(self.settings, Registry, self.split, self.metrics)
@@ -249,10 +248,9 @@ class DigitService:
                 raise FeedbackNotDurable(
                     f"the feedback could not be made durable ({exc}); retry later"
                 ) from exc
-            labels = {"model_version": ref.model_version, "track": ref.track}
-            self.metrics.feedback.labels(**labels).inc()
+            self.metrics.child("feedback", ref.model_version, ref.track).inc()
             if label != ref.label:
-                self.metrics.corrections.labels(**labels).inc()
+                self.metrics.child("corrections", ref.model_version, ref.track).inc()
         except Exception as exc:
             return self._error(ctx, "/feedback", started, exc)
         self._observe("/feedback", started)
@@ -336,6 +334,7 @@ class DigitService:
         from contracts.records import PredictionRecord
 
         track, classifier = picked
+        version = classifier.version
         probabilities, scores, unusual = classifier.answer(digits)
         labels = probabilities.argmax(axis=1)
         novelty = [None] * len(digits) if scores is None else [float(s) for s in scores]
@@ -345,13 +344,13 @@ class DigitService:
         for digit, probs, label, score, odd in zip(
             digits, probabilities, labels, novelty, unusual, strict=True
         ):
-            prediction_id = self.ids.new(track, classifier.version, int(label), draft=draft)
+            prediction_id = self.ids.new(track, version, int(label), draft=draft)
             answers.append(
                 Prediction(
                     prediction_id=prediction_id,
                     label=int(label),
                     probabilities=[round(float(p), 6) for p in probs],
-                    model_version=classifier.version,
+                    model_version=version,
                     track=track,
                     draft=draft,
                     novelty=None if score is None else round(score, 4),
@@ -361,13 +360,13 @@ class DigitService:
             if draft:
                 # A drawing in progress is no prediction: the log, its drift and quality, and
                 # the prediction metrics never see it.
-                self.metrics.drafts.labels(model_version=classifier.version, track=track).inc()
+                self.metrics.child("drafts", version, track).inc()
                 continue
             self.predictions_log.append(
                 PredictionRecord(
                     prediction_id=prediction_id,
                     ts=now,
-                    model_version=classifier.version,
+                    model_version=version,
                     track=track,
                     image=digit,
                     probabilities=probs,
@@ -377,13 +376,9 @@ class DigitService:
                 )
             )
             if odd:
-                self.metrics.unusual.labels(model_version=classifier.version, track=track).inc()
-            self.metrics.predictions.labels(
-                label=str(label), model_version=classifier.version, track=track
-            ).inc()
-            self.metrics.confidence.labels(model_version=classifier.version, track=track).observe(
-                float(probs[label])
-            )
+                self.metrics.child("unusual", version, track).inc()
+            self.metrics.child("predictions", str(label), version, track).inc()
+            self.metrics.child("confidence", version, track).observe(float(probs[label]))
         return answers
 
     def _authorize(self, ctx: bentoml.Context) -> None:
@@ -405,18 +400,8 @@ class DigitService:
         log.warning("store error (%s): %s", kind, exc)
 
     def _observe(self, route: str, started: float, status: int = 200) -> None:
-        # The labelled children, made once per route and status (labels() costs more than
-        # the increment it leads to).
-        children = self._route_metrics.get((route, status))
-        if children is None:
-            labels = {"route": route, "status": str(status)}
-            children = (
-                self.metrics.requests.labels(**labels),
-                self.metrics.latency.labels(**labels),
-            )
-            self._route_metrics[(route, status)] = children
-        children[0].inc()
-        children[1].observe(time.perf_counter() - started)
+        self.metrics.child("requests", route, str(status)).inc()
+        self.metrics.child("latency", route, str(status)).observe(time.perf_counter() - started)
 
     def _error(self, ctx: bentoml.Context, route: str, started: float, exc: Exception) -> Response:
         status = status_of(exc)

@@ -524,13 +524,16 @@ def test_metrics_count_predictions_and_corrections(service: Service, pngs):
                 "label": (predicted["label"] + 1) % 10,
             },
         )
+        refused = client.post(
+            "/predict", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert refused.status_code == 400
         text = client.get("/metrics").text
     lines = text.splitlines()
     assert any(line.startswith("digitloop_predictions_total{") for line in lines)
     assert any(line.startswith("digitloop_corrections_total{") for line in lines)
     assert any(
-        'digitloop_requests_total{route="/predict",status="400"}' in line
-        or 'route="/predict",status="400"' in line
+        line.startswith("digitloop_requests_total{") and 'route="/predict",status="400"' in line
         for line in lines
     )
     assert any(line.startswith("digitloop_request_duration_seconds_bucket") for line in lines)
