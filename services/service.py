@@ -24,6 +24,7 @@ from http import HTTPStatus
 from typing import Any
 
 import bentoml
+from bentoml import get_current_service  # bound once: bentoml.<name> is a lazy module lookup
 from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -465,7 +466,7 @@ class DirectPredict:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
-            service = bentoml.get_current_service()
+            service = get_current_service()
             if service is not None:
                 response = await service.predict_request(Request(scope, receive))
                 response.headers["server"] = SERVER_HEADER
