@@ -35,6 +35,7 @@ from digitloop_bench.serving.loadgen import (
     write_request_set,
 )
 from digitloop_bench.serving.run import (
+    REPO_ROOT,
     BenchConfig,
     BenchError,
     plot,
@@ -491,3 +492,49 @@ def test_the_floor_answers_the_work_and_nothing_else(mnist):
     assert blank.status_code == 422 and "error" in blank.json()
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert missing.status_code == 404
+
+
+def test_stack_pricing_asks_like_uvicorn_and_refuses_an_error_answer(mnist):
+    """digitloop_bench.serving.stack drives apps with uvicorn's scope; a non-200 stops it."""
+    from digitloop_bench.serving.asgi_server import make_app
+    from digitloop_bench.serving.stack import answer
+
+    from model.network import DigitNet
+    from model.registry import ModelVersionInfo
+    from services.inference import Classifier, image_bytes_to_pixels
+
+    info = ModelVersionInfo("digitloop-mnist", "3", [], {}, "run")
+    classifier = Classifier.from_net(DigitNet().eval(), info, runtime="onnxruntime")
+    app = make_app(classifier, max_bytes=100_000)
+    png = make_request_set(mnist.x_test, 1)[0]
+    expected = classifier.predict(image_bytes_to_pixels(png, 100_000)[None]).argmax()
+    assert asyncio.run(answer(app, png)) == expected
+    with pytest.raises(BenchError, match="answered 422"):
+        asyncio.run(answer(app, b"not a png"))
+
+
+def test_stack_pricing_runs_the_floor_the_service_and_its_bentoml_app(mnist_path: Path):
+    """The three apps built in one process answer the same labels (the run checks every
+    PNG) and the layers' prices are the differences of their CPU per answer."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "digitloop_bench.serving.stack", "--json", "--answers", "20",
+               "--rounds", "1", "--pngs", "10", "--train-images", "1000"]  # fmt: skip
+    env = {**os.environ, "DIGITLOOP_MNIST_PATH": str(mnist_path)}
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    thread = result["thread_ms"]
+    assert set(thread) == set(result["process_ms"]) == {"floor", "service", "bentoml"}
+    assert all(ms > 0 for ms in thread.values())
+    assert result["service_over_floor_ms"] == pytest.approx(
+        thread["service"] - thread["floor"], abs=2e-4
+    )
+    assert result["bentoml_over_service_ms"] == pytest.approx(
+        thread["bentoml"] - thread["service"], abs=2e-4
+    )
+    assert (result["answers"], result["rounds"]) == (20, 1)
