@@ -1,19 +1,21 @@
-"""The served forward pass against the other ways to run it, per image and per label.
+"""The forward pass's ways to run, against the fp32 ONNX export: per image and per label.
 
     python -m digitloop_bench.serving.forward [--model-file quick.pt] [--n-test 10000] [--json]
 
 Issue 17 listed TorchScript, channels-last, ONNX Runtime and int8 as levers for a cheaper
-forward pass. The service runs ONNX Runtime (fp32, one thread) on the export registered
-with each version (:class:`services.inference.OnnxForward`); this measures that baseline
-beside the others on the same network, in one process, one thread:
+forward pass. The service ran ONNX Runtime (fp32, one thread) on the export registered with
+each version (:class:`services.inference.OnnxForward`); this measures that baseline beside
+the others on the same network, in one process, one thread. Static int8 paid, and is
+registered with each version (:func:`model.export.quantize_int8`); the rest did not:
 
 - ``torch_eager``: the network itself (``DIGITLOOP_INFERENCE_RUNTIME=torch``);
 - ``torchscript``: ``torch.jit.trace`` then ``torch.jit.freeze`` (batch norm folded);
 - ``channels_last``: the eager network with its weights and input in channels-last order;
 - ``onnx_int8_dynamic``: ONNX Runtime's ``quantize_dynamic`` of the export (int8 weights,
   activations quantised per call);
-- ``onnx_int8_static``: ``quantize_static`` of the export, QDQ, per-channel int8 weights,
-  activation ranges calibrated on ``--calibration`` MNIST training digits.
+- ``onnx_int8_static``: :func:`model.export.quantize_int8`, as a version registers it:
+  ``quantize_static`` of the export, QDQ, per-channel int8 weights, activation ranges
+  calibrated on ``--calibration`` MNIST training digits (:func:`model.export.calibration_digits`).
 
 Every variant answers every MNIST test digit one image per call, as a request does; the
 calls run in blocks of ``--block`` images, the variants taking turns block by block (in a
@@ -26,33 +28,34 @@ test digits). A variant ``pays`` if it is at least 20 % faster, keeps accuracy w
 point and flips at most 0.5 % of the flags.
 
 Measured with ``--model-file quick.pt`` (the bench's quick model: 20,000 MNIST digits, 2
-epochs, seed 0) on 2 cores shared with another job (load average 3.5); all 10,000 test
-digits, onnxruntime 1.32, torch 2.13; 5.0 % of the digits flagged unusual by the baseline:
+epochs, seed 0) on 2 cores shared with another job (load average 3.5-4.8); all 10,000
+test digits, onnxruntime 1.32, torch 2.13; 5.0 % of the digits flagged unusual by the
+baseline:
 
 ==================  ========  =====  ========  ================  =====================
 variant             us/image  ratio  accuracy  labels differing  unusual flags flipped
 ==================  ========  =====  ========  ================  =====================
-onnx_fp32 (served)  198       1.00   99.16 %   0                 0
-torch_eager         962       4.86   99.16 %   0                 1 (0.01 %)
-torchscript         720       3.64   99.16 %   0                 1 (0.01 %)
-channels_last       728       3.68   99.16 %   0                 0
-onnx_int8_dynamic   1150      5.81   99.15 %   4                 23 (0.23 %)
-onnx_int8_static    135       0.68   99.14 %   2                 17 (0.17 %)
+onnx_fp32           161       1.00   99.16 %   0                 0
+torch_eager         705       4.37   99.16 %   0                 0
+torchscript         559       3.47   99.16 %   0                 0
+channels_last       508       3.15   99.16 %   0                 0
+onnx_int8_dynamic   726       4.51   99.15 %   4                 24 (0.24 %)
+onnx_int8_static    92        0.57   99.15 %   1                 14 (0.14 %)
 ==================  ========  =====  ========  ================  =====================
 
-An earlier run on a quieter machine (the batch norm quantised too, other calibration
-digits) gave 156 us for the baseline and ratios 4.16, 3.35, 2.99, 4.36 and 0.58; static
-int8 there had 3 labels differing, +0.01 point, 16 flags flipped. The torch variants'
-embeddings match the export's within 3e-6 (a flag on the threshold's edge can flip).
-Static int8 moves a drawing's embedding by 0.044 at the median and 0.95 at most, where a
-drawing's largest embedding value is 2.9 at the median. Dynamic quantisation is slow
+Two earlier runs (other calibration digits, one with the batch norm quantised too) gave
+ratios 0.58 and 0.68 for static int8 (the second with the machine busier: 198 us for the
+baseline), 2-3 labels differing, +0.01 and -0.02 point, 16-17 flags flipped; the other
+variants were 3-6x the baseline each time. The torch variants' embeddings match the
+export's within 3e-6 (a flag on the threshold's edge flipped in one run). Static int8
+moves a drawing's embedding by 0.048 at the median and 0.34 at most, where a drawing's
+largest embedding value is 2.9 at the median. Dynamic quantisation is slow
 here: every conv becomes ``DynamicQuantizeLinear``, ``ConvInteger`` and a ``Cast``, two
 ``Mul`` and an ``Add`` in fp32, each call. Static QDQ int8 pays: ONNX Runtime turns its
 graph into ``QLinearConv`` and ``NhwcMaxPool`` in channels-last order and ``QGemm`` for
-the dense layers, int8 from the first quantisation to the embeddings but for the one batch
-norm (after the first dense layer), which stays fp32: per-channel quantisation has no
-channel axis for its 1-d weights, and leaving it out measured as fast and as accurate
-side by side.
+the dense layers; the one batch norm (after the first dense layer) and its ReLU stay
+fp32: per-channel quantisation has no channel axis for its 1-d weights, and leaving it out
+measured as fast and as accurate side by side.
 This CPU has AVX-512 VNNI; without it, ONNX Runtime's u8s8 kernels may saturate, and the
 accuracy check is the one to repeat on such a machine.
 """
@@ -167,71 +170,30 @@ def channels_last(net: nn.Module) -> nn.Module:
     return EmbeddingsAndLogits(copy.deepcopy(net).to(memory_format=torch.channels_last)).eval()
 
 
-def _calibration_reader(base: type, images: np.ndarray, batch: int = 50):
-    """The calibration digits in batches, as ``quantize_static`` reads them (``base`` is
-    ONNX Runtime's reader class, imported only when quantising)."""
-    from model.export import ONNX_INPUT
+def quantize_dynamic_int8(model: bytes) -> bytes:
+    """The fp32 export with int8 weights, its activations quantised on every call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pixels = images.astype(np.float32)[:, None]
-    batches = iter([{ONNX_INPUT: pixels[i : i + batch]} for i in range(0, len(pixels), batch)])
-
-    class Reader(base):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(batches, None)
-
-    return Reader()
-
-
-def quantize(model: bytes, calibration: np.ndarray | None = None) -> bytes:
-    """The fp32 export quantised to int8: dynamic without ``calibration`` digits, else
-    static (QDQ, per-channel weights) with activation ranges calibrated on them."""
     # The quantiser logs every tensor it leaves alone, at INFO, on the root logger.
     disabled = logging.root.manager.disable
     logging.disable(logging.INFO)
     try:
         with tempfile.TemporaryDirectory(prefix="digitloop-quant-") as tmp:
-            return _quantize_in(Path(tmp), model, calibration)
+            fp32, prepared, int8 = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+            fp32.write_bytes(model)
+            quant_pre_process(str(fp32), str(prepared))
+            quantize_dynamic(prepared, int8, weight_type=QuantType.QInt8)
+            return int8.read_bytes()
     finally:
         logging.disable(disabled)
-
-
-def _quantize_in(folder: Path, model: bytes, calibration: np.ndarray | None) -> bytes:
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    fp32, prepared, int8 = (folder / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-    fp32.write_bytes(model)
-    # ONNX Runtime's recommended first step: shapes inferred, graph optimised.
-    quant_pre_process(str(fp32), str(prepared))
-    if calibration is None:
-        quantize_dynamic(prepared, int8, weight_type=QuantType.QInt8)
-    else:
-        graph = onnx.load(prepared).graph
-        quantize_static(
-            prepared,
-            int8,
-            _calibration_reader(CalibrationDataReader, calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=[n.name for n in graph.node if n.op_type == "BatchNormalization"],
-        )
-    return int8.read_bytes()
 
 
 def build_variants(
     net: nn.Module, calibration: np.ndarray, names: tuple[str, ...] = VARIANTS
 ) -> dict[str, Forward]:
     """Each variant's forward pass of ``net``; the baseline is the registered export."""
-    from model.export import EmbeddingsAndLogits, export_onnx
+    from model.export import EmbeddingsAndLogits, export_onnx, quantize_int8
     from services.inference import OnnxForward
 
     net = net.eval()
@@ -241,8 +203,8 @@ def build_variants(
         "torch_eager": lambda: _torch_forward(EmbeddingsAndLogits(net).eval()),
         "torchscript": lambda: _torch_forward(torchscript(net)),
         "channels_last": lambda: _torch_forward(channels_last(net), channels_last=True),
-        "onnx_int8_dynamic": lambda: OnnxForward(quantize(fp32)),
-        "onnx_int8_static": lambda: OnnxForward(quantize(fp32, calibration)),
+        "onnx_int8_dynamic": lambda: OnnxForward(quantize_dynamic_int8(fp32)),
+        "onnx_int8_static": lambda: OnnxForward(quantize_int8(fp32, calibration)),
     }
     unknown = set(names) - set(makers)
     if unknown or BASELINE not in names:
@@ -413,12 +375,11 @@ def main(
     with cli_errors():
         from digitloop_bench.drift import load_net
         from model.data import load_mnist
+        from model.export import calibration_digits
 
         data = load_mnist(mnist)
         net, model_name = load_net(None, model_file, data.x_train, data.y_train, seed, save_model)
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(data.x_train))
-        calibrate, fit = order[:calibration], order[calibration : calibration + 10000]
+        fit = np.random.default_rng(seed).permutation(len(data.x_train))[:10000]
         stderr.print(f"{len(VARIANTS)} variants, {n_test} digits each, one per call")
         result = measure(
             net,
@@ -426,7 +387,8 @@ def main(
             data.y_test[:n_test],
             data.x_train[fit],
             data.y_train[fit],
-            data.x_train[calibrate],
+            # What a version is calibrated on when it registers.
+            calibration_digits(data.x_train, calibration, seed),
             model_name,
             block,
         )

@@ -523,6 +523,7 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
     """
     from model.data import load_mnist
     from model.evaluate import evaluate
+    from model.export import calibration_digits
     from model.registry import Registry, TrainingRecord
     from model.settings import ModelSettings
 
@@ -551,6 +552,8 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
             training_data=json.loads(info.tags.get("training_data") or "{}"),
             run_name=f"bench-copy-v{info.version}",
             novelty=source_registry.novelty(info),
+            # Quantised again as it registers here, as `digitloop train` does.
+            int8_calibration=calibration_digits(mnist.x_train),
         )
         described = f"champion v{info.version} of {source}"
     else:
@@ -576,6 +579,7 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
                 (x_eval, y_eval),
                 ModelSettings().novelty_share,
             ),
+            int8_calibration=calibration_digits(mnist.x_train[:n]),
         )
         described = f"quick model (1 epoch, {n} images)"
     target = Registry(ModelSettings(data_dir=data_dir, mlflow_tracking_uri=None))
