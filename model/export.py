@@ -12,12 +12,13 @@ both), but 4.6 s for a process's first export and 1.4 s for the next ones, again
 0.055 s. Every registration pays it, and the test suite registers dozens of versions; the
 switch is this one function when a torch upgrade removes the old exporter.
 
-The export is also quantised to int8 (:func:`quantize_int8`) when the version registers,
-calibrated on digits it trained on, and logged beside it. Measured on all 10,000 MNIST test
-digits, one image per call, one thread (``python -m digitloop_bench.serving.forward``),
-three runs: 0.57-0.68x the fp32 export's time, accuracy within 0.02 point, 1-3 labels of
-10,000 differing, 0.14-0.17 % of the novelty flags flipped; TorchScript, channels-last and
-dynamic int8 were all 3-6x slower than the fp32 export.
+What the servers run by default is the export quantised to int8 (:func:`quantize_int8`),
+made when the version registers from the fp32 export and calibrated on the digits it
+trained on. Measured on all 10,000 MNIST test digits, one image per call, one thread
+(``python -m digitloop_bench.serving.forward``), three runs: 0.57-0.68x the fp32 export's
+time, accuracy within 0.02 point, 1-3 labels of 10,000 differing, 0.14-0.17 % of the
+novelty flags flipped; TorchScript, channels-last and dynamic int8 were all 3-6x slower
+than the fp32 export.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 Issue 17 listed TorchScript, channels-last, ONNX Runtime and int8 as levers for a cheaper
 forward pass. The service ran ONNX Runtime (fp32, one thread) on the export registered with
 each version (:class:`services.inference.OnnxForward`); this measures that baseline beside
-the others on the same network, in one process, one thread. Static int8 paid, and is
-registered with each version (:func:`model.export.quantize_int8`); the rest did not:
+the others on the same network, in one process, one thread. Static int8 paid, and is what
+the servers now run (``DIGITLOOP_INFERENCE_RUNTIME=onnxruntime_int8``, registered with each
+version); the rest did not:
 
 - ``torch_eager``: the network itself (``DIGITLOOP_INFERENCE_RUNTIME=torch``);
 - ``torchscript``: ``torch.jit.trace`` then ``torch.jit.freeze`` (batch norm folded);

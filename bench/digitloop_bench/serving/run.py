@@ -78,7 +78,7 @@ class BenchConfig:
     workers: int = 2
     torch_threads: int = 1
     # What runs the network in every server and in-process (DIGITLOOP_INFERENCE_RUNTIME).
-    runtime: str = "onnxruntime"
+    runtime: str = "onnxruntime_int8"
     # The first is the headline, measured at every concurrency; the others at the highest.
     request_sets: tuple[str, ...] = REQUEST_SETS
     warmup_s: float = 2.0
@@ -127,8 +127,13 @@ class BenchConfig:
             )
         if self.rounds < 1:
             raise BenchError("rounds must be at least 1")
-        if self.runtime not in ("torch", "onnxruntime"):
-            raise BenchError(f"unknown runtime {self.runtime!r}; choose torch or onnxruntime")
+        from typing import get_args
+
+        from services.settings import Runtime
+
+        if self.runtime not in get_args(Runtime):
+            choices = ", ".join(get_args(Runtime))
+            raise BenchError(f"unknown runtime {self.runtime!r}; choose from {choices}")
 
 
 # --- processes -----------------------------------------------------------------------
