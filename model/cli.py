@@ -77,6 +77,7 @@ def train(
     with cli_errors():
         from model.data import load_mnist
         from model.evaluate import evaluate as evaluate_net
+        from model.export import calibration_digits
         from model.novelty import fit_for_version
         from model.registry import Registry, TrainingRecord
         from model.train import TrainConfig
@@ -112,6 +113,7 @@ def train(
             extra_params={"limit": limit, **trained.params},
             run_name=trained.run_name,
             novelty=novelty,
+            int8_calibration=calibration_digits(data.x_train),
         )
         info = registry.log_and_register(trained.result.net, record)
         if trained.search_run_id:

@@ -23,7 +23,7 @@ from contracts.errors import ModelNotFoundError
 from contracts.registry import CHAMPION_ALIAS
 from model.evaluate import Evaluation, plot_confusion
 from model.export import OPSET as ONNX_OPSET
-from model.export import export_onnx
+from model.export import export_onnx, quantize_int8
 from model.novelty import NoveltyScorer
 from model.settings import ModelSettings
 from model.train import TrainConfig, TrainResult
@@ -39,6 +39,10 @@ NOVELTY_ARTIFACT = "novelty/novelty.npz"
 # The version's ONNX export (model.export), what the servers run; the tag names its opset.
 ONNX_TAG = "onnx_opset"
 ONNX_ARTIFACT = "onnx/model.onnx"
+# That export quantised to int8 (model.export.quantize_int8), what the servers run by
+# default; the tag holds how many digits calibrated it.
+ONNX_INT8_TAG = "onnx_int8_calibration"
+ONNX_INT8_ARTIFACT = "onnx/model_int8.onnx"
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,10 @@ class TrainingRecord:
     run_name: str | None = None
     # Fitted on this version's own training data (model.novelty); None: served without.
     novelty: NoveltyScorer | None = None
+    # (N, 28, 28) uint8 training digits as the service sees them
+    # (model.export.calibration_digits), which the int8 export is calibrated on; None:
+    # registered without one, and served by its fp32 export.
+    int8_calibration: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(
@@ -213,8 +221,12 @@ class Registry:
             }
             if calibration is not None:
                 tags[TEMPERATURE_TAG] = f"{calibration.temperature:.6f}"
-            _log_bytes(export_onnx(net), ONNX_ARTIFACT)
+            exported = export_onnx(net)
+            _log_bytes(exported, ONNX_ARTIFACT)
             tags[ONNX_TAG] = str(ONNX_OPSET)
+            if record.int8_calibration is not None:
+                _log_bytes(quantize_int8(exported, record.int8_calibration), ONNX_INT8_ARTIFACT)
+                tags[ONNX_INT8_TAG] = str(len(record.int8_calibration))
             if record.novelty is not None:
                 _log_bytes(record.novelty.to_bytes(), NOVELTY_ARTIFACT)
                 mlflow.log_metrics(
@@ -322,6 +334,13 @@ class Registry:
         if not info.tags.get(ONNX_TAG):
             return None
         return self._artifact(info, ONNX_ARTIFACT)
+
+    def onnx_int8(self, info: ModelVersionInfo) -> bytes | None:
+        """A version's int8 export as registered; None for one registered without it, or
+        when it cannot be read (logged: the caller serves the fp32 export)."""
+        if not info.tags.get(ONNX_INT8_TAG):
+            return None
+        return self._artifact(info, ONNX_INT8_ARTIFACT)
 
     def _artifact(self, info: ModelVersionInfo, artifact_path: str) -> bytes | None:
         if not info.run_id:

@@ -3,16 +3,19 @@
 Shared by the BentoML service and the benchmark's baselines, so every server does the
 same work per request and a comparison measures only the serving stack.
 
-The forward pass runs in torch or, by default, in ONNX Runtime
-(``DIGITLOOP_INFERENCE_RUNTIME``, :class:`OnnxForward`): the version's ONNX export as
-registered (:mod:`model.export`), on one thread, both outputs (embeddings and logits) kept.
-Measured on these 2 cores, one image: torch 0.64 ms, ONNX Runtime 0.21 ms; the logits agree
-within 4e-6 and the labels on all 10,000 MNIST test digits (issue 17).
+The forward pass runs in torch or in ONNX Runtime (``DIGITLOOP_INFERENCE_RUNTIME``,
+:class:`OnnxForward`) on one thread, both outputs (embeddings and logits) kept: by default
+on the version's int8 export as registered (:func:`model.export.quantize_int8`), else on
+its fp32 export. Measured on these 2 cores, one image: torch 0.64 ms, ONNX Runtime fp32
+0.21 ms (the logits within 4e-6 of torch's, the same labels on all 10,000 MNIST test
+digits), int8 0.57-0.68x fp32's time with 1-3 labels of 10,000 differing and 0.14-0.17 %
+of the novelty flags flipped (issue 17; ``python -m digitloop_bench.serving.forward``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import NamedTuple, get_args
 
@@ -28,6 +31,8 @@ from model.preprocess import decode_image, to_mnist
 from model.registry import ModelVersionInfo, Registry
 from services.errors import BadRequest, PayloadTooLarge
 from services.settings import Runtime
+
+log = logging.getLogger(__name__)
 
 
 def image_bytes_to_pixels(data: bytes, max_bytes: int) -> np.ndarray:
@@ -118,13 +123,16 @@ class Classifier:
     mnist_test_accuracy: float | None = None
     # The version's calibration (ModelVersionInfo.temperature), read once at load.
     temperature: float = 1.0
-    # What runs the forward pass: torch on ``net``, or ONNX Runtime on its export.
+    # What runs the forward pass: torch on ``net``, or ONNX Runtime on its fp32 or int8
+    # export (``onnx_model``).
     runtime: Runtime = "torch"
     # The version's novelty scorer (model.novelty), read once at load; None for a version
     # registered without one: its answers then carry no novelty.
     novelty: NoveltyScorer | None = None
-    # The version's ONNX export as registered (model.export); None: exported at load, for
-    # a version registered before the export was logged.
+    # The version's ONNX export as registered (model.export), the int8 one for the
+    # ``onnxruntime_int8`` runtime; None: the fp32 export made at load, for a version
+    # registered before the export was logged (the int8 one cannot be: it needs the
+    # version's training digits).
     onnx_model: bytes | None = field(default=None, repr=False)
     # 1/T as a 0-d tensor: multiplying by it cost 8 us per call where dividing by the
     # Python float cost 20 (a scalar wrapped into a tensor on every request).
@@ -137,13 +145,25 @@ class Classifier:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         self._inverse_temperature = torch.tensor(1.0 / self.temperature, dtype=torch.float32)
-        if self.runtime == "onnxruntime":
+        if self.runtime == "onnxruntime_int8" and self.onnx_model is None:
+            raise ValueError("the onnxruntime_int8 runtime needs the version's int8 export")
+        if self.runtime != "torch":
             self._onnx = OnnxForward(self.onnx_model or export_onnx(self.net.eval()))
 
     @classmethod
     def from_registry(cls, ref: str, registry: Registry, runtime: Runtime = "torch") -> Classifier:
+        """A version as the registry holds it. With ``onnxruntime_int8``, a version
+        registered without an int8 export (or whose export cannot be read) runs its fp32
+        export, and says so in the log."""
         net, info = registry.load(ref)
-        onnx_model = registry.onnx(info) if runtime == "onnxruntime" else None
+        onnx_model = None
+        if runtime == "onnxruntime_int8":
+            onnx_model = registry.onnx_int8(info)
+            if onnx_model is None:
+                log.info("version %s has no int8 export: serving its fp32 export", info.version)
+                runtime = "onnxruntime"
+        if runtime == "onnxruntime":
+            onnx_model = registry.onnx(info)
         return cls.from_net(net, info, registry.novelty(info), runtime, onnx_model)
 
     @classmethod

@@ -55,12 +55,15 @@ def register_models(
     epochs: int = 1,
     augment: bool = False,
     scored: int = 0,
+    int8: int = 0,
 ) -> list[str]:
     """Train ``count`` small models (different seeds) and register them; returns versions.
 
     The first ``scored`` are registered with a novelty scorer (model.novelty) fitted on
     their training images and calibrated on 500 held-out ones; the rest without, as
-    versions registered before scorers existed."""
+    versions registered before scorers existed. The first ``int8`` are registered with an
+    int8 export (model.export.quantize_int8), as `digitloop train` registers them; the rest
+    are served by their fp32 export."""
     from model.registry import Registry, TrainingRecord
     from model.settings import ModelSettings
     from model.train import TrainConfig
@@ -84,6 +87,11 @@ def register_models(
             novelty = fit_for_version(
                 result.net, (x, y), (x_test, y_test), settings.novelty_share, fit_size=n_train
             )
+        calibration = None
+        if seed < int8:
+            from model.export import calibration_digits
+
+            calibration = calibration_digits(tiny_split(mnist, n_train, 1)[0])
         info = registry.log_and_register(
             result.net,
             TrainingRecord.of(
@@ -93,6 +101,7 @@ def register_models(
                 {"mnist_train": n_train},
                 parent_version=versions[-1] if versions else None,
                 novelty=novelty,
+                int8_calibration=calibration,
             ),
         )
         versions.append(info.version)

@@ -43,8 +43,9 @@ def service(tmp_path_factory, mlflow_server, s3, mnist) -> Service:
         "DIGITLOOP_S3_BUCKET": "digitloop-test",
         "DIGITLOOP_WORKERS": "2",
     }
-    # Version 1 carries a novelty scorer; version 2 was registered as before scorers.
-    assert register_models(mnist, env, scored=1) == ["1", "2"]
+    # Version 1 carries a novelty scorer and an int8 export (served by default); version 2
+    # was registered as before either, and serves its fp32 export.
+    assert register_models(mnist, env, scored=1, int8=1) == ["1", "2"]
     svc = Service(env, root / "serve.log").start()
     yield svc
     svc.stop()
@@ -129,13 +130,13 @@ def test_batch_is_one_answer_per_image(service: Service, pngs):
 
 
 def test_answers_are_calibrated_with_the_version_s_temperature(service: Service, mnist):
-    """Each version serves ``softmax(logits / T)`` with the temperature its registration
-    fitted; batch answers agree with single ones."""
+    """Each version serves ``softmax(logits / T)`` of its registered artefact's logits, with
+    the temperature its registration fitted; batch answers agree with single ones."""
     from model.calibration import apply_temperature
     from model.network import predict_proba
     from model.registry import Registry
     from model.settings import ModelSettings
-    from services.inference import array_to_pixels
+    from services.inference import OnnxForward, array_to_pixels
 
     digits = [mnist.x_test[i].tolist() for i in range(3)]
     # /readyz answered for one worker; the other may still be loading its model.
@@ -157,7 +158,14 @@ def test_answers_are_calibrated_with_the_version_s_temperature(service: Service,
     net, info = registry.load(answers[0]["model_version"])
     assert "temperature" in info.tags and abs(info.temperature - 1.0) > 0.05
     pixels = np.stack([array_to_pixels(d) for d in digits])
-    raw = predict_proba(net, pixels)
+    # Version 1 (the champion) is served by its int8 export, the default runtime.
+    int8 = registry.onnx_int8(info)
+    assert int8 is not None
+    _, logits = OnnxForward(int8)(pixels)
+    raw = np.exp(logits - logits.max(axis=1, keepdims=True))
+    raw /= raw.sum(axis=1, keepdims=True)
+    # Within int8's rounding of the network's own.
+    np.testing.assert_allclose(raw, predict_proba(net, pixels), atol=0.05)
     served = np.array([a["probabilities"] for a in answers])
     np.testing.assert_allclose(served, apply_temperature(raw, info.temperature), atol=1e-4)
     assert np.abs(served - raw).max() > 1e-3  # not the network's own probabilities
@@ -166,11 +174,11 @@ def test_answers_are_calibrated_with_the_version_s_temperature(service: Service,
 
 def test_answers_say_how_unusual_the_drawing_is_for_the_version(service: Service, mnist):
     """Version 1's scorer, fitted at registration, scores each answer from its one forward
-    pass: a blob unlike any digit is flagged, MNIST digits mostly not; batch agrees."""
-    from model.network import model_outputs
+    pass (its int8 export's embeddings): a blob unlike any digit is flagged, MNIST digits
+    mostly not; batch agrees."""
     from model.registry import Registry
     from model.settings import ModelSettings
-    from services.inference import array_to_pixels
+    from services.inference import OnnxForward, array_to_pixels
 
     wait_for(
         lambda: _model_on_every_worker(service, lambda m: "stable" in m["tracks"]),
@@ -191,11 +199,11 @@ def test_answers_say_how_unusual_the_drawing_is_for_the_version(service: Service
             registered_model=service.env["DIGITLOOP_REGISTERED_MODEL"],
         )
     )
-    net, info = registry.load("1")
+    _, info = registry.load("1")
     scorer = registry.novelty(info)
     assert scorer is not None and json.loads(info.tags["novelty"])["threshold"] > 0
     pixels = np.stack([array_to_pixels(d) for d in drawings])
-    expected = scorer.score(model_outputs(net, pixels).embeddings)
+    expected = scorer.score(OnnxForward(registry.onnx_int8(info))(pixels)[0])
     served = np.array([a["novelty"] for a in answers])
     np.testing.assert_allclose(served, expected, rtol=1e-3, atol=1e-2)
     np.testing.assert_allclose([a["novelty"] for a in batch], served, rtol=1e-3, atol=1e-2)

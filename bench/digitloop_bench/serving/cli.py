@@ -44,10 +44,10 @@ def bench(
     runtime: Annotated[
         str,
         typer.Option(
-            help="What runs the network in every server and in-process: "
-            "onnxruntime or torch (DIGITLOOP_INFERENCE_RUNTIME)."
+            help="What runs the network in every server and in-process: onnxruntime_int8 "
+            "(the int8 export), onnxruntime (fp32) or torch (DIGITLOOP_INFERENCE_RUNTIME)."
         ),
-    ] = "onnxruntime",
+    ] = "onnxruntime_int8",
     request_sets: Annotated[
         str,
         typer.Option(

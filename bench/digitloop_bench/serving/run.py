@@ -78,7 +78,7 @@ class BenchConfig:
     workers: int = 2
     torch_threads: int = 1
     # What runs the network in every server and in-process (DIGITLOOP_INFERENCE_RUNTIME).
-    runtime: str = "onnxruntime"
+    runtime: str = "onnxruntime_int8"
     # The first is the headline, measured at every concurrency; the others at the highest.
     request_sets: tuple[str, ...] = REQUEST_SETS
     warmup_s: float = 2.0
@@ -127,8 +127,13 @@ class BenchConfig:
             )
         if self.rounds < 1:
             raise BenchError("rounds must be at least 1")
-        if self.runtime not in ("torch", "onnxruntime"):
-            raise BenchError(f"unknown runtime {self.runtime!r}; choose torch or onnxruntime")
+        from typing import get_args
+
+        from services.settings import Runtime
+
+        if self.runtime not in get_args(Runtime):
+            choices = ", ".join(get_args(Runtime))
+            raise BenchError(f"unknown runtime {self.runtime!r}; choose from {choices}")
 
 
 # --- processes -----------------------------------------------------------------------
@@ -523,6 +528,7 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
     """
     from model.data import load_mnist
     from model.evaluate import evaluate
+    from model.export import calibration_digits
     from model.registry import Registry, TrainingRecord
     from model.settings import ModelSettings
 
@@ -551,6 +557,8 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
             training_data=json.loads(info.tags.get("training_data") or "{}"),
             run_name=f"bench-copy-v{info.version}",
             novelty=source_registry.novelty(info),
+            # Quantised again as it registers here, as `digitloop train` does.
+            int8_calibration=calibration_digits(mnist.x_train),
         )
         described = f"champion v{info.version} of {source}"
     else:
@@ -576,6 +584,7 @@ def prepare_model(data_dir: Path, config: BenchConfig, say: Callable[[str], None
                 (x_eval, y_eval),
                 ModelSettings().novelty_share,
             ),
+            int8_calibration=calibration_digits(mnist.x_train[:n]),
         )
         described = f"quick model (1 epoch, {n} images)"
     target = Registry(ModelSettings(data_dir=data_dir, mlflow_tracking_uri=None))
