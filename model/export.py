@@ -147,6 +147,11 @@ def _quantize_static(folder: Path, model: bytes, calibration: np.ndarray) -> byt
         Digits(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
+        # 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels add pairs
+        # of products in 16 bits, which full-range weights can saturate (its docs). Side by
+        # side on the quick model, all 10,000 MNIST test digits: 99.15 % and 4 labels
+        # differing from fp32 either way, 98 against 93 us per image.
+        reduce_range=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=[node.name for node in nodes if node.op_type == "BatchNormalization"],

@@ -85,3 +85,25 @@ def test_a_version_registers_its_int8_export_and_the_servers_run_it_by_default(d
     assert fp32.onnx_model == registry.onnx(info) != int8
     agree = (fp32.predict(x_test).argmax(1) == logits.argmax(1)).mean()
     assert agree >= 0.97, agree
+
+
+def test_the_int8_export_keeps_its_weights_to_7_bits(mnist):
+    """Full-range int8 weights can saturate ONNX Runtime's u8s8 kernels on CPUs without
+    VNNI; the registered export quantises them symmetrically into [-64, 64] (reduce_range)."""
+    import torch
+    from onnx import numpy_helper
+
+    from model.export import export_onnx, quantize_int8
+    from model.network import DigitNet
+
+    torch.manual_seed(0)
+    int8 = onnx.load_from_string(
+        quantize_int8(export_onnx(DigitNet().eval()), calibration_digits(mnist.x_train, 50))
+    )
+    weights = [
+        numpy_helper.to_array(tensor).astype(int)
+        for tensor in int8.graph.initializer
+        if tensor.data_type == onnx.TensorProto.INT8 and tensor.name.endswith("_quantized")
+    ]
+    assert len(weights) >= 4  # three convolutions and the dense layers
+    assert max(abs(w).max() for w in weights) == 64  # 7 bits, all of them used
