@@ -188,9 +188,9 @@ def test_direct_predict_takes_post_predict_and_passes_everything_else_on(monkeyp
     request (other routes, other methods, lifespan) goes on to BentoML's app."""
     import asyncio
 
-    import bentoml
     from starlette.responses import Response
 
+    from services import service
     from services.service import SERVER_HEADER, DigitService, DirectPredict
 
     assert DirectPredict in [cls for cls, _ in DigitService.middlewares]
@@ -201,7 +201,7 @@ def test_direct_predict_takes_post_predict_and_passes_everything_else_on(monkeyp
             handled.append((await request.body()).decode())
             return Response(b"{}", media_type="application/json")
 
-    monkeypatch.setattr(bentoml, "get_current_service", lambda: FakeService())
+    monkeypatch.setattr(service, "get_current_service", lambda: FakeService())
     passed: list[str] = []
 
     async def app(scope, receive, send) -> None:
