@@ -191,7 +191,7 @@ class DriftOutput(StepOutput):
         default_factory=dict,
         description="Share of drifted columns against each mix, keyed by its adapted share.",
     )
-    # drift_detected is either test's: Evidently's columns, or the novelty window test.
+    # drift_detected is any test's: Evidently's columns, the novelty or the geometry window test.
     evidently_drift_detected: bool | None = Field(
         default=None, description="Evidently's column tests alone."
     )
@@ -213,6 +213,23 @@ class DriftOutput(StepOutput):
         default=None,
         description="Store key of a PNG of the flagged drawings in a few groups (KMeans on "
         "their embeddings), examples of each.",
+    )
+    geometry_detected: bool | None = Field(
+        default=None,
+        description="The geometry window test alone (more drawings of unusual stroke geometry "
+        "than MNIST's calibrated share); unset for a champion fine-tuned on feedback.",
+    )
+    geometry_flagged: int | None = Field(
+        default=None, description="Drawings of the window of unusual geometry."
+    )
+    geometry_share: float | None = Field(
+        default=None, description="Held-out MNIST's flagged share at the threshold: the null."
+    )
+    geometry_threshold: float | None = Field(
+        default=None, description="Squared Mahalanobis distance above which one is flagged."
+    )
+    geometry_p_value: float | None = Field(
+        default=None, description="One-sided binomial p-value of the flagged count."
     )
 
 

@@ -7,8 +7,9 @@
 ``calibrate`` measures one model against its MNIST reference; ``adapted`` measures the rule
 for a champion fine-tuned on a drifted population (see :func:`adapted`); ``novelty`` the
 per-drawing novelty window test alone and OR'ed with Evidently's, on windows where 10 %,
-25 % or all of the drawings are shifted, for every candidate score (see :func:`novelty`;
-its figures are in :mod:`model.novelty`, about 7 minutes on one loaded core). The figures in
+25 % or all of the drawings are shifted, for every candidate score, and the geometry window
+test beside them (see :func:`novelty`; its figures are in :mod:`model.novelty` and
+:mod:`pipelines.drift.geometry`, about 7 minutes on one loaded core). The figures in
 :mod:`pipelines.drift.detect` came from
 
     .venv/bin/python -m digitloop_bench.drift adapted --model-file champ.pt \
@@ -67,6 +68,7 @@ from pipelines.drift.detect import (
     detect_drift_adapted,
 )
 from pipelines.drift.features import CLASS_COLUMN, feature_frame, featurise
+from pipelines.drift.geometry import geometry_features, mnist_geometry
 from pipelines.drift.reference import (
     Reference,
     build_reference,
@@ -873,6 +875,9 @@ def _adapted_table(summary: dict[str, Any]) -> Table:
 NOVELTY_MIXES = (0.1, 0.25, 1.0)
 NOVELTY_POWER_GOALS = {0.1: 0.8, 0.25: 0.95, 1.0: 1.0}
 COMBINED_FALSE_ALARMS_MAX = 0.03
+# One population's outputs: candidate novelty scores, the column-test matrix and which
+# drawings the geometry scorer flags.
+Prepared = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]
 
 
 def candidate_scores(
@@ -933,6 +938,10 @@ def novelty(
         float | None,
         typer.Option(help="The window test's p-value threshold (default: the setting)."),
     ] = None,
+    geometry_alpha: Annotated[
+        float | None,
+        typer.Option(help="The geometry window test's p-value threshold (default: the setting)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the windows, shifts and quick model.")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
     mnist: MnistOption = None,
@@ -945,6 +954,10 @@ def novelty(
     reference's half of MNIST test (as logged by the service); windows draw their unshifted
     drawings from the other half. Every candidate score of :func:`candidate_scores` is run
     through the same windows, each with its own threshold at the same share.
+
+    Beside them, the geometry window test (:mod:`pipelines.drift.geometry`), fitted and
+    calibrated on the same reference half, and the drift step's verdict with it: "either
+    (+geometry)", Evidently or the novelty test or the geometry test.
     """
     setup_logging()
     with cli_errors():
@@ -961,6 +974,9 @@ def novelty(
         settings = DriftSettings()
         share = share if share is not None else ModelSettings().novelty_share
         alpha = alpha if alpha is not None else settings.drift_novelty_alpha
+        geometry_alpha = (
+            geometry_alpha if geometry_alpha is not None else settings.drift_geometry_alpha
+        )
         data = load_mnist(mnist)
         net, model_name = load_net(None, model_file, data.x_train, data.y_train, seed, save_model)
         started = time.perf_counter()
@@ -972,55 +988,64 @@ def novelty(
         reference = mnist_reference(net, data.x_test, spec)
         tests = column_tests(list(reference.features.columns), settings)
         reference_matrix = tests.matrix(reference.features)
+        # As the drift step fits it: on the reference's digits, by the answers it recorded.
+        geometry = mnist_geometry(reference, data.x_test, settings.drift_geometry_share)
 
-        def prepare(images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        def prepare(images: np.ndarray) -> Prepared:
             outputs = model_outputs(net, images)
             frame = feature_frame(images, outputs, reference.summary)
             scores = candidate_scores(scorer, outputs.embeddings, outputs.logits)
-            return scores, tests.matrix(frame)
+            unusual = geometry.flagged(
+                geometry.score(geometry_features(images), outputs.probabilities.argmax(axis=1))
+            )
+            return scores, tests.matrix(frame), unusual
 
-        calibration_scores, _ = prepare(calibration.images)
+        calibration_scores, _, _ = prepare(calibration.images)
         thresholds = {
             name: calibrate_threshold({"mnist": values}, share)[:2]
             for name, values in calibration_scores.items()
         }
         x_in, _ = in_distribution(data.x_test[holdout], data.y_test[holdout])
-        in_scores, in_matrix = prepare(x_in)
+        in_scores, in_matrix, in_geometry = prepare(x_in)
         rng = np.random.default_rng(seed)
-        populations: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        populations: dict[str, Prepared] = {}
         for i, name in enumerate(chosen):
             rows = rng.choice(holdout, size=min(pool, len(holdout)), replace=False)
             x_s, _ = make_shift(name, data.x_test[rows], data.y_test[rows], seed=seed + 1 + i)
             populations[name] = prepare(x_s)
 
-        def run(
-            n_windows: int, shifted: tuple[dict[str, np.ndarray], np.ndarray] | None, mix: float
-        ) -> dict[str, object]:
+        def run(n_windows: int, shifted: Prepared | None, mix: float) -> dict[str, object]:
             n_shifted = 0 if shifted is None else round(mix * window_size)
             counts = {name: 0 for name in thresholds}
-            evidently = combined = 0
+            evidently = combined = geometric = combined_geometry = 0
             flagged_shares = []
             for _ in range(n_windows):
                 rows_in = rng.choice(len(x_in), size=window_size - n_shifted, replace=False)
-                parts = [(in_scores, in_matrix, rows_in)]
+                parts = [(in_scores, in_matrix, in_geometry, rows_in)]
                 if shifted is not None:
                     rows_s = rng.choice(len(shifted[1]), size=n_shifted, replace=False)
                     parts.append((*shifted, rows_s))
-                matrix = np.concatenate([m[r] for _, m, r in parts])
+                matrix = np.concatenate([m[r] for _, m, _, r in parts])
                 drifted = tests.check(matrix, reference_matrix).drift_detected
                 evidently += drifted
+                unusual = sum(int(g[r].sum()) for _, _, g, r in parts)
+                odd_shapes = window_test(unusual, window_size, geometry.share, geometry_alpha)[0]
+                geometric += odd_shapes
                 for name, (threshold, calibrated) in thresholds.items():
-                    flagged = sum(int((sc[name][r] > threshold).sum()) for sc, _, r in parts)
+                    flagged = sum(int((sc[name][r] > threshold).sum()) for sc, _, _, r in parts)
                     hit = window_test(flagged, window_size, calibrated, alpha)[0]
                     counts[name] += hit
                     if name == scorer.method:
                         combined += hit or drifted
+                        combined_geometry += hit or drifted or odd_shapes
                         flagged_shares.append(flagged / window_size)
             return {
                 "windows": n_windows,
                 "novelty": _rate(counts[scorer.method], n_windows),
                 "evidently": _rate(evidently, n_windows),
                 "combined": _rate(combined, n_windows),
+                "geometry": _rate(geometric, n_windows),
+                "combined_geometry": _rate(combined_geometry, n_windows),
                 "mean_flagged_share": float(np.mean(flagged_shares)),
                 "candidates": {name: _rate(c, n_windows) for name, c in counts.items()},
             }
@@ -1033,15 +1058,22 @@ def novelty(
                 results[name][f"{mix:g}"] = entry = run(shift_windows, shifted, mix)
                 stderr.print(
                     f"{name} {mix:.0%}: novelty {entry['novelty']['hits']}, evidently "
-                    f"{entry['evidently']['hits']}, combined {entry['combined']['hits']} "
-                    f"of {shift_windows}"
+                    f"{entry['evidently']['hits']}, combined {entry['combined']['hits']}, "
+                    f"geometry {entry['geometry']['hits']}, combined with geometry "
+                    f"{entry['combined_geometry']['hits']} of {shift_windows}"
                 )
         per_drawing = {
             name: {
-                method: float((values[method] > thresholds[method][0]).mean())
-                for method in thresholds
+                **{
+                    method: float((values[method] > thresholds[method][0]).mean())
+                    for method in thresholds
+                },
+                "geometry": float(odd.mean()),
             }
-            for name, (values, _) in [("mnist", (in_scores, None)), *populations.items()]
+            for name, (values, _, odd) in [
+                ("mnist", (in_scores, None, in_geometry)),
+                *populations.items(),
+            ]
         }
         cost = _score_cost(scorer, model_outputs(net, x_in[:1]).embeddings)
         seconds = round(time.perf_counter() - started, 1)
@@ -1054,6 +1086,9 @@ def novelty(
         "alpha": alpha,
         "scorer": scorer.summary(),
         "critical_count": critical_count(window_size, scorer.share, alpha),
+        "geometry": geometry.summary(),
+        "geometry_alpha": geometry_alpha,
+        "geometry_critical_count": critical_count(window_size, geometry.share, geometry_alpha),
         "thresholds": {name: list(t) for name, t in thresholds.items()},
         "evidently_settings": {
             "drift_column_threshold": settings.drift_column_threshold,
@@ -1098,20 +1133,25 @@ def _novelty_table(summary: dict[str, Any]) -> Table:
         f"window test p < {summary['alpha']}: >= {summary['critical_count']} of "
         f"{summary['window_size']}) and Evidently; detected / windows ({summary['model']})"
     )
-    for column in ("population", "shifted", "novelty", "Evidently", "either", "95% (either)"):
+    columns = ("novelty", "Evidently", "either", "geometry", "either (+geometry)")
+    for column in ("population", "shifted", *columns, "95% (+geometry)"):
         table.add_column(column, justify="left" if column == "population" else "right")
+    keys = ("novelty", "evidently", "combined", "geometry", "combined_geometry")
     for population, by_mix in summary["results"].items():
         for mix, entry in by_mix.items():
-            either = entry["combined"]
+            low, high = entry["combined_geometry"]["ci95"]
             table.add_row(
                 population,
                 f"{float(mix):.0%}",
-                f"{entry['novelty']['hits']}/{entry['windows']}",
-                f"{entry['evidently']['hits']}/{entry['windows']}",
-                f"{either['hits']}/{entry['windows']}",
-                f"{either['ci95'][0]:.3f}-{either['ci95'][1]:.3f}",
+                *(f"{entry[key]['hits']}/{entry['windows']}" for key in keys),
+                f"{low:.3f}-{high:.3f}",
             )
-    table.caption = f"scoring one request: {summary['score_cost_us']} us"
+    geometry = summary["geometry"]
+    table.caption = (
+        f"scoring one request: {summary['score_cost_us']} us; geometry: "
+        f"{geometry['share']:.2%} of held-out MNIST flagged, p < {summary['geometry_alpha']}: "
+        f">= {summary['geometry_critical_count']} of {summary['window_size']}"
+    )
     return table
 
 

@@ -172,6 +172,22 @@ class DriftSettings(DigitloopEnv):
         description="A window drifts when its share of unusual drawings is above the "
         "champion's calibrated share with a one-sided binomial p-value below this.",
     )
+    drift_geometry_share: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Share of held-out MNIST digits the geometry scorer's threshold flags "
+        "(pipelines.drift.geometry; fitted on the drift reference's half of MNIST test).",
+    )
+    drift_geometry_alpha: float = Field(
+        default=0.005,
+        gt=0.0,
+        lt=1.0,
+        description="A window drifts when its share of drawings of unusual stroke geometry is "
+        "above the calibrated share with a one-sided binomial p-value below this. 0.005, not "
+        "0.01: 400-image MNIST windows then false-alarmed on 8 of 300, not 9 (python -m "
+        "digitloop_bench.drift novelty --window-size 400).",
+    )
 
     def reference_spec(self) -> ReferenceSpec:
         return ReferenceSpec(

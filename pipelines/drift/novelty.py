@@ -16,6 +16,7 @@ version, or logged before the column existed).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -58,10 +59,20 @@ def window_scores(
     return scores, int((~missing).sum())
 
 
+class Thresholded(Protocol):
+    """A per-drawing scorer with a calibrated threshold: :class:`model.novelty.NoveltyScorer`
+    on embeddings, :class:`pipelines.drift.geometry.GeometryScorer` on the pixels."""
+
+    threshold: float
+    share: float
+
+    def flagged(self, scores: np.ndarray) -> np.ndarray: ...
+
+
 def judge_window(
-    scores: np.ndarray, scorer: NoveltyScorer, alpha: float, from_log: int = 0
+    scores: np.ndarray, scorer: Thresholded, alpha: float, from_log: int = 0
 ) -> NoveltyWindow:
-    """The binomial test of a window's novelty scores against the scorer's share."""
+    """The binomial test of a window's per-drawing scores against the scorer's share."""
     flagged = int(scorer.flagged(scores).sum())
     detected, p_value = window_test(flagged, len(scores), scorer.share, alpha)
     return NoveltyWindow(

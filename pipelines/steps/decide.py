@@ -31,19 +31,30 @@ def step_decide(
         champion,
         quality.by_answer,
         ctx.decisions,
-        drift_reason=_novelty_reason(drift),
+        drift_reason=_per_drawing_reason(drift),
     )
     return DecideOutput(retrain=decision.retrain, reasons=tuple(decision.reasons))
 
 
-def _novelty_reason(drift: DriftOutput) -> str | None:
-    """Why the window drifted when the novelty test said so; None when Evidently alone did."""
-    if not drift.novelty_detected or drift.novelty_share is None:
+def _per_drawing_reason(drift: DriftOutput) -> str | None:
+    """Why the window drifted when a per-drawing test (novelty, geometry) said so; None when
+    Evidently alone did."""
+    tests = (
+        ("unusual drawings", drift.novelty_detected, drift.novelty_flagged,
+         drift.novelty_share, drift.novelty_p_value),
+        ("drawings of unusual stroke geometry", drift.geometry_detected, drift.geometry_flagged,
+         drift.geometry_share, drift.geometry_p_value),
+    )  # fmt: skip
+    found = [
+        f"{flagged} {what} of {drift.n_current} "
+        f"({share * drift.n_current:.0f} expected, p = {p_value:.2g})"
+        for what, detected, flagged, share, p_value in tests
+        if detected and share is not None
+    ]
+    if not found:
         return None
     evidently = "and" if drift.evidently_drift_detected else "not"
-    expected = drift.novelty_share * drift.n_current
     return (
-        f"drift detected: {drift.novelty_flagged} unusual drawings of {drift.n_current} "
-        f"({expected:.0f} expected, p = {drift.novelty_p_value:.2g}), {evidently} in "
-        f"Evidently's columns (score {drift.drift_score:.2f})"
+        f"drift detected: {'; '.join(found)}, {evidently} in Evidently's columns "
+        f"(score {drift.drift_score:.2f})"
     )

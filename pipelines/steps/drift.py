@@ -11,6 +11,13 @@ of users drawing differently. The window drifts when either test says so; both a
 output and the report (``novelty_report.json`` beside Evidently's). A champion registered
 without a scorer is judged by Evidently alone.
 
+A third test reads the logged pixels: the share of drawings whose stroke geometry is unusual
+for the class answered, against MNIST's (:mod:`pipelines.drift.geometry`; a thick marker or
+a hairline pen, which the network was trained to answer alike). It is fitted on the MNIST
+reference's digits, so it judges only a champion judged against MNIST alone: for one
+fine-tuned on feedback the traffic it was adapted to would stay unusual to it for good.
+Its verdict and counts are in the output and ``geometry_report.json``.
+
 A window with too few predictions is no verdict: the step says why and reports no drift.
 The report (HTML and JSON) goes to the store under ``reports/<run_id>/``.
 
@@ -39,6 +46,7 @@ from pipelines.drift.detect import (
     detect_drift_adapted,
     model_reference,
 )
+from pipelines.drift.geometry import judge_geometry, mnist_geometry
 from pipelines.drift.novelty import cluster_flagged, clusters_png, judge_window, window_scores
 from pipelines.outputs import CollectOutput, DriftOutput
 from pipelines.steps.context import LoopContext
@@ -133,6 +141,27 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
                 "model_version": info.version,
             }
         ).encode()
+    geometry_fields: dict[str, object] = {}
+    geometry = None
+    if adapted is None:
+        shapes = mnist_geometry(reference, ctx.mnist.x_test, ctx.drift.drift_geometry_share)
+        answered = outputs.probabilities.argmax(axis=1)
+        geometry = judge_geometry(images, answered, shapes, ctx.drift.drift_geometry_alpha)
+        geometry_fields = {
+            "geometry_detected": geometry.detected,
+            "geometry_flagged": geometry.flagged,
+            "geometry_share": geometry.share,
+            "geometry_threshold": geometry.threshold,
+            "geometry_p_value": geometry.p_value,
+        }
+        files["geometry_report.json"] = json.dumps(
+            {
+                "geometry": geometry.as_dict(),
+                "scorer": shapes.summary(),
+                # Fitted on the reference's digits grouped by this version's answers.
+                "model_version": info.version,
+            }
+        ).encode()
     for name, data in files.items():
         ctx.store.put(
             f"reports/{ctx.run_id}/{name}",
@@ -141,10 +170,13 @@ def step_drift(ctx: LoopContext, collect: CollectOutput) -> DriftOutput:
         )
     return DriftOutput.model_validate(
         {
-            # Either test: Evidently's distributions, or the flagged share (issue 18).
-            "drift_detected": result.drift_detected or bool(novelty and novelty.detected),
+            # Any test: Evidently's distributions, or either flagged share (issue 18).
+            "drift_detected": result.drift_detected
+            or bool(novelty and novelty.detected)
+            or bool(geometry and geometry.detected),
             "evidently_drift_detected": result.drift_detected,
             **novelty_fields,
+            **geometry_fields,
             "drift_score": result.drift_score,
             "drifted_columns": tuple(result.drifted_columns),
             "n_current": result.n_current,

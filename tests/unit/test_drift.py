@@ -587,6 +587,8 @@ def test_the_drift_step_judges_a_fine_tuned_champion_against_its_adapted_traffic
     keys = set(ctx.store.list("reports/run-2/"))
     assert {"reports/run-2/drift_report.html", "reports/run-2/drift_report_mnist.html"} <= keys
     assert output.report == "reports/run-2/drift_report.html"
+    # The geometry test is fitted on MNIST: the traffic it was adapted to would stay unusual.
+    assert output.geometry_detected is None and "reports/run-2/geometry_report.json" not in keys
 
 
 def test_the_drift_step_keeps_mnist_alone_for_a_champion_trained_on_mnist(adapted_loop):
@@ -613,4 +615,6 @@ def test_the_drift_step_keeps_mnist_alone_for_a_champion_trained_on_mnist(adapte
     assert set(ctx.store.list("reports/run-2/")) == {
         "reports/run-2/drift_report.html",
         "reports/run-2/drift_report.json",
+        "reports/run-2/geometry_report.json",
     }
+    assert output.geometry_detected is not None

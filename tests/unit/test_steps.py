@@ -33,6 +33,7 @@ from model.registry import ModelVersionInfo, TrainingRecord
 from model.settings import ModelSettings
 from pipelines.drift.adapted import adapted_reference_path
 from pipelines.drift.detect import DriftSettings
+from pipelines.drift.geometry import GeometryScorer, fit_geometry, geometry_features
 from pipelines.outputs import (
     AnalyseOutput,
     AnswerQuality,
@@ -393,6 +394,20 @@ def test_drift_reports_no_verdict_on_a_window_too_small(ctx, mnist):
     assert output.report is None and not ctx.store.list("reports/")
 
 
+def no_odd_shapes(*args) -> GeometryScorer:
+    """A geometry scorer that flags nothing, for tests of the step's other tests."""
+    return GeometryScorer(
+        classes=np.arange(10),
+        means=np.zeros((10, 4)),
+        precisions=np.tile(np.eye(4), (10, 1, 1)),
+        threshold=1e9,
+        share=0.05,
+        target_share=0.05,
+        n_fit=0,
+        n_calibration=0,
+    )
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the drift step reads of :class:`pipelines.drift.detect.DriftResult`."""
@@ -417,6 +432,7 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
 
     monkeypatch.setattr("pipelines.steps.drift.detect_drift", detect)
     monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    monkeypatch.setattr("pipelines.steps.drift.mnist_geometry", no_odd_shapes)
     ctx.mnist = mnist
     ctx.loop = ctx.loop.model_copy(update={"drift_window": 20})
     start = NOW - timedelta(hours=1)
@@ -440,6 +456,11 @@ def test_drift_checks_the_latest_predictions_and_stores_the_report(ctx, mnist, m
         drifted_columns=("ink_mass", "stroke_width"),
         n_current=20,
         report="reports/run-1/drift_report.html",
+        geometry_detected=False,
+        geometry_flagged=0,
+        geometry_share=0.05,
+        geometry_threshold=1e9,
+        geometry_p_value=1.0,
     )
     assert ctx.store.get(output.report) == b"<html></html>"
     assert ctx.store.get("reports/run-1/drift_report.json") == b"{}"
@@ -463,6 +484,7 @@ def test_the_adapted_reference_is_built_once_per_version_not_once_per_pod(
 
     monkeypatch.setattr("pipelines.steps.drift.adapted_reference", adapted)
     monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    monkeypatch.setattr("pipelines.steps.drift.mnist_geometry", no_odd_shapes)
     monkeypatch.setattr("pipelines.steps.drift.detect_drift", lambda *a, **k: Verdict())
     ctx.mnist = mnist
     traffic(ctx, [Drawn(f"p{i}", NOW - timedelta(minutes=i), 1) for i in range(5)])
@@ -489,6 +511,7 @@ def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count
         lambda *a, **k: Verdict(drift_detected=False, drift_score=0.0, drifted_columns=()),
     )
     monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    monkeypatch.setattr("pipelines.steps.drift.mnist_geometry", no_odd_shapes)
     ctx.mnist = mnist
     ctx.loop = ctx.loop.model_copy(update={"drift_window": 200})
     net = ctx.registry.nets["1"]
@@ -531,6 +554,52 @@ def test_drift_is_either_test_and_the_novelty_test_fires_from_its_critical_count
     assert sum(c["size"] for c in report["clusters"]) == flagged
     assert output.novelty_clusters == "reports/run-1/novelty_clusters.png"
     assert ctx.store.get(output.novelty_clusters).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(("flagged", "expected"), [(19, False), (20, True)])
+def test_the_geometry_test_alone_trips_drift_from_its_critical_count(
+    ctx, mnist, monkeypatch, flagged, expected
+):
+    """Evidently sees nothing and the champion has no novelty scorer; the geometry scorer
+    flags some of the window's drawings. With 200 answers at 5 % the test needs 20."""
+    monkeypatch.setattr(
+        "pipelines.steps.drift.detect_drift",
+        lambda *a, **k: Verdict(drift_detected=False, drift_score=0.0, drifted_columns=()),
+    )
+    monkeypatch.setattr("pipelines.steps.drift.model_reference", lambda *args: "reference")
+    ctx.mnist = mnist
+    ctx.loop = ctx.loop.model_copy(update={"drift_window": 200})
+    images = mnist.x_test[:200]
+    # What the step scores: each drawing's geometry under the class the champion answered.
+    answered = model_outputs(ctx.registry.nets["1"], images).probabilities.argmax(axis=1)
+    base = fit_geometry(mnist.x_test[5000:7000], mnist.y_test[5000:7000])
+    ranked = np.sort(base.score(geometry_features(images), answered))
+    threshold = float(ranked[-flagged] + ranked[-flagged - 1]) / 2
+    scorer = dataclasses.replace(base, threshold=threshold, share=0.05)
+    fitted_on = []
+    monkeypatch.setattr(
+        "pipelines.steps.drift.mnist_geometry",
+        lambda reference, mnist_test, share: fitted_on.append((reference, share)) or scorer,
+    )
+    start = NOW - timedelta(hours=1)
+    traffic(
+        ctx,
+        [
+            Drawn(f"p{i:03d}", start + timedelta(milliseconds=10 * i), 1, image=x)
+            for i, x in enumerate(images)
+        ],
+    )
+    output = step_drift(ctx, collected(ctx))
+    assert fitted_on == [("reference", ctx.drift.drift_geometry_share)]
+    assert output.evidently_drift_detected is False and output.novelty_detected is None
+    assert output.geometry_flagged == flagged
+    assert output.geometry_detected is expected and output.drift_detected is expected
+    assert output.geometry_threshold == pytest.approx(threshold)
+    report = json.loads(ctx.store.get("reports/run-1/geometry_report.json"))
+    assert report["geometry"]["critical"] == 20
+    assert report["geometry"]["flagged"] == flagged
+    assert report["geometry"]["p_value"] == pytest.approx(output.geometry_p_value)
+    assert report["scorer"]["n_fit"] == base.n_fit and report["model_version"] == "1"
 
 
 # -- decide ---------------------------------------------------------------------------------
@@ -604,6 +673,25 @@ def test_decide_says_when_the_novelty_test_found_the_drift(ctx):
     assert output.reasons[0] == (
         "drift detected: 23 unusual drawings of 200 (10 expected, p = 0.0012), not in "
         "Evidently's columns (score 0.07)"
+    )
+
+
+def test_decide_says_when_the_geometry_test_found_the_drift(ctx):
+    drift = DriftOutput(
+        drift_detected=True,
+        evidently_drift_detected=False,
+        geometry_detected=True,
+        geometry_flagged=31,
+        geometry_share=0.05,
+        geometry_p_value=2.1e-5,
+        n_current=200,
+        drift_score=0.0,
+    )
+    output = step_decide(ctx, collect_output(40), quality_output(40, 40), drift)
+    assert output.retrain is True
+    assert output.reasons[0] == (
+        "drift detected: 31 drawings of unusual stroke geometry of 200 (10 expected, "
+        "p = 2.1e-05), not in Evidently's columns (score 0.00)"
     )
 
 
