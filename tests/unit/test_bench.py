@@ -538,3 +538,31 @@ def test_stack_pricing_runs_the_floor_the_service_and_its_bentoml_app(mnist_path
         thread["bentoml"] - thread["service"], abs=2e-4
     )
     assert (result["answers"], result["rounds"]) == (20, 1)
+
+
+def test_a_load_generators_large_result_reaches_a_busy_reader_whole():
+    """After uvloop has run, a result line over a pipe's 64 KiB, read only once the bench
+    is done with the other client, lost its tail (a short write, MagicStack/uvloop#460;
+    the bench then failed on the JSON). write_result writes until all of it is out."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import socket, uvloop, asyncio\n"
+        "from digitloop_bench.serving.loadgen import write_result\n"
+        "server = socket.create_server(('127.0.0.1', 0))\n"
+        "async def connect():\n"
+        "    _, writer = await asyncio.open_connection(*server.getsockname())\n"
+        "    writer.close()\n"
+        "uvloop.run(connect())\n"
+        "write_result({'latencies_ms': [12.3456] * 30000})\n"
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(2.0)  # the bench reads the first client's result first
+    stdout, stderr = client.communicate(timeout=60)
+    assert client.returncode == 0, stderr.decode()[-2000:]
+    assert len(stdout) > 65536
+    assert json.loads(stdout)["latencies_ms"] == [12.3456] * 30000
