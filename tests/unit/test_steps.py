@@ -657,41 +657,31 @@ def test_decide(ctx, joined, drift, accuracy, canary, retrain, reason):
     assert output.retrain is retrain and output.reasons[0] == reason
 
 
-def test_decide_says_when_the_novelty_test_found_the_drift(ctx):
+@pytest.mark.parametrize(
+    ("found", "reason"),
+    [
+        (
+            {"novelty_detected": True, "novelty_flagged": 23, "novelty_share": 0.05,
+             "novelty_p_value": 0.0012},
+            "23 unusual drawings of 200 (10 expected, p = 0.0012)",
+        ),
+        (
+            {"geometry_detected": True, "geometry_flagged": 31, "geometry_share": 0.05,
+             "geometry_p_value": 2.1e-5},
+            "31 drawings of unusual stroke geometry of 200 (10 expected, p = 2.1e-05)",
+        ),
+    ],
+    ids=["novelty", "geometry"],
+)  # fmt: skip
+def test_decide_says_which_per_drawing_test_found_the_drift(ctx, found, reason):
     drift = DriftOutput(
-        drift_detected=True,
-        evidently_drift_detected=False,
-        novelty_detected=True,
-        novelty_flagged=23,
-        novelty_share=0.05,
-        novelty_p_value=0.0012,
-        n_current=200,
-        drift_score=0.07,
-    )
+        drift_detected=True, evidently_drift_detected=False, n_current=200, drift_score=0.07,
+        **found,
+    )  # fmt: skip
     output = step_decide(ctx, collect_output(40), quality_output(40, 40), drift)
     assert output.retrain is True
     assert output.reasons[0] == (
-        "drift detected: 23 unusual drawings of 200 (10 expected, p = 0.0012), not in "
-        "Evidently's columns (score 0.07)"
-    )
-
-
-def test_decide_says_when_the_geometry_test_found_the_drift(ctx):
-    drift = DriftOutput(
-        drift_detected=True,
-        evidently_drift_detected=False,
-        geometry_detected=True,
-        geometry_flagged=31,
-        geometry_share=0.05,
-        geometry_p_value=2.1e-5,
-        n_current=200,
-        drift_score=0.0,
-    )
-    output = step_decide(ctx, collect_output(40), quality_output(40, 40), drift)
-    assert output.retrain is True
-    assert output.reasons[0] == (
-        "drift detected: 31 drawings of unusual stroke geometry of 200 (10 expected, "
-        "p = 2.1e-05), not in Evidently's columns (score 0.00)"
+        f"drift detected: {reason}, not in Evidently's columns (score 0.07)"
     )
 
 
