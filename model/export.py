@@ -28,6 +28,7 @@ import logging
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,51 +110,58 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
     """
     if not len(calibration):
         raise ValueError("no digits to calibrate the int8 export on")
-    # The quantiser logs every tensor it leaves alone, at INFO, on the root logger.
-    disabled = logging.root.manager.disable
-    logging.disable(logging.INFO)
-    try:
-        with tempfile.TemporaryDirectory(prefix="digitloop-int8-") as tmp:
-            return _quantize_static(Path(tmp), model, np.asarray(calibration))
-    finally:
-        logging.disable(disabled)
-
-
-def _quantize_static(folder: Path, model: bytes, calibration: np.ndarray) -> bytes:
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pixels = calibration.astype(np.float32)[:, None]
+    pixels = np.asarray(calibration).astype(np.float32)[:, None]
     batches = iter([{ONNX_INPUT: pixels[i : i + 50]} for i in range(0, len(pixels), 50)])
 
     class Digits(CalibrationDataReader):
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(batches, None)
 
-    fp32, prepared, int8 = (folder / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-    fp32.write_bytes(model)
-    # ONNX Runtime's recommended first step: shapes inferred, graph optimised.
-    quant_pre_process(str(fp32), str(prepared))
-    nodes = onnx.load(prepared).graph.node
-    quantize_static(
-        prepared,
-        int8,
-        Digits(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        # 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels add pairs
-        # of products in 16 bits, which full-range weights can saturate (its docs). Side by
-        # side on the quick model, all 10,000 MNIST test digits: 99.15 % and 4 labels
-        # differing from fp32 either way, 98 against 93 us per image.
-        reduce_range=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=[node.name for node in nodes if node.op_type == "BatchNormalization"],
-    )
-    return int8.read_bytes()
+    def static(prepared: Path, int8: Path) -> None:
+        import onnx
+
+        nodes = onnx.load(prepared).graph.node
+        quantize_static(
+            prepared,
+            int8,
+            Digits(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels add
+            # pairs of products in 16 bits, which full-range weights can saturate (its
+            # docs). Side by side on the quick model, all 10,000 MNIST test digits: 99.15 %
+            # and 4 labels differing from fp32 either way, 98 against 93 us per image.
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=[n.name for n in nodes if n.op_type == "BatchNormalization"],
+        )
+
+    return quantized(model, static)
+
+
+def quantized(model: bytes, quantize: Callable[[Path, Path], None]) -> bytes:
+    """``model`` through one of ONNX Runtime's quantisers: ``quantize(prepared, out)``
+    reads the model prepared as ONNX Runtime recommends (shapes inferred, graph
+    optimised) and writes the quantised one; its files live in a temporary folder."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # The quantiser logs every tensor it leaves alone, at INFO, on the root logger.
+    disabled = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory(prefix="digitloop-quantize-") as tmp:
+            fp32, prepared, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "out.onnx"))
+            fp32.write_bytes(model)
+            quant_pre_process(str(fp32), str(prepared))
+            quantize(prepared, out)
+            return out.read_bytes()
+    finally:
+        logging.disable(disabled)

@@ -67,9 +67,7 @@ style (seven-segment, thick, thin, typeset, small off-centre, wobbly), accuracy 
 
 from __future__ import annotations
 
-import logging
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -178,20 +176,12 @@ def channels_last(net: nn.Module) -> nn.Module:
 def quantize_dynamic_int8(model: bytes) -> bytes:
     """The fp32 export with int8 weights, its activations quantised on every call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    # The quantiser logs every tensor it leaves alone, at INFO, on the root logger.
-    disabled = logging.root.manager.disable
-    logging.disable(logging.INFO)
-    try:
-        with tempfile.TemporaryDirectory(prefix="digitloop-quant-") as tmp:
-            fp32, prepared, int8 = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-            fp32.write_bytes(model)
-            quant_pre_process(str(fp32), str(prepared))
-            quantize_dynamic(prepared, int8, weight_type=QuantType.QInt8)
-            return int8.read_bytes()
-    finally:
-        logging.disable(disabled)
+    from model.export import quantized
+
+    return quantized(
+        model, lambda prepared, out: quantize_dynamic(prepared, out, weight_type=QuantType.QInt8)
+    )
 
 
 def build_variants(
