@@ -70,14 +70,14 @@ binomial gives about 1 % of 200-image and 2 % of 400-image windows of them a geo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
 from model.novelty import calibrate_threshold
 from model.preprocess import INK_THRESHOLD, MNIST_SIZE, preprocess_batch
-from pipelines.drift.features import CLASS_COLUMN
+from pipelines.drift.features import CLASS_COLUMN, stroke_width
 from pipelines.drift.novelty import NoveltyWindow, judge_window
 from pipelines.drift.reference import MNIST_SOURCE, Reference, split_indices
 
@@ -96,8 +96,8 @@ def geometry_features(images: np.ndarray) -> np.ndarray:
     - ``boundary``: edges between ink and background pixels (4-neighbours);
     - ``depth``: mean distance of an ink pixel to the background (Euclidean distance
       transform): half a stroke's width, from the mask alone;
-    - ``stroke_width``: ``2 * ink / total variation`` of the grey image (as
-      :func:`pipelines.drift.features.image_features`).
+    - ``stroke_width``: ``2 * ink / total variation`` of the grey image
+      (:func:`pipelines.drift.features.stroke_width`).
 
     Logs, since each is a positive size whose spread grows with it.
     """
@@ -113,9 +113,7 @@ def geometry_features(images: np.ndarray) -> np.ndarray:
     ).sum(axis=(1, 2))
     distance = ndimage.distance_transform_edt(ink, sampling=(_BATCH_SPACING, 1.0, 1.0))
     depth = distance.sum(axis=(1, 2)) / np.maximum(area, 1)
-    grad_y, grad_x = np.gradient(padded, axis=(1, 2))
-    variation = np.sqrt(grad_x**2 + grad_y**2).sum(axis=(1, 2))
-    stroke = 2.0 * grey.sum(axis=(1, 2)) / np.maximum(variation, 1e-6)
+    stroke = stroke_width(grey)
     measured = np.stack([area, boundary, depth, stroke], axis=1).astype(np.float64)
     # An empty image (never logged: preprocessing refuses it) would give log(0).
     return np.log(np.maximum(measured, 1e-3))
@@ -203,16 +201,7 @@ def fit_geometry(
     )
     scores = draft.score(features[calibration], predicted[calibration])
     threshold, flagged, n = calibrate_threshold({"mnist": scores}, share)
-    return GeometryScorer(
-        classes=draft.classes,
-        means=draft.means,
-        precisions=draft.precisions,
-        threshold=threshold,
-        share=flagged,
-        target_share=share,
-        n_fit=draft.n_fit,
-        n_calibration=n,
-    )
+    return replace(draft, threshold=threshold, share=flagged, n_calibration=n)
 
 
 def mnist_geometry(reference: Reference, mnist_test: np.ndarray, share: float) -> GeometryScorer:
