@@ -211,10 +211,10 @@ class Classifier:
         images, all from the one forward pass: the work of every server per answer."""
         embeddings, logits = self.forward(images)
         probabilities = torch.softmax(logits * self._inverse_temperature, dim=1).numpy()
-        if self.novelty is None:
+        scores = self.novelty_of(embeddings)
+        if scores is None:
             return Answers(probabilities, None, np.zeros(len(probabilities), bool))
-        scores = self.novelty.score(embeddings.numpy())
-        return Answers(probabilities, scores, self.novelty.flagged(scores))
+        return Answers(probabilities, scores, self.novelty.flagged(scores))  # type: ignore[union-attr]
 
     def novelty_of(self, embeddings: torch.Tensor) -> np.ndarray | None:
         """The novelty scores (N,) of :meth:`forward`'s embeddings; None without a scorer."""
