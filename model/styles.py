@@ -18,13 +18,15 @@ from scipy import ndimage
 UPSCALE = 4
 
 
-def _upscale(digit: np.ndarray) -> np.ndarray:
+def upscale(digit: np.ndarray) -> np.ndarray:
+    """A 28x28 uint8 digit at ``UPSCALE`` times the size, bilinear, as floats in 0-1."""
     size = 28 * UPSCALE
     big = Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(big, dtype=np.float32) / 255.0
 
 
-def _downscale(big: np.ndarray) -> np.ndarray:
+def downscale(big: np.ndarray) -> np.ndarray:
+    """Back to 28x28 uint8 by averaging each ``UPSCALE`` x ``UPSCALE`` box."""
     small = Image.fromarray((np.clip(big, 0, 1) * 255).astype(np.uint8)).resize(
         (28, 28), Image.Resampling.BOX
     )
@@ -38,14 +40,14 @@ def _disk(radius: int) -> np.ndarray:
 
 def thick(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A felt marker: strokes 2-3x as wide."""
-    mask = _upscale(digit) > 0.4
+    mask = upscale(digit) > 0.4
     grown = ndimage.binary_dilation(mask, structure=_disk(int(rng.integers(3, 6))))
-    return _downscale(ndimage.gaussian_filter(grown.astype(np.float32), 1.0))
+    return downscale(ndimage.gaussian_filter(grown.astype(np.float32), 1.0))
 
 
 def thin(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A fine pen: the stroke's skeleton with a hairline width."""
-    mask = _upscale(digit) > 0.5
+    mask = upscale(digit) > 0.5
     core = mask
     # Erode as far as the stroke allows: a faint digit keeps at least a third of its ink.
     for radius in range(int(rng.integers(2, 4)), 0, -1):
@@ -54,7 +56,7 @@ def thin(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             break
     else:
         core = mask
-    return _downscale(ndimage.gaussian_filter(core.astype(np.float32), 0.8))
+    return downscale(ndimage.gaussian_filter(core.astype(np.float32), 0.8))
 
 
 def rotated(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -76,14 +78,14 @@ def shifted(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def wobbly(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A shaky mouse: a smooth random displacement of every stroke."""
-    big = _upscale(digit)
+    big = upscale(digit)
     size = big.shape[0]
     # A smooth field (4x4 control points) moving strokes by about 0.7 px at 28x28.
     coarse = rng.normal(0.0, 1.0, size=(2, 4, 4)).astype(np.float32)
     field = np.stack([ndimage.zoom(c, size / 4, order=3) for c in coarse]) * 0.7 * UPSCALE
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     warped = ndimage.map_coordinates(big, [yy + field[0], xx + field[1]], order=1)
-    return _downscale(warped)
+    return downscale(warped)
 
 
 STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {

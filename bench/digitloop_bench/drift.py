@@ -3,13 +3,16 @@
     .venv/bin/python -m digitloop_bench.drift calibrate [--windows N] [--json]
     .venv/bin/python -m digitloop_bench.drift adapted --model-file champ.pt [--json]
     .venv/bin/python -m digitloop_bench.drift novelty [--model-file m.pt] [--share S] [--json]
+    .venv/bin/python -m digitloop_bench.drift ceiling [--model-file m.pt] [--json]
 
 ``calibrate`` measures one model against its MNIST reference; ``adapted`` measures the rule
 for a champion fine-tuned on a drifted population (see :func:`adapted`); ``novelty`` the
 per-drawing novelty window test alone and OR'ed with Evidently's, on windows where 10 %,
 25 % or all of the drawings are shifted, for every candidate score, and the geometry window
 test beside them (see :func:`novelty`; its figures are in :mod:`model.novelty` and
-:mod:`pipelines.drift.geometry`, about 7 minutes on one loaded core). The figures in
+:mod:`pipelines.drift.geometry`, about 7 minutes on one loaded core); ``ceiling`` what a
+detector told each style could do at best, and what it sees (:mod:`digitloop_bench.ceiling`,
+about 2 minutes). The figures in
 :mod:`pipelines.drift.detect` came from
 
     .venv/bin/python -m digitloop_bench.drift adapted --model-file champ.pt \
@@ -1155,10 +1158,121 @@ def _novelty_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+# -- the ceiling: a detector told the style -------------------------------------------------
+
+
+def ceiling(
+    model_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A DigitNet state dict (torch.save); default a quick model.", exists=True
+        ),
+    ] = None,
+    windows: Annotated[int, typer.Option(min=10, help="Windows per style and mix.")] = 1000,
+    window_size: Annotated[int, typer.Option(min=10, help="Images per window.")] = 200,
+    mix: Annotated[float, typer.Option(min=0.01, max=1.0, help="Shifted share of a window.")] = 0.1,
+    shifts: Annotated[
+        list[str] | None, typer.Option("--shift", help="Only these shifts (repeatable).")
+    ] = None,
+    pool: Annotated[int, typer.Option(min=20, help="Images per shifted population.")] = 2000,
+    held_out: Annotated[
+        int, typer.Option(min=20, help="Held-out MNIST digits (as logged and on the canvas).")
+    ] = 5000,
+    share: Annotated[
+        float | None,
+        typer.Option(help="Share of held-out MNIST flagged (default: the novelty_share setting)."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="The window test's p-value threshold (default: the setting)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the windows, shifts and quick model.")] = 0,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
+    mnist: MnistOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The ceiling of a per-drawing window test: a detector told each style, trained
+    against MNIST as logged and drawn on the canvas, and what it flags of the style's
+    resampling without the style (see :mod:`digitloop_bench.ceiling`)."""
+    from digitloop_bench.ceiling import style_ceilings
+
+    setup_logging()
+    with cli_errors():
+        import torch
+
+        from model.data import load_mnist
+        from model.settings import ModelSettings
+
+        if threads:
+            torch.set_num_threads(threads)
+        chosen = chosen_shifts(shifts)
+        settings = DriftSettings()
+        share = share if share is not None else ModelSettings().novelty_share
+        alpha = alpha if alpha is not None else settings.drift_novelty_alpha
+        data = load_mnist(mnist)
+        net, model_name = load_net(None, model_file, data.x_train, data.y_train, seed, None)
+        started = time.perf_counter()
+        spec = settings.reference_spec()
+        reference_idx, holdout = split_indices(len(data.x_test), spec.size, spec.seed)
+        if len(holdout) > held_out:
+            holdout = np.sort(np.random.default_rng(seed).choice(holdout, held_out, replace=False))
+        ceilings = style_ceilings(
+            net,
+            (data.x_test[reference_idx], data.y_test[reference_idx]),
+            (data.x_test[holdout], data.y_test[holdout]),
+            chosen,
+            share=share,
+            alpha=alpha,
+            window_size=window_size,
+            mix=mix,
+            windows=windows,
+            pool=pool,
+            seed=seed,
+        )
+    summary: dict[str, object] = {
+        "command": "python -m digitloop_bench.drift ceiling",
+        "model": model_name,
+        "window_size": window_size,
+        "mix": mix,
+        "share": share,
+        "alpha": alpha,
+        "styles": {name: c.as_dict() for name, c in ceilings.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    emit(summary, as_json, _ceiling_table(summary))
+
+
+def _ceiling_table(summary: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"a detector told the style: {summary['mix']:.0%} of {summary['window_size']}-image "
+        f"windows shifted, {summary['share']:.0%} of held-out MNIST and canvas digits flagged, "
+        f"p < {summary['alpha']} ({summary['model']})"
+    )
+    columns = ("style", "flagged", "its resampling alone", "detected", "clean detected")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "style" else "right")
+    for style, row in summary["styles"].items():
+        control = row["control_flagged"]
+        table.add_row(
+            style,
+            f"{row['flagged']:.1%}",
+            "-" if control is None else f"{control:.1%}",
+            *(
+                ", ".join(f"{row[key][b]}" for b in ("mnist", "canvas")) + f" of {row['windows']}"
+                for key in ("hits", "false_alarms")
+            ),
+        )
+    table.caption = (
+        f"windows detected with MNIST, canvas digits for the rest; seconds {summary['seconds']}"
+    )
+    return table
+
+
 app = typer.Typer(help="Measure the drift step.", no_args_is_help=True)
 app.command("calibrate")(bench)
 app.command("adapted")(adapted)
 app.command("novelty")(novelty)
+app.command("ceiling")(ceiling)
 
 
 def main() -> None:
