@@ -72,10 +72,10 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from digitloop_bench.shifts import make_shift, service_view
+from digitloop_bench.shifts import make_shift, on_the_canvas, service_view
 from model.network import model_outputs
 from model.novelty import calibrate_threshold, window_test
-from model.preprocess import decode_image, to_mnist
+from model.preprocess import decode_image
 from model.styles import downscale, upscale
 from pipelines.drift.geometry import geometry_features
 
@@ -83,12 +83,9 @@ SKETCHPAD_CANVAS = 280
 
 
 def canvas_digits(digits: np.ndarray) -> np.ndarray:
-    """MNIST digits drawn large on the sketchpad's canvas and logged: the load bench's sketch
-    PNGs (:func:`digitloop_bench.serving.loadgen.render_sketch`) decoded and preprocessed as
-    the service does."""
-    from digitloop_bench.serving.loadgen import render_sketch
-
-    return np.stack([to_mnist(decode_image(render_sketch(digit))) for digit in digits])
+    """MNIST digits drawn large on the sketchpad's canvas, as logged
+    (:func:`digitloop_bench.shifts.on_the_canvas`)."""
+    return on_the_canvas(digits, np.zeros(len(digits), np.int64))[0]
 
 
 def _rotated_and_back(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -57,7 +57,7 @@ from rich.table import Table
 from torch import nn
 
 from contracts.cli import JsonOption, MnistOption, cli_errors, emit, setup_logging, stderr
-from digitloop_bench.shifts import SHIFTS, in_distribution, make_shift
+from digitloop_bench.shifts import SHIFTS, in_distribution, make_shift, on_the_canvas
 from model.network import model_outputs
 from model.novelty import NoveltyScorer, critical_count
 from pipelines.drift.adapted import mixture, mixture_grid
@@ -955,7 +955,9 @@ def novelty(
 
     The scorer is fitted on --fit-size MNIST training digits and calibrated on the drift
     reference's half of MNIST test (as logged by the service); windows draw their unshifted
-    drawings from the other half. Every candidate score of :func:`candidate_scores` is run
+    drawings from the other half. Clean windows of that half drawn on the sketchpad's canvas
+    (:func:`digitloop_bench.shifts.on_the_canvas`, "sketchpad") show what another rendering
+    of the same digits does to each test. Every candidate score of :func:`candidate_scores` is run
     through the same windows, each with its own threshold at the same share.
 
     Beside them, the geometry window test (:mod:`pipelines.drift.geometry`), fitted and
@@ -1009,7 +1011,8 @@ def novelty(
             for name, values in calibration_scores.items()
         }
         x_in, _ = in_distribution(data.x_test[holdout], data.y_test[holdout])
-        in_scores, in_matrix, in_geometry = prepare(x_in)
+        clean = prepare(x_in)
+        drawn = prepare(on_the_canvas(data.x_test[holdout], data.y_test[holdout])[0])
         rng = np.random.default_rng(seed)
         populations: dict[str, Prepared] = {}
         for i, name in enumerate(chosen):
@@ -1017,14 +1020,16 @@ def novelty(
             x_s, _ = make_shift(name, data.x_test[rows], data.y_test[rows], seed=seed + 1 + i)
             populations[name] = prepare(x_s)
 
-        def run(n_windows: int, shifted: Prepared | None, mix: float) -> dict[str, object]:
+        def run(
+            n_windows: int, shifted: Prepared | None, mix: float, base: Prepared = clean
+        ) -> dict[str, object]:
             n_shifted = 0 if shifted is None else round(mix * window_size)
             counts = {name: 0 for name in thresholds}
             evidently = combined = geometric = combined_geometry = 0
             flagged_shares = []
             for _ in range(n_windows):
-                rows_in = rng.choice(len(x_in), size=window_size - n_shifted, replace=False)
-                parts = [(in_scores, in_matrix, in_geometry, rows_in)]
+                rows_in = rng.choice(len(base[1]), size=window_size - n_shifted, replace=False)
+                parts = [(*base, rows_in)]
                 if shifted is not None:
                     rows_s = rng.choice(len(shifted[1]), size=n_shifted, replace=False)
                     parts.append((*shifted, rows_s))
@@ -1065,6 +1070,9 @@ def novelty(
                     f"geometry {entry['geometry']['hits']}, combined with geometry "
                     f"{entry['combined_geometry']['hits']} of {shift_windows}"
                 )
+        # Last, so that the rows above draw the same windows as they did before it.
+        results["sketchpad"] = {"0": run(windows, None, 0.0, base=drawn)}
+        stderr.print(f"sketchpad: {results['sketchpad']['0']['combined_geometry']}")
         per_drawing = {
             name: {
                 **{
@@ -1074,7 +1082,8 @@ def novelty(
                 "geometry": float(odd.mean()),
             }
             for name, (values, _, odd) in [
-                ("mnist", (in_scores, None, in_geometry)),
+                ("mnist", clean),
+                ("sketchpad", drawn),
                 *populations.items(),
             ]
         }

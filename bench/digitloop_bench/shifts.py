@@ -70,6 +70,21 @@ def in_distribution(digits: np.ndarray, labels: np.ndarray, seed: int = 0) -> Po
     return service_view(digits, labels)
 
 
+def on_the_canvas(digits: np.ndarray, labels: np.ndarray, seed: int = 0) -> Population:
+    """MNIST digits drawn large on the sketchpad's canvas, as the service would log them:
+    the load bench's sketch PNGs (:func:`digitloop_bench.serving.loadgen.render_sketch`),
+    decoded and preprocessed as the service does.
+
+    The same digits by the same writers, through another rendering: crisp strokes about
+    5 % wider than MNIST's pens once preprocessed (by the drift step's ``stroke_width``).
+    """
+    from digitloop_bench.serving.loadgen import render_sketch
+    from model.preprocess import decode_image
+
+    del seed  # nothing random: the same digits, drawn
+    return service_view(np.stack([decode_image(render_sketch(d)) for d in digits]), labels)
+
+
 def _styled(style: str) -> Callable[[np.ndarray, np.ndarray, int], Population]:
     def shift(digits: np.ndarray, labels: np.ndarray, seed: int = 0) -> Population:
         return service_view(restyle(digits, style, seed), labels)

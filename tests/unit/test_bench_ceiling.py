@@ -22,7 +22,7 @@ from digitloop_bench.ceiling import (
     window_hits,
 )
 from digitloop_bench.serving.run import REPO_ROOT
-from digitloop_bench.shifts import make_shift, service_view
+from digitloop_bench.shifts import make_shift, on_the_canvas, service_view
 
 from model.network import DigitNet
 from model.novelty import critical_count, window_test
@@ -86,6 +86,19 @@ def test_shifted_on_the_canvas_is_logged_as_the_canvas_digit(digits):
         gap(control, canvas),
         gap(shifted, logged),
     )
+
+
+def test_on_the_canvas_logs_the_same_digits_with_a_slightly_wider_brush(mnist):
+    digits, labels = mnist.x_test[:300], mnist.y_test[:300]
+    drawn, kept = on_the_canvas(digits, labels)
+    logged, _ = service_view(digits, labels)
+    assert drawn.shape == logged.shape and (kept == labels).all()
+    # The same digit: far closer to its own MNIST image than to the next digit's.
+    own = np.abs(drawn.astype(int) - logged).mean(axis=(1, 2))
+    other = np.abs(drawn.astype(int) - np.roll(logged, 1, axis=0)).mean(axis=(1, 2))
+    assert (own < other).mean() > 0.95
+    ratio = np.median(stroke_width(drawn / 255.0)) / np.median(stroke_width(logged / 255.0))
+    assert 1.01 < ratio < 1.15, ratio
 
 
 @pytest.mark.parametrize("style", ["typeset", "segments", "small_offcentre"])
