@@ -8,9 +8,9 @@ bench asks what the logged drawings could give at best. Per style of
 :mod:`digitloop_bench.shifts`, it trains a detector that *is* told: a logistic regression
 on what the drift step reads of each drawing (the network's embedding and logits, and the
 four geometry features), on half of the style's drawings against MNIST as logged and
-MNIST drawn on the sketchpad's canvas (:func:`canvas_digits`). Its threshold flags
-``share`` of each of those two held out, so it cannot pass by flagging the canvas, which
-every real drawing comes from. It reports
+MNIST drawn on the sketchpad's canvas (:func:`digitloop_bench.shifts.on_the_canvas`). Its
+threshold flags ``share`` of each of those two held out, so it cannot pass by flagging the
+canvas, which every real drawing comes from. It reports
 
 - the share of the style's other half it flags, and the window test's power with ``mix``
   of a window from that half and the rest from held-out MNIST, or from held-out canvas
@@ -72,20 +72,13 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
+from digitloop_bench.serving.loadgen import CANVAS, render_sketch
 from digitloop_bench.shifts import make_shift, on_the_canvas, service_view
 from model.network import model_outputs
 from model.novelty import calibrate_threshold, window_test
 from model.preprocess import decode_image
 from model.styles import downscale, upscale
 from pipelines.drift.geometry import geometry_features
-
-SKETCHPAD_CANVAS = 280
-
-
-def canvas_digits(digits: np.ndarray) -> np.ndarray:
-    """MNIST digits drawn large on the sketchpad's canvas, as logged
-    (:func:`digitloop_bench.shifts.on_the_canvas`)."""
-    return on_the_canvas(digits, np.zeros(len(digits), np.int64))[0]
 
 
 def _rotated_and_back(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -103,15 +96,13 @@ def _pen_resampling(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _shifted_on_the_canvas(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # The shifted style's scale and place on the 280 px canvas people draw on, with the
-    # canvas's strokes (:func:`canvas_digits`), rather than on the 28 px field, where
-    # shrinking the digit also coarsens it.
-    from digitloop_bench.serving.loadgen import render_sketch
-
+    # canvas's strokes (:func:`digitloop_bench.shifts.on_the_canvas`), rather than on the
+    # 28 px field, where shrinking the digit also coarsens it.
     scale = float(rng.uniform(0.55, 0.8))
-    size = round(SKETCHPAD_CANVAS * scale)
+    size = round(CANVAS * scale)
     small = decode_image(render_sketch(digit, canvas=size))
-    canvas = np.full((SKETCHPAD_CANVAS, SKETCHPAD_CANVAS), small[0, 0], small.dtype)
-    top, left = (int(v) for v in rng.integers(0, SKETCHPAD_CANVAS - size + 1, size=2))
+    canvas = np.full((CANVAS, CANVAS), small[0, 0], small.dtype)
+    top, left = (int(v) for v in rng.integers(0, CANVAS - size + 1, size=2))
     canvas[top : top + size, left : left + size] = small
     return canvas
 
@@ -147,7 +138,7 @@ def drawing_features(net: nn.Module, images: np.ndarray) -> np.ndarray:
 
 def fit_detector(negatives: Sequence[np.ndarray], positives: np.ndarray):
     """A logistic regression of ``positives`` against every negative source, each source
-    weighted as much as the positives (scikit-learn's balanced weights, per source)."""
+    weighing as much in the fit as the positives, however many drawings it has."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -232,12 +223,11 @@ def style_ceilings(
     rng = np.random.default_rng(seed)
     negatives = [
         drawing_features(net, service_view(*reference)[0]),
-        drawing_features(net, canvas_digits(reference[0])),
+        drawing_features(net, on_the_canvas(*reference)[0]),
     ]
-    clean_logged = service_view(*holdout)[0]
     held_out = {
-        "mnist": drawing_features(net, clean_logged),
-        "canvas": drawing_features(net, canvas_digits(holdout[0])),
+        "mnist": drawing_features(net, service_view(*holdout)[0]),
+        "canvas": drawing_features(net, on_the_canvas(*holdout)[0]),
     }
     ceilings = {}
     for i, style in enumerate(styles):

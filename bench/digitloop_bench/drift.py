@@ -246,6 +246,26 @@ def evidently_default_false_alarms(
     return alarms / n_windows
 
 
+# Options several commands share, declared once.
+ShiftsOption = Annotated[
+    list[str] | None, typer.Option("--shift", help="Only these shifts (repeatable).")
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of the windows, shifts and quick model.")]
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Torch threads.")]
+QuickModelFileOption = Annotated[
+    Path | None,
+    typer.Option(help="A DigitNet state dict (torch.save); default a quick model.", exists=True),
+]
+ShareOption = Annotated[
+    float | None,
+    typer.Option(help="Share of held-out MNIST flagged (default: the novelty_share setting)."),
+]
+AlphaOption = Annotated[
+    float | None,
+    typer.Option(help="The window test's p-value threshold (default: the setting)."),
+]
+
+
 def chosen_shifts(shifts: list[str] | None) -> list[str]:
     """The shifted populations asked for on the command line (default: every one)."""
     chosen = shifts or list(SHIFTS)
@@ -298,9 +318,7 @@ def bench(
     shift_pool: Annotated[
         int, typer.Option(min=100, help="Images generated per shifted population.")
     ] = 2000,
-    shifts: Annotated[
-        list[str] | None, typer.Option("--shift", help="Only these shifts (repeatable).")
-    ] = None,
+    shifts: ShiftsOption = None,
     model: Annotated[
         str | None, typer.Option(help="A registered version or alias instead of a quick model.")
     ] = None,
@@ -322,12 +340,12 @@ def bench(
     timing_only: Annotated[
         bool, typer.Option("--timing-only", help="Only time the drift step on 10,000 images.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the windows, shifts and quick model.")] = 0,
+    seed: SeedOption = 0,
     evidently_default: Annotated[
         int,
         typer.Option(help="Also measure false alarms of Evidently's defaults on N windows."),
     ] = 0,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
+    threads: ThreadsOption = None,
     mnist: MnistOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -701,7 +719,7 @@ def adapted(
         int, typer.Option(min=0, help="Windows per cell also run through Evidently's report.")
     ] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the populations and windows.")] = 0,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
+    threads: ThreadsOption = None,
     mnist: MnistOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -906,12 +924,7 @@ def candidate_scores(
 
 
 def novelty(
-    model_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="A DigitNet state dict (torch.save); default a quick model.", exists=True
-        ),
-    ] = None,
+    model_file: QuickModelFileOption = None,
     save_model: Annotated[
         Path | None, typer.Option(help="Save the quick model's state dict here.")
     ] = None,
@@ -926,27 +939,19 @@ def novelty(
         list[float] | None,
         typer.Option("--mix", min=0.01, max=1.0, help="Shifted share of a window (repeatable)."),
     ] = None,
-    shifts: Annotated[
-        list[str] | None, typer.Option("--shift", help="Only these shifts (repeatable).")
-    ] = None,
+    shifts: ShiftsOption = None,
     pool: Annotated[int, typer.Option(min=200, help="Images per shifted population.")] = 2000,
     fit_size: Annotated[
         int, typer.Option(min=500, help="MNIST training digits the scorer is fitted on.")
     ] = 10000,
-    share: Annotated[
-        float | None,
-        typer.Option(help="Share of held-out MNIST flagged (default: the novelty_share setting)."),
-    ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(help="The window test's p-value threshold (default: the setting)."),
-    ] = None,
+    share: ShareOption = None,
+    alpha: AlphaOption = None,
     geometry_alpha: Annotated[
         float | None,
         typer.Option(help="The geometry window test's p-value threshold (default: the setting)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the windows, shifts and quick model.")] = 0,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = None,
     mnist: MnistOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1171,32 +1176,19 @@ def _novelty_table(summary: dict[str, Any]) -> Table:
 
 
 def ceiling(
-    model_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="A DigitNet state dict (torch.save); default a quick model.", exists=True
-        ),
-    ] = None,
+    model_file: QuickModelFileOption = None,
     windows: Annotated[int, typer.Option(min=10, help="Windows per style and mix.")] = 1000,
     window_size: Annotated[int, typer.Option(min=10, help="Images per window.")] = 200,
     mix: Annotated[float, typer.Option(min=0.01, max=1.0, help="Shifted share of a window.")] = 0.1,
-    shifts: Annotated[
-        list[str] | None, typer.Option("--shift", help="Only these shifts (repeatable).")
-    ] = None,
+    shifts: ShiftsOption = None,
     pool: Annotated[int, typer.Option(min=20, help="Images per shifted population.")] = 2000,
     held_out: Annotated[
         int, typer.Option(min=20, help="Held-out MNIST digits (as logged and on the canvas).")
     ] = 5000,
-    share: Annotated[
-        float | None,
-        typer.Option(help="Share of held-out MNIST flagged (default: the novelty_share setting)."),
-    ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(help="The window test's p-value threshold (default: the setting)."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the windows, shifts and quick model.")] = 0,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads.")] = None,
+    share: ShareOption = None,
+    alpha: AlphaOption = None,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = None,
     mnist: MnistOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -15,12 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from digitloop_bench.ceiling import (
-    canvas_digits,
-    fit_detector,
-    resampling_control,
-    window_hits,
-)
+from digitloop_bench.ceiling import fit_detector, resampling_control, window_hits
 from digitloop_bench.serving.run import REPO_ROOT
 from digitloop_bench.shifts import make_shift, on_the_canvas, service_view
 
@@ -75,7 +70,7 @@ def test_shifted_on_the_canvas_is_logged_as_the_canvas_digit(digits):
     """Drawn at 55-80 % of the 280 px canvas, anywhere on it, a digit reaches the network
     as the same digit drawn across the canvas: preprocessing removes size and place."""
     control = resampling_control("shifted", *digits).astype(np.float64)
-    canvas = canvas_digits(digits[0]).astype(np.float64)
+    canvas = on_the_canvas(*digits)[0].astype(np.float64)
     shifted, _ = make_shift("shifted", *digits, seed=2)
     logged, _ = service_view(*digits)
 
