@@ -45,6 +45,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # default 30 s would let it.
 GRACE_S = {"serving": 20.0}
 DEFAULT_GRACE_S = 10.0
+# The stack's own account of stopping, beside each process's log in ``<data dir>/logs``.
+STACK_LOG = "stack.log"
 
 
 class StopSignal(KeyboardInterrupt):
@@ -323,14 +325,21 @@ class EmbeddedStack(AbstractContextManager):
         self._stopping = True  # from now on a stop signal does not unwind
         for name, process in reversed(self.processes):
             grace = 0.0 if self._hurry.is_set() else GRACE_S.get(name, DEFAULT_GRACE_S)
+            started = time.monotonic()
             how = stop_tree(process, grace, self._hurry)
-            self._say(f"[dim]{name} stopped{how}[/]")
+            self._say(f"[dim]{name} stopped{how} in {time.monotonic() - started:.1f}s[/]")
         self.processes.clear()
 
     def _say(self, message: str) -> None:
-        """Print, but never fail: the terminal may be gone (SIGHUP)."""
+        """Print, but never fail, and keep it in ``logs/stack.log``: after a hangup
+        (SIGHUP) the terminal is gone, and the file is the only account of the stop."""
+        from rich.text import Text
+
         with suppress(Exception):
             self.console.print(message)
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {Text.from_markup(message).plain}\n"
+        with suppress(OSError), (self.config.data_dir / "logs" / STACK_LOG).open("a") as log:
+            log.write(line)
 
 
 def descendants(pid: int) -> dict[int, Any]:

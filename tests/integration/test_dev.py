@@ -29,6 +29,7 @@ import httpx
 import psutil
 import pytest
 
+from digitloop.stack import STACK_LOG
 from services.store.backends import LocalStore
 from services.store.readers import read_predictions
 from tests.conftest import MNIST_PATH, VENV_BIN, free_port
@@ -49,6 +50,7 @@ class Dev:
     process: subprocess.Popen
     log: Path
     ports: dict[str, int]
+    data_dir: Path
     seen: dict[int, psutil.Process] = field(default_factory=dict)
     terminal: int | None = None  # the pty master, when it runs in a terminal
     copying: threading.Event = field(default_factory=threading.Event)
@@ -81,6 +83,15 @@ class Dev:
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def diagnosis(self, lines: int = 12) -> str:
+        """What still runs, and the end of each component's log: after a hangup, dev's own
+        account of its stop went to the closed terminal."""
+        parts = [f"still running: {self.left() or 'nothing'}"]
+        for path in sorted((self.data_dir / "logs").glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name}:\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def left(self) -> list[str]:
         """The processes seen that still run (a zombie has exited: not counted)."""
@@ -142,7 +153,7 @@ def running_dev(
                 ["setsid", "--ctty", *command], env=env, stdin=slave, stdout=slave, stderr=slave
             )
             os.close(slave)
-            dev = Dev(process, log, ports, terminal=master)
+            dev = Dev(process, log, ports, data_dir, terminal=master)
             cleanup.callback(close_terminal, dev)
             dev.copying.set()
             dev.copier = threading.Thread(target=copy_terminal, args=(master, out, dev.copying))
@@ -151,7 +162,7 @@ def running_dev(
             process = subprocess.Popen(
                 command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-            dev = Dev(process, log, ports)
+            dev = Dev(process, log, ports, data_dir)
         cleanup.callback(dev.kill)
         dev.wait_ready()
         yield dev
@@ -195,7 +206,9 @@ def stop(dev: Dev, how: str) -> tuple[int, float]:
     try:
         code = dev.process.wait(timeout=STOP_WITHIN_S)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"dev still runs {STOP_WITHIN_S}s after {how}:\n{dev.tail()}")
+        pytest.fail(
+            f"dev still runs {STOP_WITHIN_S}s after {how}:\n{dev.tail()}\n{dev.diagnosis()}"
+        )
     return code, time.monotonic() - started
 
 
@@ -233,11 +246,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
 
 
 def stops_cleanly(dev: Dev, how: str, signal_name: str) -> None:
-    """Stopped as ``how`` says: exit 0 within STOP_WITHIN_S, no process left, ports free."""
+    """Stopped as ``how`` says: exit 0 within STOP_WITHIN_S, no process left, ports free,
+    and how each process stopped kept in the stack's log (a hung-up terminal shows none)."""
+    stack_log = dev.data_dir / "logs" / STACK_LOG
+    before = stack_log.stat().st_size if stack_log.exists() else 0
     code, seconds = stop(dev, how)
     print(f"{how}: exit {code} in {seconds:.1f}s, {len(dev.seen)} processes seen")
     assert code == 0, dev.tail()
     assert_all_gone(dev)
+    with stack_log.open() as log:
+        log.seek(before)
+        stopped = log.read()
+    assert all(f"{name} stopped" in stopped for name in ("ui", "serving", "mlflow")), stopped
     if how != "hangup":  # a hung-up terminal shows nothing more
         assert f"{signal_name}: stopping" in dev.tail()
 
