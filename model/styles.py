@@ -59,10 +59,14 @@ def thin(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return downscale(ndimage.gaussian_filter(core.astype(np.float32), 0.8))
 
 
+def tilt(rng: np.random.Generator) -> float:
+    """The rotated style's angle in degrees: 10-25 either way."""
+    return float(rng.uniform(10, 25)) * (1 if rng.random() < 0.5 else -1)
+
+
 def rotated(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A tilted hand: rotated by 10-25 degrees either way."""
-    angle = float(rng.uniform(10, 25)) * (1 if rng.random() < 0.5 else -1)
-    return np.asarray(Image.fromarray(digit).rotate(angle, Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(digit).rotate(tilt(rng), Image.Resampling.BILINEAR))
 
 
 def shifted(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:

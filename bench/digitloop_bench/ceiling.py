@@ -77,13 +77,13 @@ from digitloop_bench.shifts import make_shift, on_the_canvas, service_view
 from model.network import model_outputs
 from model.novelty import calibrate_threshold, window_test
 from model.preprocess import decode_image
-from model.styles import downscale, upscale
+from model.styles import downscale, tilt, upscale
 from pipelines.drift.geometry import geometry_features
 
 
 def _rotated_and_back(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # The rotated style's angles and bilinear interpolation, undone: no tilt is left.
-    angle = float(rng.uniform(10, 25)) * (1 if rng.random() < 0.5 else -1)
+    angle = tilt(rng)
     there = Image.fromarray(digit).rotate(angle, Image.Resampling.BILINEAR)
     return np.asarray(there.rotate(-angle, Image.Resampling.BILINEAR))
 
